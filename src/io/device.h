@@ -1,0 +1,105 @@
+// Device I/O layer: the bottom of the stack.
+//
+// A Device is a fixed-size array of bytes (a regular file or a block device,
+// or an in-memory fault-injecting device in tests). It offers two paths:
+//
+//  * an asynchronous path through IoQueue: one queue per thread, never shared.
+//    Submit() never blocks and never fails; the completion callback runs on
+//    the thread that calls Poll() on that same queue. This is the data path.
+//  * a synchronous path (ReadSync/WriteSync/FlushSync), callable from any
+//    thread at once, for metadata (labels, journal, checkpoints) and tools.
+//
+// Contracts for both paths:
+//  * offsets and lengths are multiples of kSectorSize (512);
+//  * buffers are aligned to kIoAlignment (4096), so O_DIRECT works;
+//  * a write is durable only once a Flush submitted after its completion has
+//    completed. Until then a power loss may drop it, or tear it at any
+//    512-byte boundary.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+
+namespace edgestor {
+
+inline constexpr uint32_t kSectorSize = 512;
+inline constexpr uint32_t kIoAlignment = 4096;
+
+enum class IoOp : uint8_t { kRead, kWrite, kFlush };
+
+// One asynchronous device operation. The submitter owns the struct and keeps
+// it alive until `done` has been called.
+struct IoRequest {
+  IoOp op = IoOp::kRead;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint8_t* buf = nullptr;  // kIoAlignment-aligned; unused for kFlush
+  // Called exactly once, from IoQueue::Poll, with 0 on success or -errno.
+  // A short read/write is reported as -EIO.
+  void (*done)(IoRequest* req, int result) = nullptr;
+  void* context = nullptr;  // for the submitter
+};
+
+// Per-thread submission/completion queue (an io_uring ring for files).
+// NOT thread-safe: owned and used by exactly one thread.
+class IoQueue {
+ public:
+  virtual ~IoQueue() = default;
+  // Queues `req`. Requests beyond the ring's depth wait in an internal
+  // overflow list; Submit itself never blocks and never fails.
+  virtual void Submit(IoRequest* req) = 0;
+  // Pushes queued requests to the device and runs the callbacks of finished
+  // ones. With `wait`, blocks until at least one completes (if any are in
+  // flight). Returns the number of callbacks run.
+  virtual int Poll(bool wait) = 0;
+  // Requests submitted and not yet completed.
+  virtual uint32_t InFlight() const = 0;
+};
+
+struct DeviceStats {
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  uint64_t reads = 0;
+  uint64_t writes = 0;
+  uint64_t flushes = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual uint64_t size() const = 0;
+  virtual std::string name() const = 0;
+
+  virtual std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) = 0;
+
+  virtual Status ReadSync(uint64_t offset, void* buf, size_t len) = 0;
+  virtual Status WriteSync(uint64_t offset, const void* buf, size_t len) = 0;
+  virtual Status FlushSync() = 0;
+
+  // Counters since the device was opened (thread-safe snapshot).
+  virtual DeviceStats stats() const = 0;
+};
+
+// Opening or creating devices backed by files and block devices.
+struct FileDeviceOptions {
+  bool create = false;       // create the file if missing
+  uint64_t create_size = 0;  // with create: grow a regular file (sparsely) to this size
+  bool read_only = false;
+  bool direct = true;  // O_DIRECT; falls back to buffered I/O with a warning where refused
+};
+
+Result<std::unique_ptr<Device>> OpenFileDevice(const std::string& path, const FileDeviceOptions& options);
+
+// An aligned heap buffer for device I/O.
+struct AlignedDeleter {
+  void operator()(uint8_t* p) const;
+};
+using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedDeleter>;
+// Returns a zero-filled buffer of `len` bytes aligned to kIoAlignment.
+AlignedBuffer AllocateAligned(size_t len);
+
+}  // namespace edgestor

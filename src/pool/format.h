@@ -1,0 +1,177 @@
+// The on-disk format of an edgestor pool, declared once.
+//
+// Layout of the device, in 4 KiB blocks:
+//
+//   block 0, 1          label copies A and B
+//   block 2 ..          journal ring (journal_blocks blocks)
+//   ...                 allocatable space: data clusters, map pages and
+//                       checkpoint blocks, handed out by the allocator
+//   last 2 blocks       label copies C and D
+//
+// Every metadata block carries a magic, a CRC32C of the whole block (with the
+// crc field taken as zero) and a generation, so that a torn, stale or foreign
+// block is detected and never trusted. All integers are little-endian (the
+// structs are written as they are in memory; x86-64 and arm64 are both LE).
+//
+// See docs/ARCHITECTURE.md for the commit protocol that ties these together.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace edgestor::format {
+
+inline constexpr uint32_t kBlockSize = 4096;
+inline constexpr uint32_t kVersion = 1;
+inline constexpr uint64_t kLabelMagic = 0x31524f5453474445ull;  // "EDGSTOR1"
+inline constexpr uint32_t kJournalMagic = 0x4c4e524aU;          // "JRNL"
+inline constexpr uint32_t kCheckpointMagic = 0x54504b43U;       // "CKPT"
+inline constexpr uint32_t kMapPageMagic = 0x5050414dU;          // "MAPP"
+
+inline constexpr uint32_t kLabelCopies = 4;
+inline constexpr uint32_t kMinClusterSize = 4096;
+inline constexpr uint32_t kMaxClusterSize = 256 * 1024;  // written bits fit one u64
+inline constexpr uint64_t kMinJournalBlocks = 256;       // 1 MiB
+inline constexpr uint64_t kMaxJournalBlocks = 65536;     // 256 MiB
+inline constexpr uint32_t kMaxVolumes = 4096;
+inline constexpr uint32_t kMaxVolumeNameLength = 64;
+inline constexpr uint64_t kMaxVolumeSize = 1ull << 50;  // 1 PiB
+
+// Feature bits in Label::features. A pool with an unknown bit set is refused.
+inline constexpr uint64_t kFeatureEncryption = 1ull << 0;   // reserved: per-family data keys
+inline constexpr uint64_t kFeatureCompression = 1ull << 1;  // reserved: compressed clusters
+inline constexpr uint64_t kFeatureSnapshots = 1ull << 2;    // reserved: shared map pages
+inline constexpr uint64_t kKnownFeatures = 0;
+
+// Vdev layouts (Label::vdev_layout). Only kVdevSingle exists today.
+inline constexpr uint32_t kVdevSingle = 0;
+
+struct Label {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t crc;
+  uint64_t generation;  // bumped on every label write; highest valid copy wins
+  uint8_t pool_uuid[16];
+  uint64_t device_bytes;
+  uint32_t block_size;
+  uint32_t cluster_size;
+  uint64_t features;
+  uint32_t vdev_layout;
+  uint32_t reserved0;
+  uint64_t journal_start;   // first block of the journal ring
+  uint64_t journal_blocks;  // length of the ring
+  // The checkpoint this label commits to:
+  uint64_t checkpoint_block;  // head of its block chain (0: empty pool)
+  uint64_t checkpoint_gen;    // generation stamped in its blocks and pages
+  uint64_t replay_seq;        // first journal sequence number to replay
+  uint8_t reserved[4096 - 112];
+};
+static_assert(sizeof(Label) == kBlockSize);
+static_assert(offsetof(Label, reserved) == 112);
+
+// Journal block: a header then records, packed. One commit writes one or more
+// whole blocks; a block is never rewritten within a checkpoint generation, so
+// a torn write can only lose the commit that was being written.
+struct JournalBlockHeader {
+  uint32_t magic;
+  uint32_t crc;
+  uint64_t seq;             // position in the journal: block = start + seq % blocks
+  uint64_t checkpoint_gen;  // must equal the label's; older laps are stale
+  uint32_t used_bytes;      // bytes of records after the header
+  uint32_t record_count;
+};
+static_assert(sizeof(JournalBlockHeader) == 32);
+inline constexpr uint32_t kJournalPayload = kBlockSize - sizeof(JournalBlockHeader);
+
+// Journal records. Only map changes are journaled; control operations
+// (volume create, resize, delete) are rare and commit by a checkpoint, which
+// keeps replay free of ordering hazards between them and map records.
+enum class RecordType : uint16_t {
+  kMapSet = 1,  // MapSetRecord
+};
+
+struct RecordHeader {
+  uint16_t type;
+  uint16_t length;  // of the body after this header
+};
+static_assert(sizeof(RecordHeader) == 4);
+
+// A thin-map entry. phys_block == 0 means "unmapped" (block 0 is a label, so
+// it is never a data block). Bit i of written_bits: 4 KiB block i of the
+// cluster has been written; unset blocks read as zeros.
+struct MapEntry {
+  uint64_t phys_block;    // low 48 bits: first 4 KiB block; high 16: reserved
+                          // for compression (stored length) and flags
+  uint64_t written_bits;
+};
+static_assert(sizeof(MapEntry) == 16);
+inline constexpr uint64_t kPhysBlockMask = (1ull << 48) - 1;
+
+struct MapSetRecord {
+  uint32_t volume_id;
+  uint32_t reserved;
+  uint64_t cluster;  // cluster index within the volume
+  MapEntry entry;    // the entry's new value (absolute, so replay is idempotent)
+};
+static_assert(sizeof(MapSetRecord) == 32);
+
+// Map page: one page of a volume's thin map, kEntriesPerMapPage consecutive
+// clusters. Written only by a checkpoint, always to a fresh block (shadow
+// paging), so the previous checkpoint's page stays intact until the new
+// label is durable.
+inline constexpr uint32_t kEntriesPerMapPage = 255;
+struct MapPageHeader {
+  uint32_t magic;
+  uint32_t crc;
+  uint64_t generation;  // checkpoint generation that wrote it; must match the directory
+};
+static_assert(sizeof(MapPageHeader) + kEntriesPerMapPage * sizeof(MapEntry) == kBlockSize);
+
+struct MapPage {
+  MapPageHeader header;
+  MapEntry entries[kEntriesPerMapPage];
+};
+static_assert(sizeof(MapPage) == kBlockSize);
+
+// Checkpoint chain block: the checkpoint's payload (volume table and map
+// directories, see checkpoint serialization in src/volume) is split over a
+// singly linked chain of blocks.
+struct CheckpointBlockHeader {
+  uint32_t magic;
+  uint32_t crc;
+  uint64_t generation;
+  uint64_t next_block;  // 0: last block
+  uint32_t index;       // position in the chain, from 0
+  uint32_t payload_bytes;
+};
+static_assert(sizeof(CheckpointBlockHeader) == 32);
+inline constexpr uint32_t kCheckpointPayload = kBlockSize - sizeof(CheckpointBlockHeader);
+
+// One directory slot of a volume's map, as stored in the checkpoint payload.
+struct DirectorySlot {
+  uint64_t block;       // 0: page never written (all clusters unmapped)
+  uint64_t generation;  // expected MapPageHeader::generation
+};
+static_assert(sizeof(DirectorySlot) == 16);
+
+// Checkpoint payload: CheckpointHeader, then per volume a VolumeTableEntry,
+// its name bytes, and its directory slots.
+struct CheckpointHeader {
+  uint32_t volume_count;
+  uint32_t next_volume_id;
+};
+static_assert(sizeof(CheckpointHeader) == 8);
+
+struct VolumeTableEntry {
+  uint32_t volume_id;
+  uint32_t name_length;
+  uint64_t size;
+  uint64_t directory_slots;
+};
+static_assert(sizeof(VolumeTableEntry) == 24);
+
+// Computes the CRC32C of a metadata block whose crc field is at `crc_offset`,
+// as if that field were zero.
+uint32_t BlockCrc(const void* block, size_t len, size_t crc_offset);
+
+}  // namespace edgestor::format

@@ -1,0 +1,143 @@
+// Pool: the journal half of the commit protocol.
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+#include "pool/pool.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+uint64_t Pool::JournalBlockOffset(uint64_t seq) const {
+  return (geometry_.journal_start + seq % geometry_.journal_blocks) * kBlockSize;
+}
+
+void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, std::span<const BlockRun> frees) {
+  assert(sizeof(format::RecordHeader) + body.size() <= format::kJournalPayload);
+  format::RecordHeader header{static_cast<uint16_t>(type), static_cast<uint16_t>(body.size())};
+  std::lock_guard lock(mu_);
+  const uint8_t* h = reinterpret_cast<const uint8_t*>(&header);
+  pending_records_.insert(pending_records_.end(), h, h + sizeof header);
+  pending_records_.insert(pending_records_.end(), body.begin(), body.end());
+  pending_record_count_++;
+  pending_frees_.insert(pending_frees_.end(), frees.begin(), frees.end());
+}
+
+bool Pool::JournalWantsCheckpoint() const {
+  std::lock_guard lock(mu_);
+  // Pending records are counted as if packed at 3/4 density.
+  uint64_t pending_blocks = pending_records_.size() * 4 / 3 / format::kJournalPayload + 1;
+  uint64_t used = journal_head_seq_ - label_.replay_seq + pending_blocks;
+  return used * 2 > geometry_.journal_blocks;
+}
+
+// Packs the records into whole journal blocks and writes them, each to a
+// block never written before in this checkpoint generation.
+Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t count_hint) {
+  (void)count_hint;
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  size_t pos = 0;
+  while (pos < records.size()) {
+    uint64_t seq;
+    uint64_t gen;
+    {
+      std::lock_guard lock(mu_);
+      seq = journal_head_seq_;
+      gen = label_.checkpoint_gen;
+      if (seq - label_.replay_seq >= geometry_.journal_blocks)
+        return Status(ENOSPC, "journal is full; a checkpoint is overdue");
+    }
+    std::memset(buf.get(), 0, kBlockSize);
+    format::JournalBlockHeader h{};
+    h.magic = format::kJournalMagic;
+    h.seq = seq;
+    h.checkpoint_gen = gen;
+    uint8_t* out = buf.get() + sizeof h;
+    while (pos < records.size()) {
+      format::RecordHeader rh;
+      std::memcpy(&rh, records.data() + pos, sizeof rh);
+      size_t len = sizeof rh + rh.length;
+      if (h.used_bytes + len > format::kJournalPayload) break;
+      std::memcpy(out + h.used_bytes, records.data() + pos, len);
+      h.used_bytes += static_cast<uint32_t>(len);
+      h.record_count++;
+      pos += len;
+    }
+    assert(h.record_count > 0);
+    std::memcpy(buf.get(), &h, sizeof h);
+    uint32_t crc = format::BlockCrc(buf.get(), kBlockSize, offsetof(format::JournalBlockHeader, crc));
+    std::memcpy(buf.get() + offsetof(format::JournalBlockHeader, crc), &crc, 4);
+    ES_RETURN_IF_ERROR(device_->WriteSync(JournalBlockOffset(seq), buf.get(), kBlockSize));
+    std::lock_guard lock(mu_);
+    journal_head_seq_ = seq + 1;
+  }
+  return Status::Ok();
+}
+
+Status Pool::Commit() {
+  std::lock_guard commit(commit_mu_);
+  ES_RETURN_IF_ERROR(CheckNotFailed());
+  std::vector<uint8_t> records;
+  std::vector<BlockRun> frees;
+  uint32_t count;
+  {
+    std::lock_guard lock(mu_);
+    records.swap(pending_records_);
+    frees.swap(pending_frees_);
+    count = pending_record_count_;
+    pending_record_count_ = 0;
+  }
+  // First flush: the data of every completed write is durable before any
+  // record that makes it readable (a written bit, a new mapping).
+  Status s = device_->FlushSync();
+  if (!s.ok()) return Fail(s.WithContext("flushing data"));
+  if (records.empty()) {
+    assert(frees.empty());
+    return Status::Ok();
+  }
+  s = WriteJournalBlocks(records, count);
+  if (!s.ok()) return Fail(s.WithContext("writing journal"));
+  s = device_->FlushSync();
+  if (!s.ok()) return Fail(s.WithContext("flushing journal"));
+  // Only now may space these records freed be handed out again.
+  std::lock_guard lock(mu_);
+  for (const BlockRun& run : frees) {
+    bool was_used = allocator_.Free(run.block, run.count);
+    assert(was_used);
+    (void)was_used;
+  }
+  return Status::Ok();
+}
+
+Result<uint64_t> Pool::ReplayJournal(const RecordVisitor& apply) {
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  uint64_t applied = 0;
+  uint64_t seq = label_.replay_seq;
+  for (; seq - label_.replay_seq < geometry_.journal_blocks; seq++) {
+    ES_RETURN_IF_ERROR(device_->ReadSync(JournalBlockOffset(seq), buf.get(), kBlockSize));
+    format::JournalBlockHeader h;
+    std::memcpy(&h, buf.get(), sizeof h);
+    bool valid = h.magic == format::kJournalMagic && h.seq == seq && h.checkpoint_gen == label_.checkpoint_gen &&
+                 h.used_bytes <= format::kJournalPayload &&
+                 format::BlockCrc(buf.get(), kBlockSize, offsetof(format::JournalBlockHeader, crc)) == h.crc;
+    if (!valid) break;  // end of the journal (or a torn last commit)
+    const uint8_t* p = buf.get() + sizeof h;
+    uint32_t pos = 0;
+    for (uint32_t r = 0; r < h.record_count; r++) {
+      format::RecordHeader rh;
+      if (pos + sizeof rh > h.used_bytes) return Status(EUCLEAN, "journal block " + std::to_string(seq) + " has a truncated record");
+      std::memcpy(&rh, p + pos, sizeof rh);
+      pos += sizeof rh;
+      if (pos + rh.length > h.used_bytes) return Status(EUCLEAN, "journal block " + std::to_string(seq) + " has a truncated record");
+      ES_RETURN_IF_ERROR(apply(static_cast<format::RecordType>(rh.type), std::span<const uint8_t>(p + pos, rh.length)));
+      pos += rh.length;
+      applied++;
+    }
+  }
+  std::lock_guard lock(mu_);
+  journal_head_seq_ = seq;
+  return applied;
+}
+
+}  // namespace edgestor

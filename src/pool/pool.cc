@@ -1,0 +1,381 @@
+// Pool: labels, open/format, and checkpoints. The journal is in journal.cc.
+#include "pool/pool.h"
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <algorithm>
+#include <optional>
+#include <random>
+
+#include "base/checksum.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+namespace format {
+uint32_t BlockCrc(const void* block, size_t len, size_t crc_offset) {
+  const uint8_t* p = static_cast<const uint8_t*>(block);
+  static const uint8_t kZeros[4] = {};
+  uint32_t crc = Crc32c(p, crc_offset, 0xffffffffu);
+  crc = Crc32c(kZeros, 4, crc);
+  return Crc32c(p + crc_offset + 4, len - crc_offset - 4, crc) ^ 0xffffffffu;
+}
+}  // namespace format
+
+namespace {
+
+constexpr uint64_t kLabelBlocksFront = 2;
+constexpr uint64_t kLabelBlocksBack = 2;
+constexpr size_t kLabelCrcOffset = offsetof(format::Label, crc);
+
+uint64_t LabelBlock(uint64_t total_blocks, int copy) {
+  return copy < 2 ? static_cast<uint64_t>(copy) : total_blocks - kLabelBlocksBack + (copy - 2);
+}
+
+bool LabelIsValid(const format::Label& label, uint64_t device_bytes) {
+  if (label.magic != format::kLabelMagic) return false;
+  if (format::BlockCrc(&label, kBlockSize, kLabelCrcOffset) != label.crc) return false;
+  return label.device_bytes <= device_bytes;
+}
+
+// Geometry sanity for a label whose checksum is right: guards against a
+// label written by a buggy or hostile tool.
+Status CheckLabelGeometry(const format::Label& l) {
+  uint64_t total = l.device_bytes / kBlockSize;
+  if (l.version != format::kVersion)
+    return Status(EPROTONOSUPPORT, "pool format version " + std::to_string(l.version) + " is not supported (this build reads version " +
+                                        std::to_string(format::kVersion) + ")");
+  if (l.features & ~format::kKnownFeatures) return Status(EPROTONOSUPPORT, "pool uses features this build does not know");
+  if (l.vdev_layout != format::kVdevSingle) return Status(EPROTONOSUPPORT, "pool uses an unknown vdev layout");
+  bool cluster_ok = l.cluster_size >= format::kMinClusterSize && l.cluster_size <= format::kMaxClusterSize &&
+                    (l.cluster_size & (l.cluster_size - 1)) == 0;
+  bool journal_ok = l.journal_start == kLabelBlocksFront && l.journal_blocks >= format::kMinJournalBlocks &&
+                    l.journal_blocks <= format::kMaxJournalBlocks && l.journal_start + l.journal_blocks < total;
+  bool checkpoint_ok = l.checkpoint_block < total;
+  if (l.block_size != kBlockSize || !cluster_ok || !journal_ok || !checkpoint_ok)
+    return Status(EUCLEAN, "pool label has impossible geometry");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Pool::Pool(std::unique_ptr<Device> device, const format::Label& label)
+    : device_(std::move(device)),
+      label_(label),
+      allocator_(label.device_bytes / kBlockSize, label.cluster_size / kBlockSize) {
+  geometry_.device_bytes = label.device_bytes;
+  geometry_.cluster_size = label.cluster_size;
+  geometry_.journal_start = label.journal_start;
+  geometry_.journal_blocks = label.journal_blocks;
+  geometry_.total_blocks = label.device_bytes / kBlockSize;
+  journal_head_seq_ = label.replay_seq;
+  // Labels and journal are fixed; everything else is marked by recovery.
+  allocator_.MarkUsed(0, label.journal_start + label.journal_blocks);
+  allocator_.MarkUsed(geometry_.total_blocks - kLabelBlocksBack, kLabelBlocksBack);
+}
+
+namespace {
+
+// Reads all label copies and returns the valid one with the highest
+// generation. Distinguishes "not a pool" from "a pool whose labels are all
+// damaged" for a clearer error.
+Result<format::Label> ReadBestLabel(Device& device) {
+  uint64_t total_blocks = device.size() / kBlockSize;
+  if (total_blocks < kLabelBlocksFront + kLabelBlocksBack + format::kMinJournalBlocks)
+    return Status(EINVAL, device.name() + " is too small to be an edgestor pool (" + std::to_string(device.size()) + " bytes)");
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  std::optional<format::Label> best;
+  int magic_seen = 0;
+  Status io_error;
+  for (int copy = 0; copy < static_cast<int>(format::kLabelCopies); copy++) {
+    Status s = device.ReadSync(LabelBlock(total_blocks, copy) * kBlockSize, buf.get(), kBlockSize);
+    if (!s.ok()) {
+      io_error = s;
+      continue;
+    }
+    format::Label label;
+    std::memcpy(&label, buf.get(), sizeof label);
+    if (label.magic == format::kLabelMagic) magic_seen++;
+    if (!LabelIsValid(label, device.size())) continue;
+    if (!best || label.generation > best->generation) best = label;
+  }
+  if (!best) {
+    if (!io_error.ok()) return io_error.WithContext("cannot read pool labels");
+    if (magic_seen) return Status(EUCLEAN, "every pool label on " + device.name() + " is damaged (bad checksum)");
+    if (device.size() % kBlockSize != 0)
+      return Status(EINVAL, device.name() + " is not an edgestor pool (no label found; its size is not a multiple of 4 KiB, was it truncated?)");
+    return Status(EINVAL, device.name() + " is not an edgestor pool (no label found)");
+  }
+  ES_RETURN_IF_ERROR(CheckLabelGeometry(*best));
+  if (best->device_bytes != device.size())
+    return Status(EINVAL, device.name() + " is " + std::to_string(device.size()) + " bytes but its pool label says " +
+                              std::to_string(best->device_bytes) + " (truncated or resized?)");
+  return *best;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint32_t cluster_size,
+                                           uint64_t journal_bytes) {
+  if (cluster_size < format::kMinClusterSize || cluster_size > format::kMaxClusterSize ||
+      (cluster_size & (cluster_size - 1)) != 0)
+    return Status(EINVAL, "cluster size must be a power of two from 4 KiB to 256 KiB");
+  uint64_t device_bytes = device->size() / kBlockSize * kBlockSize;
+  uint64_t total_blocks = device_bytes / kBlockSize;
+  uint64_t journal_blocks = journal_bytes / kBlockSize;
+  if (journal_bytes == 0)
+    journal_blocks = std::clamp(total_blocks / 100, format::kMinJournalBlocks, format::kMaxJournalBlocks);
+  if (journal_blocks < format::kMinJournalBlocks || journal_blocks > format::kMaxJournalBlocks)
+    return Status(EINVAL, "journal size must be from 1 MiB to 256 MiB");
+  uint64_t min_blocks =
+      kLabelBlocksFront + journal_blocks + kLabelBlocksBack + 16 * (cluster_size / kBlockSize) + 64;
+  if (total_blocks < min_blocks)
+    return Status(EINVAL, "device is too small for a pool: " + std::to_string(device->size()) +
+                              " bytes, need at least " + std::to_string(min_blocks * kBlockSize));
+  if (ReadBestLabel(*device).ok()) return Status(EEXIST, device->name() + " already holds an edgestor pool");
+
+  format::Label label{};
+  label.magic = format::kLabelMagic;
+  label.version = format::kVersion;
+  label.generation = 0;  // WriteLabels bumps it to 1
+  std::random_device entropy;
+  for (auto& byte : label.pool_uuid) byte = static_cast<uint8_t>(entropy());
+  label.device_bytes = device_bytes;
+  label.block_size = kBlockSize;
+  label.cluster_size = cluster_size;
+  label.journal_start = kLabelBlocksFront;
+  label.journal_blocks = journal_blocks;
+  label.checkpoint_block = 0;
+  label.checkpoint_gen = 1;
+  label.replay_seq = 0;
+
+  std::unique_ptr<Pool> pool(new Pool(std::move(device), label));
+  // Stale journal blocks of an older pool on this device carry another
+  // generation or sequence and are ignored; no need to zero the ring.
+  std::lock_guard commit(pool->commit_mu_);
+  ES_RETURN_IF_ERROR(pool->WriteLabels(label));
+  return pool;
+}
+
+Result<std::unique_ptr<Pool>> Pool::Open(std::unique_ptr<Device> device) {
+  ES_ASSIGN_OR_RETURN(format::Label label, ReadBestLabel(*device));
+  return std::unique_ptr<Pool>(new Pool(std::move(device), label));
+}
+
+Status Pool::WriteLabels(format::Label label) {
+  label.generation = label_.generation + 1;
+  label.crc = 0;
+  label.crc = format::BlockCrc(&label, kBlockSize, kLabelCrcOffset);
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  std::memcpy(buf.get(), &label, kBlockSize);
+  // Two rounds (A+C, then B+D), each followed by a flush: a torn write can
+  // damage at most the copies of one round, and the other round's copies
+  // hold either the old or the new label, both complete.
+  for (int round = 0; round < 2; round++) {
+    for (int copy : {round, round + 2}) {
+      Status s = device_->WriteSync(LabelBlock(geometry_.total_blocks, copy) * kBlockSize, buf.get(), kBlockSize);
+      if (!s.ok()) return Fail(s.WithContext("writing pool label"));
+    }
+    Status s = device_->FlushSync();
+    if (!s.ok()) return Fail(s.WithContext("flushing pool label"));
+  }
+  std::lock_guard lock(mu_);
+  label_ = label;
+  return Status::Ok();
+}
+
+Status Pool::Fail(Status status) {
+  std::lock_guard lock(mu_);
+  failed_ = true;
+  return status;
+}
+
+Status Pool::CheckNotFailed() const {
+  std::lock_guard lock(mu_);
+  if (failed_) return Status(EIO, "pool stopped after a device error; reopen it to recover");
+  return Status::Ok();
+}
+
+bool Pool::is_failed() const {
+  std::lock_guard lock(mu_);
+  return failed_;
+}
+
+std::string Pool::uuid() const {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += kHex[label_.pool_uuid[i] >> 4];
+    out += kHex[label_.pool_uuid[i] & 15];
+  }
+  return out;
+}
+
+uint64_t Pool::checkpoint_gen() const {
+  std::lock_guard lock(mu_);
+  return label_.checkpoint_gen;
+}
+
+uint64_t Pool::next_checkpoint_gen() const { return checkpoint_gen() + 1; }
+
+uint64_t Pool::used_blocks() const {
+  std::lock_guard lock(mu_);
+  return allocator_.used_blocks();
+}
+
+uint64_t Pool::free_blocks() const {
+  std::lock_guard lock(mu_);
+  return allocator_.free_blocks();
+}
+
+// ---- Space ----
+
+bool Pool::MarkUsed(uint64_t block, uint64_t count) {
+  std::lock_guard lock(mu_);
+  if (block == 0 || block + count > geometry_.total_blocks) return false;
+  return allocator_.MarkUsed(block, count);
+}
+
+Result<uint64_t> Pool::AllocateCluster() {
+  std::lock_guard lock(mu_);
+  return allocator_.AllocateCluster(metadata_reserve_);
+}
+
+Result<uint64_t> Pool::AllocateMetaBlock() {
+  std::lock_guard lock(mu_);
+  return allocator_.AllocateBlock();
+}
+
+void Pool::FreeUnreferenced(BlockRun run) {
+  std::lock_guard lock(mu_);
+  bool was_used = allocator_.Free(run.block, run.count);
+  assert(was_used);
+  (void)was_used;
+}
+
+void Pool::SetMetadataReserve(uint64_t blocks) {
+  std::lock_guard lock(mu_);
+  metadata_reserve_ = blocks;
+}
+
+// ---- Checkpoint ----
+
+Status Pool::ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* page) {
+  if (block == 0 || block >= geometry_.total_blocks) return Status(EUCLEAN, "map page pointer out of range");
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
+  std::memcpy(page, buf.get(), kBlockSize);
+  if (page->header.magic != format::kMapPageMagic ||
+      format::BlockCrc(page, kBlockSize, offsetof(format::MapPageHeader, crc)) != page->header.crc)
+    return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is damaged (bad checksum)");
+  if (page->header.generation != generation)
+    return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is stale (generation " +
+                               std::to_string(page->header.generation) + ", expected " + std::to_string(generation) + ")");
+  return Status::Ok();
+}
+
+Status Pool::WriteMapPage(uint64_t block, format::MapPage* page) {
+  assert(block != 0 && block < geometry_.total_blocks);
+  page->header.magic = format::kMapPageMagic;
+  page->header.generation = next_checkpoint_gen();
+  page->header.crc = 0;
+  page->header.crc = format::BlockCrc(page, kBlockSize, offsetof(format::MapPageHeader, crc));
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  std::memcpy(buf.get(), page, kBlockSize);
+  Status s = device_->WriteSync(block * kBlockSize, buf.get(), kBlockSize);
+  if (!s.ok()) return Fail(s.WithContext("writing map page"));
+  return Status::Ok();
+}
+
+Result<std::vector<uint8_t>> Pool::ReadCheckpointPayload() {
+  std::vector<uint8_t> payload;
+  uint64_t block = label_.checkpoint_block;
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  for (uint32_t index = 0; block != 0; index++) {
+    if (block >= geometry_.total_blocks || index >= geometry_.total_blocks)
+      return Status(EUCLEAN, "checkpoint chain points outside the pool");
+    ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
+    format::CheckpointBlockHeader h;
+    std::memcpy(&h, buf.get(), sizeof h);
+    bool valid = h.magic == format::kCheckpointMagic &&
+                 format::BlockCrc(buf.get(), kBlockSize, offsetof(format::CheckpointBlockHeader, crc)) == h.crc &&
+                 h.generation == label_.checkpoint_gen && h.index == index && h.payload_bytes <= format::kCheckpointPayload;
+    if (!valid) return Status(EUCLEAN, "checkpoint block " + std::to_string(block) + " is damaged or stale");
+    if (!MarkUsed(block, 1)) return Status(EUCLEAN, "checkpoint chain loops or overlaps at block " + std::to_string(block));
+    chain_blocks_.push_back({block, 1});
+    payload.insert(payload.end(), buf.get() + sizeof h, buf.get() + sizeof h + h.payload_bytes);
+    block = h.next_block;
+  }
+  return payload;
+}
+
+// Writes `payload` as a chain of fresh blocks; returns the head block.
+static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const uint8_t> payload, uint64_t generation,
+                                   std::vector<BlockRun>* chain) {
+  size_t blocks = std::max<size_t>(1, (payload.size() + format::kCheckpointPayload - 1) / format::kCheckpointPayload);
+  std::vector<uint64_t> where(blocks);
+  for (auto& b : where) {
+    ES_ASSIGN_OR_RETURN(b, pool.AllocateMetaBlock());
+    chain->push_back({b, 1});
+  }
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  for (size_t i = 0; i < blocks; i++) {
+    std::memset(buf.get(), 0, kBlockSize);
+    format::CheckpointBlockHeader h{};
+    h.magic = format::kCheckpointMagic;
+    h.generation = generation;
+    h.next_block = i + 1 < blocks ? where[i + 1] : 0;
+    h.index = static_cast<uint32_t>(i);
+    size_t offset = i * format::kCheckpointPayload;
+    h.payload_bytes = static_cast<uint32_t>(std::min<size_t>(format::kCheckpointPayload, payload.size() - std::min(offset, payload.size())));
+    std::memcpy(buf.get(), &h, sizeof h);
+    if (h.payload_bytes) std::memcpy(buf.get() + sizeof h, payload.data() + offset, h.payload_bytes);
+    uint32_t crc = format::BlockCrc(buf.get(), kBlockSize, offsetof(format::CheckpointBlockHeader, crc));
+    std::memcpy(buf.get() + offsetof(format::CheckpointBlockHeader, crc), &crc, 4);
+    ES_RETURN_IF_ERROR(device.WriteSync(where[i] * kBlockSize, buf.get(), kBlockSize));
+  }
+  return where[0];
+}
+
+Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded) {
+  std::lock_guard commit(commit_mu_);
+  ES_RETURN_IF_ERROR(CheckNotFailed());
+  uint64_t gen = next_checkpoint_gen();
+  std::vector<BlockRun> new_chain;
+  auto head = WriteChain(*this, *device_, payload, gen, &new_chain);
+  if (!head.ok()) return Fail(head.status().WithContext("writing checkpoint"));
+  // Map pages and chain must be durable before a label points at them.
+  Status s = device_->FlushSync();
+  if (!s.ok()) return Fail(s.WithContext("flushing checkpoint"));
+
+  format::Label label;
+  {
+    std::lock_guard lock(mu_);
+    label = label_;
+    // Every record written or pending is reflected in the payload; journal
+    // blocks of the old generation are ignored from now on.
+    label.replay_seq = journal_head_seq_;
+  }
+  label.checkpoint_block = head.value();
+  label.checkpoint_gen = gen;
+  ES_RETURN_IF_ERROR(WriteLabels(label));
+
+  std::lock_guard lock(mu_);
+  pending_records_.clear();
+  pending_record_count_ = 0;
+  superseded.insert(superseded.end(), chain_blocks_.begin(), chain_blocks_.end());
+  superseded.insert(superseded.end(), pending_frees_.begin(), pending_frees_.end());
+  pending_frees_.clear();
+  for (const BlockRun& run : superseded) {
+    bool was_used = allocator_.Free(run.block, run.count);
+    assert(was_used);
+    (void)was_used;
+  }
+  chain_blocks_ = std::move(new_chain);
+  return Status::Ok();
+}
+
+}  // namespace edgestor

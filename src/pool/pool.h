@@ -1,0 +1,147 @@
+// Pool layer public API: on-disk format, space, and the commit protocol.
+//
+// A Pool owns the device and provides to the volume layer above:
+//   * labels (four redundant copies) and recovery of the newest valid one;
+//   * the allocator (block bitmap, rebuilt at open from what is referenced);
+//   * the journal: metadata records appended in memory and made durable by
+//     Commit();
+//   * checkpoints: an opaque payload (written as a chain of blocks) plus the
+//     map pages the volume layer wrote, committed by flipping the label.
+//
+// The pool does not interpret records or the checkpoint payload; the volume
+// layer does. Commit protocol (see docs/ARCHITECTURE.md):
+//   Commit():      device flush (data of completed writes is durable)
+//                  -> write the pending records as new journal blocks
+//                  -> device flush -> release the frees of those records.
+//   Checkpoint:    device flush -> write dirty map pages to fresh blocks and
+//                  the payload chain -> flush -> write labels A,C -> flush
+//                  -> write labels B,D -> flush -> release the old blocks.
+//
+// Threading: all methods are thread-safe. Commit and checkpoint are
+// serialized with each other; AppendRecord may run concurrently with a Commit
+// (the record then goes into the next commit).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "io/device.h"
+#include "pool/allocator.h"
+#include "pool/format.h"
+
+namespace edgestor {
+
+struct PoolGeometry {
+  uint64_t device_bytes = 0;
+  uint32_t cluster_size = 0;
+  uint64_t journal_start = 0;
+  uint64_t journal_blocks = 0;
+  uint64_t total_blocks = 0;
+};
+
+// A block freed by the volume layer, reusable once the commit (or
+// checkpoint) that stops referencing it is durable.
+struct BlockRun {
+  uint64_t block;
+  uint64_t count;
+};
+
+class Pool {
+ public:
+  // Writes the labels of an empty pool. EEXIST if a valid label is present.
+  static Result<std::unique_ptr<Pool>> Format(std::unique_ptr<Device> device, uint32_t cluster_size,
+                                              uint64_t journal_bytes);
+  // Reads the newest valid label. Writes nothing.
+  static Result<std::unique_ptr<Pool>> Open(std::unique_ptr<Device> device);
+
+  // ---- Recovery (single-threaded, at open) ----
+  // Reads the checkpoint payload named by the label and marks its chain
+  // blocks used. Empty payload for a pool never checkpointed.
+  Result<std::vector<uint8_t>> ReadCheckpointPayload();
+  // Reads a map page written by a checkpoint and verifies magic, crc and
+  // generation. Thread-safe (used for cache misses at run time too).
+  Status ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* page);
+  // Calls `apply` for every record of every valid journal block from the
+  // label's replay_seq on, in order; stops at the first invalid block.
+  // Returns the number of records applied.
+  using RecordVisitor = std::function<Status(format::RecordType, std::span<const uint8_t>)>;
+  Result<uint64_t> ReplayJournal(const RecordVisitor& apply);
+  // Marks blocks referenced by the maps as used; false on a double reference.
+  bool MarkUsed(uint64_t block, uint64_t count);
+
+  // ---- Space ----
+  // A data cluster; ENOSPC if only the metadata reserve is left.
+  Result<uint64_t> AllocateCluster();
+  // A block for metadata (map pages, checkpoint chain); may use the reserve.
+  Result<uint64_t> AllocateMetaBlock();
+  // Returns space never referenced by anything durable (e.g. a cluster
+  // allocated for a write that failed). Reusable at once.
+  void FreeUnreferenced(BlockRun run);
+  // Blocks the volume layer keeps free for the next checkpoint's map pages.
+  void SetMetadataReserve(uint64_t blocks);
+
+  // ---- Journal ----
+  // Appends a record to the next commit; `frees` become reusable once that
+  // commit is durable. Records are never larger than a journal block.
+  void AppendRecord(format::RecordType type, std::span<const uint8_t> body, std::span<const BlockRun> frees = {});
+  // Makes every record appended before the call durable (see header comment).
+  Status Commit();
+  // True when the journal is more than half full: time for a checkpoint.
+  bool JournalWantsCheckpoint() const;
+
+  // ---- Checkpoint ----
+  // The generation the next checkpoint will stamp on its map pages.
+  uint64_t next_checkpoint_gen() const;
+  // Writes a map page at `block` (from AllocateMetaBlock) for the checkpoint
+  // in preparation, stamping generation and crc.
+  Status WriteMapPage(uint64_t block, format::MapPage* page);
+  // Completes a checkpoint: REQUIRES the caller to hold off every metadata
+  // change (no AppendRecord) while it runs. Writes `payload` as a new chain,
+  // flips the labels, drops the records it supersedes, and frees
+  // `superseded` (old pages) and the previous chain once durable.
+  Status WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded);
+
+  // ---- Information ----
+  const PoolGeometry& geometry() const { return geometry_; }
+  std::string uuid() const;
+  uint64_t checkpoint_gen() const;
+  uint64_t used_blocks() const;
+  uint64_t free_blocks() const;
+  uint64_t total_blocks() const { return geometry_.total_blocks; }
+  bool is_failed() const;
+  Device& device() { return *device_; }
+
+  // Sentinel: a pool whose device failed mid-commit refuses further commits
+  // (EIO) until reopened, so nothing half-written is ever built upon.
+  Status CheckNotFailed() const;
+
+ private:
+  Pool(std::unique_ptr<Device> device, const format::Label& label);
+  Status WriteLabels(format::Label label);  // REQUIRES: commit_mu_ held
+  Status WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t count_hint);  // REQUIRES: commit_mu_
+  Status Fail(Status status);
+  uint64_t JournalBlockOffset(uint64_t seq) const;
+
+  std::unique_ptr<Device> device_;
+  PoolGeometry geometry_;
+
+  std::mutex commit_mu_;  // serializes Commit and WriteCheckpoint; taken before mu_
+  mutable std::mutex mu_;
+  format::Label label_;              // GUARDED_BY(mu_) as last written
+  Allocator allocator_;              // GUARDED_BY(mu_)
+  uint64_t metadata_reserve_ = 0;    // GUARDED_BY(mu_)
+  std::vector<uint8_t> pending_records_;  // GUARDED_BY(mu_): packed RecordHeader+body
+  uint32_t pending_record_count_ = 0;     // GUARDED_BY(mu_)
+  std::vector<BlockRun> pending_frees_;   // GUARDED_BY(mu_): freed by pending records
+  uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write
+  std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
+  bool failed_ = false;                   // GUARDED_BY(mu_)
+};
+
+}  // namespace edgestor

@@ -1,0 +1,106 @@
+#include "volume/checkpoint_codec.h"
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+namespace edgestor {
+
+namespace {
+
+template <typename T>
+void Put(std::vector<uint8_t>& out, const T& value) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(&value);
+  out.insert(out.end(), p, p + sizeof value);
+}
+
+// A bounds-checked reader over the payload.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> data) : data_(data) {}
+  template <typename T>
+  bool Get(T* value) {
+    if (data_.size() - pos_ < sizeof(T)) return false;
+    std::memcpy(value, data_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool GetBytes(size_t n, std::string* out) {
+    if (data_.size() - pos_ < n) return false;
+    out->assign(reinterpret_cast<const char*>(data_.data() + pos_), n);
+    pos_ += n;
+    return true;
+  }
+  size_t remaining() const { return data_.size() - pos_; }
+
+ private:
+  std::span<const uint8_t> data_;
+  size_t pos_ = 0;
+};
+
+Status Corrupt(const std::string& what) { return Status(EUCLEAN, "checkpoint is damaged: " + what); }
+
+}  // namespace
+
+bool IsValidVolumeName(const std::string& name) {
+  if (name.empty() || name.size() > format::kMaxVolumeNameLength) return false;
+  if (name[0] == '.' || name[0] == '-') return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + cluster_size - 1) / cluster_size; }
+
+std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
+  std::vector<uint8_t> out;
+  Put(out, format::CheckpointHeader{static_cast<uint32_t>(contents.volumes.size()), contents.next_volume_id});
+  for (const VolumeRecord& v : contents.volumes) {
+    Put(out, format::VolumeTableEntry{v.id, static_cast<uint32_t>(v.name.size()), v.size, v.directory.size()});
+    out.insert(out.end(), v.name.begin(), v.name.end());
+    for (const auto& slot : v.directory) Put(out, slot);
+  }
+  return out;
+}
+
+Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t cluster_size,
+                                           uint64_t total_blocks) {
+  CheckpointContents contents;
+  if (payload.empty()) return contents;  // a pool never checkpointed
+  Reader in(payload);
+  format::CheckpointHeader header;
+  if (!in.Get(&header)) return Corrupt("truncated header");
+  if (header.volume_count > format::kMaxVolumes) return Corrupt("too many volumes");
+  contents.next_volume_id = header.next_volume_id;
+  std::set<uint32_t> ids;
+  std::set<std::string> names;
+  for (uint32_t i = 0; i < header.volume_count; i++) {
+    format::VolumeTableEntry e;
+    if (!in.Get(&e)) return Corrupt("truncated volume table");
+    VolumeRecord v;
+    v.id = e.volume_id;
+    v.size = e.size;
+    if (e.name_length > format::kMaxVolumeNameLength || !in.GetBytes(e.name_length, &v.name) ||
+        !IsValidVolumeName(v.name))
+      return Corrupt("bad volume name");
+    if (v.id == 0 || v.id >= header.next_volume_id || !ids.insert(v.id).second) return Corrupt("bad volume id");
+    if (!names.insert(v.name).second) return Corrupt("duplicate volume name " + v.name);
+    if (v.size == 0 || v.size > format::kMaxVolumeSize || v.size % 512 != 0) return Corrupt("bad size of volume " + v.name);
+    uint64_t slots = (ClustersFor(v.size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
+    if (e.directory_slots != slots || in.remaining() / sizeof(format::DirectorySlot) < slots)
+      return Corrupt("directory of volume " + v.name + " has the wrong length");
+    v.directory.resize(slots);
+    for (auto& slot : v.directory) {
+      in.Get(&slot);
+      if (slot.block >= total_blocks) return Corrupt("map page pointer of volume " + v.name + " is out of range");
+    }
+    contents.volumes.push_back(std::move(v));
+  }
+  if (in.remaining() != 0) return Corrupt("trailing bytes");
+  return contents;
+}
+
+}  // namespace edgestor

@@ -1,0 +1,40 @@
+// Encoding of the checkpoint payload: the volume table and every volume's
+// map directory. Parsing is strict (every field bounded, no trailing bytes)
+// because the payload is read from disk and may be damaged or hostile; a
+// fuzz target drives ParseCheckpoint.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "pool/format.h"
+
+namespace edgestor {
+
+struct VolumeRecord {
+  uint32_t id = 0;
+  std::string name;
+  uint64_t size = 0;
+  std::vector<format::DirectorySlot> directory;
+};
+
+struct CheckpointContents {
+  uint32_t next_volume_id = 1;
+  std::vector<VolumeRecord> volumes;
+};
+
+std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents);
+// `cluster_size` and `total_blocks` bound the directory sizes and pointers.
+Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t cluster_size,
+                                           uint64_t total_blocks);
+
+// Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or
+// '-', and without '@' (reserved for snapshots: VOL@SNAP).
+bool IsValidVolumeName(const std::string& name);
+// Clusters needed to hold `size` bytes.
+uint64_t ClustersFor(uint64_t size, uint32_t cluster_size);
+
+}  // namespace edgestor

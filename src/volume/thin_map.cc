@@ -1,0 +1,100 @@
+#include "volume/thin_map.h"
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+namespace edgestor {
+
+using format::kEntriesPerMapPage;
+
+ThinMap::ThinMap(Pool& pool, MapCacheBudget& budget, uint64_t clusters)
+    : pool_(pool), budget_(budget), clusters_(clusters), slots_(SlotsFor(clusters)) {}
+
+ThinMap::~ThinMap() {
+  for (Slot& slot : slots_) {
+    if (!slot.page) continue;
+    if (slot.page->dirty) budget_.dirty_pages--;
+    budget_.cached_pages--;
+  }
+}
+
+uint64_t ThinMap::SlotsFor(uint64_t clusters) { return (clusters + kEntriesPerMapPage - 1) / kEntriesPerMapPage; }
+
+Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
+  assert(cluster < clusters_);
+  Slot& slot = slots_[cluster / kEntriesPerMapPage];
+  if (slot.page) return slot.page.get();
+  if (slot.block == 0 && !create) return static_cast<CachedPage*>(nullptr);
+  auto page = std::make_unique<CachedPage>();
+  if (slot.block != 0) {
+    auto raw = std::make_unique<format::MapPage>();
+    ES_RETURN_IF_ERROR(pool_.ReadMapPage(slot.block, slot.generation, raw.get()));
+    std::memcpy(page->entries, raw->entries, sizeof page->entries);
+  }
+  slot.page = std::move(page);
+  budget_.cached_pages++;
+  return slot.page.get();
+}
+
+void ThinMap::MarkDirty(CachedPage* page) {
+  if (page->dirty) return;
+  page->dirty = true;
+  budget_.dirty_pages++;
+}
+
+void ThinMap::Resize(uint64_t clusters) {
+  uint64_t slots = SlotsFor(clusters);
+  for (uint64_t s = slots; s < slots_.size(); s++) {
+    assert(!slots_[s].page || slots_[s].page->pins == 0);
+    if (slots_[s].page) Evict(slots_[s]);
+  }
+  if (slots < slots_.size() && slots > 0 && slots_[slots - 1].page) {
+    // Entries past the new end inside the last page must already be unmapped.
+    for (uint64_t c = clusters; c < slots * kEntriesPerMapPage; c++)
+      assert(slots_[slots - 1].page->entries[c % kEntriesPerMapPage].phys_block == 0);
+  }
+  slots_.resize(slots);
+  clusters_ = clusters;
+}
+
+void ThinMap::Evict(Slot& slot) {
+  assert(slot.page && slot.page->pins == 0);
+  if (slot.page->dirty) budget_.dirty_pages--;
+  slot.page.reset();
+  budget_.cached_pages--;
+}
+
+void ThinMap::EvictIfOverBudget() {
+  if (budget_.cached_pages <= budget_.max_pages || slots_.empty()) return;
+  // Clock scan over this map's slots; bounded so one call stays cheap.
+  for (uint64_t n = 0; n < slots_.size() && n < 4096 && budget_.cached_pages > budget_.max_pages; n++) {
+    Slot& slot = slots_[clock_hand_];
+    clock_hand_ = (clock_hand_ + 1) % slots_.size();
+    if (slot.page && !slot.page->dirty && slot.page->pins == 0) Evict(slot);
+  }
+}
+
+Status ThinMap::WriteDirtyPages(std::vector<BlockRun>* superseded) {
+  format::MapPage raw;
+  for (Slot& slot : slots_) {
+    if (!slot.page || !slot.page->dirty) continue;
+    ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateMetaBlock());
+    std::memset(&raw, 0, sizeof raw);
+    std::memcpy(raw.entries, slot.page->entries, sizeof raw.entries);
+    ES_RETURN_IF_ERROR(pool_.WriteMapPage(block, &raw));
+    if (slot.block != 0) superseded->push_back({slot.block, 1});
+    slot.block = block;
+    slot.generation = raw.header.generation;
+    slot.page->dirty = false;
+    budget_.dirty_pages--;
+  }
+  return Status::Ok();
+}
+
+void ThinMap::CollectPageBlocks(std::vector<BlockRun>* frees) const {
+  for (const Slot& slot : slots_)
+    if (slot.block != 0) frees->push_back({slot.block, 1});
+}
+
+}  // namespace edgestor

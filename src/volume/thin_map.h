@@ -1,0 +1,86 @@
+// ThinMap: one volume's cluster map, paged, with a bounded page cache.
+//
+// The map is a directory of slots, one per map page of kEntriesPerMapPage
+// clusters. A slot knows where the page was last checkpointed (block and
+// generation) and, when cached, holds the page in memory. Pages never
+// written are not stored at all (block 0): every cluster in them is
+// unmapped, so a thin volume's map costs memory only where it was written.
+//
+// Not thread-safe: the owning ThinVolume's mutex guards it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "base/status.h"
+#include "pool/format.h"
+#include "pool/pool.h"
+
+namespace edgestor {
+
+// Shared by all maps of a pool: how many pages are cached and dirty.
+struct MapCacheBudget {
+  uint64_t max_pages = 0;
+  std::atomic<uint64_t> cached_pages{0};
+  std::atomic<uint64_t> dirty_pages{0};
+};
+
+struct CachedPage {
+  format::MapEntry entries[format::kEntriesPerMapPage] = {};
+  // I/Os in flight per cluster: a cluster with I/O in flight is never freed,
+  // so its space cannot be reused under a request still using it.
+  uint16_t inflight[format::kEntriesPerMapPage] = {};
+  uint32_t pins = 0;  // sum of inflight: a pinned page is never evicted
+  bool dirty = false;
+};
+
+class ThinMap {
+ public:
+  struct Slot {
+    uint64_t block = 0;       // last checkpointed location; 0: never stored
+    uint64_t generation = 0;  // expected page generation
+    std::unique_ptr<CachedPage> page;
+  };
+
+  ThinMap(Pool& pool, MapCacheBudget& budget, uint64_t clusters);
+  ~ThinMap();
+
+  uint64_t clusters() const { return clusters_; }
+  static uint64_t SlotsFor(uint64_t clusters);
+
+  // The page holding `cluster`, loading it if needed. With `create`, a page
+  // never stored is created empty; without, nullptr is returned for it.
+  Result<CachedPage*> Page(uint64_t cluster, bool create);
+  static uint32_t IndexInPage(uint64_t cluster) { return cluster % format::kEntriesPerMapPage; }
+
+  // Marks a cached page dirty (it will be written by the next checkpoint).
+  void MarkDirty(CachedPage* page);
+
+  // Changes the number of clusters. Shrinking drops slots past the end;
+  // REQUIRES those clusters to be unmapped and idle (the caller frees them).
+  void Resize(uint64_t clusters);
+
+  // Drops clean, unpinned pages while the pool-wide budget is exceeded.
+  void EvictIfOverBudget();
+
+  // Checkpoint support: writes every dirty page to a fresh block; the old
+  // blocks are appended to `superseded`.
+  Status WriteDirtyPages(std::vector<BlockRun>* superseded);
+  std::vector<Slot>& slots() { return slots_; }
+  // Counts and releases everything for a deleted volume: appends page blocks
+  // to `frees`. Does not touch data clusters.
+  void CollectPageBlocks(std::vector<BlockRun>* frees) const;
+
+ private:
+  void Evict(Slot& slot);
+
+  Pool& pool_;
+  MapCacheBudget& budget_;
+  uint64_t clusters_;
+  std::vector<Slot> slots_;
+  uint64_t clock_hand_ = 0;  // eviction scan position
+};
+
+}  // namespace edgestor

@@ -1,0 +1,297 @@
+// ThinVolume: the asynchronous data path (read, aligned write) and its
+// completion. Discard, write-zeroes and unaligned writes are in
+// thin_volume_sync.cc; control operations in thin_volume_control.cc.
+#include "volume/thin_volume.h"
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+#include "volume/volume_set_impl.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+// One device I/O belonging to a VolumeIo: a run of 4 KiB blocks (or sectors)
+// inside one cluster.
+struct ThinVolume::SubIo {
+  IoRequest req;
+  ThinVolume* volume;
+  VolumeIo* io;
+  CachedPage* page;     // pinned while the I/O is in flight
+  uint64_t cluster;
+  uint64_t phys_block;  // cluster's first block when submitted
+  uint64_t written_mask;  // writes: blocks to mark written on success
+};
+
+ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name,
+                       uint64_t size)
+    : set_(set),
+      pool_(pool),
+      id_(id),
+      name_(std::move(name)),
+      cluster_size_(pool.geometry().cluster_size),
+      cluster_blocks_(pool.geometry().cluster_size / kBlockSize),
+      size_(size),
+      map_(pool, budget, ClustersFor(size, pool.geometry().cluster_size)) {}
+
+namespace {
+
+Status ValidateIo(const VolumeIo& io, uint64_t volume_size) {
+  if (io.op == VolumeOp::kFlush) return Status::Ok();
+  if (io.offset % kSectorSize || io.length % kSectorSize)
+    return Status(EINVAL, "offset and length must be multiples of 512 bytes");
+  if (io.offset > volume_size || io.length > volume_size - io.offset)
+    return Status(EINVAL, "I/O past the end of the volume (" + std::to_string(io.offset) + "+" +
+                              std::to_string(io.length) + " > " + std::to_string(volume_size) + ")");
+  bool has_data = io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite;
+  if (has_data && io.length > kMaxIoBytes) return Status(EINVAL, "request larger than 32 MiB");
+  if (has_data && io.buf == nullptr) return Status(EINVAL, "no data buffer");
+  return Status::Ok();
+}
+
+// Mask of 4 KiB blocks [first, first+count) within a cluster.
+uint64_t BlockMask(uint64_t first, uint64_t count) {
+  assert(first + count <= 64);
+  uint64_t bits = count == 64 ? ~0ull : (1ull << count) - 1;
+  return bits << first;
+}
+
+bool IsAllZero(const uint8_t* p, size_t len) {
+  // Compare in words; buffers are 512-aligned.
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < len / 8; i++)
+    if (w[i]) return false;
+  return true;
+}
+
+}  // namespace
+
+void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
+  io->progress = {};
+  Status s = set_.CheckUsable();
+  if (s.ok()) s = ValidateIo(*io, size());
+  if (!s.ok()) return Fail(io, s);
+  {
+    std::lock_guard lock(mu_);
+    inflight_ios_++;
+  }
+  // The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
+  // goes through a bounce buffer on the synchronous path.
+  bool aligned = io->offset % kBlockSize == 0 && io->length % kBlockSize == 0 &&
+                 reinterpret_cast<uintptr_t>(io->buf) % kIoAlignment == 0;
+  switch (io->op) {
+    case VolumeOp::kRead:
+      if (aligned) return SubmitRead(io, queue);
+      io->progress.error = ReadUnaligned(io->offset, io->length, io->buf).code();
+      return Complete(io);
+    case VolumeOp::kWrite:
+      if (aligned) return SubmitWrite(io, queue);
+      io->progress.error = WriteUnaligned(io->offset, io->length, io->buf).code();
+      return Complete(io);
+    case VolumeOp::kDiscard:
+    case VolumeOp::kWriteZeroes:
+      io->progress.error = ZeroRange(io->offset, io->length).code();
+      return Complete(io);
+    case VolumeOp::kFlush:
+      return Complete(io);  // Complete() commits: flush is fua with no data
+  }
+}
+
+void ThinVolume::Fail(VolumeIo* io, const Status& status) { io->done(io, status); }
+
+// Splits [offset, offset+length) at cluster boundaries.
+template <typename Fn>
+static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_size, Fn fn) {
+  while (length > 0) {
+    uint64_t cluster = offset / cluster_size;
+    uint64_t in_cluster = offset % cluster_size;
+    uint64_t n = std::min<uint64_t>(length, cluster_size - in_cluster);
+    fn(cluster, in_cluster, n);
+    offset += n;
+    length -= n;
+  }
+}
+
+void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
+  io->progress.pending = 1;  // guard until every sub-I/O is submitted
+  std::vector<SubIo*> subs;
+  ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
+    uint8_t* dst = io->buf + (cluster * cluster_size_ + at - io->offset);
+    std::lock_guard lock(mu_);
+    auto page = map_.Page(cluster, /*create=*/false);
+    if (!page.ok()) {
+      io->progress.error = page.status().code();
+      return;
+    }
+    format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
+    // Walk the range, reading runs of written blocks and zero-filling the rest.
+    uint64_t pos = at;
+    while (pos < at + n) {
+      uint64_t block = pos / kBlockSize;
+      bool written = (entry.written_bits >> block) & 1;
+      uint64_t run_end = pos;
+      while (run_end < at + n && (((entry.written_bits >> (run_end / kBlockSize)) & 1) == written))
+        run_end = std::min(at + n, (run_end / kBlockSize + 1) * kBlockSize);
+      if (!written) {
+        std::memset(dst + (pos - at), 0, run_end - pos);
+      } else {
+        auto* sub = new SubIo{};
+        sub->req.op = IoOp::kRead;
+        sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + pos;
+        sub->req.length = static_cast<uint32_t>(run_end - pos);
+        sub->req.buf = dst + (pos - at);
+        sub->volume = this;
+        sub->io = io;
+        sub->page = page.value();
+        sub->cluster = cluster;
+        sub->phys_block = entry.phys_block;
+        sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
+        sub->page->pins++;
+        io->progress.pending++;
+        subs.push_back(sub);
+      }
+      pos = run_end;
+    }
+  });
+  for (SubIo* sub : subs) SubmitSubIo(sub, queue);
+  ReleaseGuard(io);
+}
+
+void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
+  io->progress.pending = 1;
+  std::vector<SubIo*> subs;
+  ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
+    if (io->progress.error) return;
+    const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
+    if (n == cluster_size_ && IsAllZero(src, n)) {
+      // A whole cluster of zeros frees the cluster instead of storing zeros.
+      io->progress.error = ZeroRange(cluster * cluster_size_, n).code();
+      return;
+    }
+    std::lock_guard lock(mu_);
+    auto page = map_.Page(cluster, /*create=*/true);
+    if (!page.ok()) {
+      io->progress.error = page.status().code();
+      return;
+    }
+    auto entry = EnsureMapped(page.value(), cluster);
+    if (!entry.ok()) {
+      io->progress.error = entry.status().code();
+      return;
+    }
+    auto* sub = new SubIo{};
+    sub->req.op = IoOp::kWrite;
+    sub->req.offset = (entry->phys_block & format::kPhysBlockMask) * kBlockSize + at;
+    sub->req.length = static_cast<uint32_t>(n);
+    sub->req.buf = const_cast<uint8_t*>(src);
+    sub->volume = this;
+    sub->io = io;
+    sub->page = page.value();
+    sub->cluster = cluster;
+    sub->phys_block = entry->phys_block;
+    sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
+    sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
+    sub->page->pins++;
+    io->progress.pending++;
+    subs.push_back(sub);
+  });
+  for (SubIo* sub : subs) SubmitSubIo(sub, queue);
+  ReleaseGuard(io);
+}
+
+Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t cluster) {
+  format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
+  if (entry.phys_block != 0) return entry;
+  ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateCluster());
+  // Not journaled yet: the mapping becomes durable with the first written
+  // bit, after the data it guards (see Complete and the commit protocol).
+  entry = {block, 0};
+  SetEntry(page, cluster, entry, /*journal=*/false);
+  return entry;
+}
+
+void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapEntry& entry, bool journal,
+                          std::span<const BlockRun> frees) {
+  format::MapEntry& slot = page->entries[ThinMap::IndexInPage(cluster)];
+  assert(entry.phys_block != 0 || entry.written_bits == 0);
+  assert(cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0);
+  allocated_clusters_ += (entry.phys_block != 0) - (slot.phys_block != 0);
+  written_blocks_ += __builtin_popcountll(entry.written_bits) - __builtin_popcountll(slot.written_bits);
+  slot = entry;
+  bool newly_dirty = !page->dirty;
+  map_.MarkDirty(page);
+  if (newly_dirty) set_.UpdateMetadataReserve();
+  if (!journal) return;
+  format::MapSetRecord record{id_, 0, cluster, entry};
+  pool_.AppendRecord(format::RecordType::kMapSet,
+                     std::span(reinterpret_cast<const uint8_t*>(&record), sizeof record), frees);
+}
+
+void ThinVolume::SubmitSubIo(SubIo* sub, IoQueue& queue) {
+  sub->req.done = &ThinVolume::OnSubIoDone;
+  sub->req.context = sub;
+  queue.Submit(&sub->req);
+}
+
+void ThinVolume::OnSubIoDone(IoRequest* req, int result) {
+  auto* sub = static_cast<SubIo*>(req->context);
+  sub->volume->FinishSubIo(sub, result);
+}
+
+// Runs on the polling thread for each finished sub-I/O. All sub-I/Os of a
+// VolumeIo complete on the thread that submitted it (one IoQueue), so
+// `progress` needs no lock.
+void ThinVolume::FinishSubIo(SubIo* sub, int result) {
+  VolumeIo* io = sub->io;
+  {
+    std::lock_guard lock(mu_);
+    uint32_t index = ThinMap::IndexInPage(sub->cluster);
+    assert(sub->page->inflight[index] > 0 && sub->page->pins > 0);
+    sub->page->inflight[index]--;
+    sub->page->pins--;
+    format::MapEntry entry = sub->page->entries[index];
+    // The data is on the device (not yet durable); the written bits follow
+    // it into the journal, which the next commit writes after a flush.
+    if (result == 0 && sub->req.op == IoOp::kWrite && entry.phys_block == sub->phys_block &&
+        (entry.written_bits | sub->written_mask) != entry.written_bits) {
+      entry.written_bits |= sub->written_mask;
+      SetEntry(sub->page, sub->cluster, entry, /*journal=*/true);
+    }
+  }
+  if (result < 0 && io->progress.error == 0) io->progress.error = -result;
+  delete sub;
+  ReleaseGuard(io);
+}
+
+void ThinVolume::ReleaseGuard(VolumeIo* io) {
+  assert(io->progress.pending > 0);
+  if (--io->progress.pending == 0) Complete(io);
+}
+
+static std::string DescribeError(int code) {
+  switch (code) {
+    case ENOSPC: return "pool is full";
+    case EIO: return "device I/O error";
+    case EUCLEAN: return "metadata is damaged";
+    default: return "I/O failed";
+  }
+}
+
+void ThinVolume::Complete(VolumeIo* io) {
+  Status status;
+  if (io->progress.error) status = Status(io->progress.error, "volume " + name_ + ": " + DescribeError(io->progress.error));
+  bool needs_commit = io->op == VolumeOp::kFlush || io->fua;
+  if (status.ok() && needs_commit) status = set_.Flush();
+  {
+    std::lock_guard lock(mu_);
+    assert(inflight_ios_ > 0);
+    inflight_ios_--;
+    map_.EvictIfOverBudget();
+  }
+  io->done(io, status);
+  set_.AfterIo();
+}
+
+}  // namespace edgestor

@@ -1,0 +1,90 @@
+// ThinVolume: the implementation of Volume over a ThinMap.
+//
+// Concurrency: one mutex per volume guards its map and counters; it is held
+// only for in-memory work (lookups, allocation, bit updates) and never
+// across asynchronous I/O, so requests on different queues proceed in
+// parallel. The pool's own locks are taken inside it (volume -> pool), never
+// the other way round.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pool/pool.h"
+#include "volume/thin_map.h"
+#include "volume/volume.h"
+#include "volume/volume_set.h"
+
+namespace edgestor {
+
+class VolumeSetImpl;
+
+// Largest request accepted by Submit (NBD and virtio-blk clients split
+// larger ones).
+inline constexpr uint64_t kMaxIoBytes = 32ull << 20;
+
+class ThinVolume : public Volume {
+ public:
+  ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name, uint64_t size);
+
+  uint32_t id() const override { return id_; }
+  const std::string& name() const override { return name_; }
+  uint64_t size() const override { return size_.load(std::memory_order_relaxed); }
+  void Submit(VolumeIo* io, IoQueue& queue) override;
+
+  // ---- For VolumeSetImpl (control path) ----
+  std::mutex& mutex() { return mu_; }
+  ThinMap& map() { return map_; }  // REQUIRES: mu_ held or single-threaded recovery
+  VolumeInfo Info();
+  // Journal replay: sets an entry without journaling it. EUCLEAN if out of range.
+  Status ReplayMapSet(uint64_t cluster, const format::MapEntry& entry);
+  // Recovery: marks every referenced block used and recounts; reports
+  // problems through `problem` (returns false to stop).
+  Status MarkReferencedSpace(const std::function<void(const std::string&)>& problem);
+  // REQUIRES: mu_ held. Changes the size; shrinking appends the freed data
+  // clusters and page blocks to `frees`. EBUSY if I/O is in flight.
+  Status ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees);
+  // REQUIRES: mu_ held. Appends all blocks of the volume to `frees`.
+  Status ReleaseAllLocked(std::vector<BlockRun>* frees);
+  uint64_t inflight() const { return inflight_ios_; }
+
+ private:
+  struct SubIo;
+  void SubmitRead(VolumeIo* io, IoQueue& queue);
+  void SubmitWrite(VolumeIo* io, IoQueue& queue);
+  Status ZeroRange(uint64_t offset, uint64_t length);
+  Status WriteUnaligned(uint64_t offset, uint64_t length, const uint8_t* data);
+  Status ReadUnaligned(uint64_t offset, uint64_t length, uint8_t* data);
+  Status ZeroSectors(const format::MapEntry& entry, uint64_t cluster_offset, uint64_t length);
+  // REQUIRES: mu_ held. Changes one entry, keeping counters, page dirtiness
+  // and (with `journal`) the journal in step; `frees` go with the record.
+  void SetEntry(CachedPage* page, uint64_t cluster, const format::MapEntry& entry, bool journal,
+                std::span<const BlockRun> frees = {});
+  // REQUIRES: mu_ held. Maps `cluster` to a new cluster if unmapped.
+  Result<format::MapEntry> EnsureMapped(CachedPage* page, uint64_t cluster);
+  void SubmitSubIo(SubIo* sub, IoQueue& queue);
+  static void OnSubIoDone(IoRequest* req, int result);
+  void FinishSubIo(SubIo* sub, int result);
+  void ReleaseGuard(VolumeIo* io);
+  void Complete(VolumeIo* io);
+  void Fail(VolumeIo* io, const Status& status);
+
+  VolumeSetImpl& set_;
+  Pool& pool_;
+  const uint32_t id_;
+  const std::string name_;
+  const uint32_t cluster_size_;
+  const uint32_t cluster_blocks_;
+  std::atomic<uint64_t> size_;
+
+  std::mutex mu_;
+  ThinMap map_;                      // GUARDED_BY(mu_)
+  uint64_t allocated_clusters_ = 0;  // GUARDED_BY(mu_)
+  uint64_t written_blocks_ = 0;      // GUARDED_BY(mu_)
+  uint64_t inflight_ios_ = 0;        // GUARDED_BY(mu_): VolumeIos not yet completed
+};
+
+}  // namespace edgestor

@@ -1,0 +1,104 @@
+// ThinVolume: control-path operations (recovery, accounting, resize,
+// release). Called by VolumeSetImpl.
+#include <cassert>
+#include <cerrno>
+
+#include "volume/thin_volume.h"
+#include "volume/volume_set_impl.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+using format::kEntriesPerMapPage;
+
+VolumeInfo ThinVolume::Info() {
+  std::lock_guard lock(mu_);
+  VolumeInfo info;
+  info.id = id_;
+  info.name = name_;
+  info.size = size();
+  info.allocated_bytes = allocated_clusters_ * cluster_size_;
+  info.written_bytes = written_blocks_ * kBlockSize;
+  return info;
+}
+
+Status ThinVolume::ReplayMapSet(uint64_t cluster, const format::MapEntry& entry) {
+  if (cluster >= map_.clusters())
+    return Status(EUCLEAN, "journal maps cluster " + std::to_string(cluster) + " past the end of volume " + name_);
+  bool bits_ok = cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0;
+  if ((entry.phys_block == 0 && entry.written_bits != 0) || !bits_ok)
+    return Status(EUCLEAN, "journal holds an impossible map entry for volume " + name_);
+  ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/true));
+  SetEntry(page, cluster, entry, /*journal=*/false);
+  return Status::Ok();
+}
+
+Status ThinVolume::MarkReferencedSpace(const std::function<void(const std::string&)>& problem) {
+  std::lock_guard lock(mu_);
+  allocated_clusters_ = 0;
+  written_blocks_ = 0;
+  const uint64_t total = pool_.total_blocks();
+  auto& slots = map_.slots();
+  for (uint64_t s = 0; s < slots.size(); s++) {
+    if (slots[s].block != 0 && !pool_.MarkUsed(slots[s].block, 1))
+      problem("volume " + name_ + ": map page block " + std::to_string(slots[s].block) + " is referenced twice");
+    auto page = map_.Page(s * kEntriesPerMapPage, /*create=*/false);
+    if (!page.ok()) {
+      problem("volume " + name_ + ": " + page.status().message());
+      continue;
+    }
+    if (!page.value()) continue;
+    for (uint32_t i = 0; i < kEntriesPerMapPage; i++) {
+      const format::MapEntry& e = page.value()->entries[i];
+      uint64_t cluster = s * kEntriesPerMapPage + i;
+      if (e.phys_block == 0) {
+        if (e.written_bits) problem("volume " + name_ + ": cluster " + std::to_string(cluster) + " has written bits but no space");
+        continue;
+      }
+      uint64_t phys = e.phys_block & format::kPhysBlockMask;
+      std::string where = "volume " + name_ + ": cluster " + std::to_string(cluster);
+      if (cluster >= map_.clusters()) problem(where + " is mapped past the end of the volume");
+      else if (phys % cluster_blocks_ || phys + cluster_blocks_ > total) problem(where + " points outside the pool");
+      else if (!pool_.MarkUsed(phys, cluster_blocks_)) problem(where + " shares space with other data or metadata");
+      allocated_clusters_++;
+      written_blocks_ += __builtin_popcountll(e.written_bits);
+    }
+    map_.EvictIfOverBudget();
+  }
+  return Status::Ok();
+}
+
+Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees) {
+  uint64_t new_clusters = ClustersFor(new_size, cluster_size_);
+  if (new_clusters < map_.clusters()) {
+    if (inflight_ios_) return Status(EBUSY, "volume " + name_ + " has I/O in flight");
+    for (uint64_t c = new_clusters; c < map_.clusters(); c++) {
+      if (c % kEntriesPerMapPage == 0 && map_.slots()[c / kEntriesPerMapPage].block == 0 &&
+          !map_.slots()[c / kEntriesPerMapPage].page) {
+        c += kEntriesPerMapPage - 1;  // page never stored: nothing mapped in it
+        continue;
+      }
+      ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(c, /*create=*/false));
+      if (!page) continue;
+      const format::MapEntry e = page->entries[ThinMap::IndexInPage(c)];
+      if (e.phys_block == 0) continue;
+      frees->push_back({e.phys_block & format::kPhysBlockMask, cluster_blocks_});
+      SetEntry(page, c, format::MapEntry{}, /*journal=*/false);
+    }
+    for (uint64_t s = ThinMap::SlotsFor(new_clusters); s < map_.slots().size(); s++)
+      if (map_.slots()[s].block) frees->push_back({map_.slots()[s].block, 1});
+  }
+  map_.Resize(new_clusters);
+  size_ = new_size;
+  return Status::Ok();
+}
+
+Status ThinVolume::ReleaseAllLocked(std::vector<BlockRun>* frees) {
+  if (inflight_ios_) return Status(EBUSY, "volume " + name_ + " has I/O in flight");
+  std::vector<BlockRun> runs;
+  ES_RETURN_IF_ERROR(ResizeLocked(0, &runs));
+  frees->insert(frees->end(), runs.begin(), runs.end());
+  return Status::Ok();
+}
+
+}  // namespace edgestor

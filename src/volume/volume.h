@@ -1,0 +1,61 @@
+// A thin volume: the asynchronous data path.
+//
+// Requests are submitted with Submit() and complete later through the
+// request's `done` callback, which runs on the thread that polls the IoQueue
+// passed to Submit. Several threads may submit to the same volume at once,
+// each with its own IoQueue (NBD multi-conn, vhost-user multi-queue).
+//
+// Semantics (all offsets/lengths multiples of 512, within the volume size):
+//  * kRead of never-written or discarded space returns zeros without I/O.
+//  * kWrite overwriting a cluster the volume owns goes to its place with no
+//    metadata change; the first write of a 4 KiB block records it in the
+//    cluster's written bits.
+//  * kDiscard and kWriteZeroes make the range read as zeros; whole clusters
+//    are freed (once the freeing commit is durable the space can be reused).
+//  * kFlush completes once every write completed before it is durable.
+//  * fua on kWrite/kWriteZeroes/kDiscard: completes only when durable.
+// Overlapping requests in flight at the same time have no defined order
+// (as with a disk).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "base/status.h"
+#include "io/device.h"
+
+namespace edgestor {
+
+enum class VolumeOp : uint8_t { kRead, kWrite, kFlush, kDiscard, kWriteZeroes };
+
+struct VolumeIo {
+  VolumeOp op = VolumeOp::kRead;
+  bool fua = false;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint8_t* buf = nullptr;  // kRead/kWrite: `length` bytes, aligned to 512 (4096 preferred)
+  // Called exactly once with the outcome: EINVAL (bad range/alignment),
+  // ENOSPC (pool full), EIO (device error), EROFS, ...
+  void (*done)(VolumeIo* io, const Status& status) = nullptr;
+  void* context = nullptr;
+
+  // Engine-private progress; zero-initialised by the submitter.
+  struct Progress {
+    uint32_t pending = 0;  // sub-requests outstanding
+    int error = 0;         // first errno seen
+  } progress;
+};
+
+class Volume {
+ public:
+  virtual ~Volume() = default;
+  virtual uint32_t id() const = 0;
+  virtual const std::string& name() const = 0;
+  virtual uint64_t size() const = 0;
+  virtual void Submit(VolumeIo* io, IoQueue& queue) = 0;
+};
+
+// Submits `io` and polls `queue` until it completes. For tools and tests.
+Status RunSync(Volume& volume, VolumeIo& io, IoQueue& queue);
+
+}  // namespace edgestor

@@ -1,0 +1,300 @@
+// VolumeSetImpl: volume table, recovery, control operations, checkpoints.
+#include "volume/volume_set_impl.h"
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+namespace {
+
+// Bytes of memory one cached map page costs (page, in-flight counters and
+// allocation overhead); converts the budget from bytes to pages.
+constexpr uint64_t kCachedPageCost = sizeof(CachedPage) + 64;
+constexpr uint64_t kMinCachedPages = 64;
+// Extra blocks always kept back for a checkpoint's chain and labels.
+constexpr uint64_t kReserveSlackBlocks = 64;
+
+}  // namespace
+
+VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
+  budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
+}
+
+VolumeSetImpl::~VolumeSetImpl() {
+  // No I/O here: without Close() this is a crash, as the tests intend.
+  std::lock_guard lock(mu_);
+  volumes_.clear();
+}
+
+Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> device, const PoolCreateOptions& options,
+                                                     const PoolOpenOptions& open_options) {
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool,
+                      Pool::Format(std::move(device), options.cluster_size, options.journal_bytes));
+  auto set = std::make_unique<VolumeSetImpl>(std::move(pool), open_options);
+  ES_RETURN_IF_ERROR(set->Recover(nullptr));
+  return std::unique_ptr<VolumeSet>(std::move(set));
+}
+
+Result<std::unique_ptr<VolumeSet>> VolumeSet::Open(std::unique_ptr<Device> device, const PoolOpenOptions& options) {
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool, Pool::Open(std::move(device)));
+  auto set = std::make_unique<VolumeSetImpl>(std::move(pool), options);
+  ES_RETURN_IF_ERROR(set->Recover(nullptr));
+  return std::unique_ptr<VolumeSet>(std::move(set));
+}
+
+Status VolumeSetImpl::Recover(FsckReport* report) {
+  std::lock_guard lock(mu_);
+  Status first_problem;
+  auto problem = [&](const std::string& what) {
+    if (report) report->problems.push_back(what);
+    else if (first_problem.ok()) first_problem = Status(EUCLEAN, what + "; run `edgestor pool fsck` for a full report");
+  };
+
+  ES_ASSIGN_OR_RETURN(std::vector<uint8_t> payload, pool_->ReadCheckpointPayload());
+  ES_ASSIGN_OR_RETURN(CheckpointContents contents,
+                      ParseCheckpoint(payload, pool_->geometry().cluster_size, pool_->total_blocks()));
+  next_volume_id_ = contents.next_volume_id;
+  for (VolumeRecord& v : contents.volumes) {
+    auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, v.id, v.name, v.size);
+    for (size_t s = 0; s < v.directory.size(); s++) {
+      volume->map().slots()[s].block = v.directory[s].block;
+      volume->map().slots()[s].generation = v.directory[s].generation;
+    }
+    volumes_.emplace(v.name, std::move(volume));
+  }
+
+  auto replayed = pool_->ReplayJournal([&](format::RecordType type, std::span<const uint8_t> body) -> Status {
+    format::MapSetRecord r;
+    if (type != format::RecordType::kMapSet || body.size() != sizeof r)
+      return Status(EUCLEAN, "journal holds an unknown record type " + std::to_string(static_cast<int>(type)));
+    std::memcpy(&r, body.data(), sizeof r);
+    ThinVolume* volume = FindById(r.volume_id);
+    if (!volume) return Status(EUCLEAN, "journal names unknown volume id " + std::to_string(r.volume_id));
+    return volume->ReplayMapSet(r.cluster, r.entry);
+  });
+  if (!replayed.ok()) return replayed.status();
+  if (report) {
+    report->notes.push_back("journal: " + std::to_string(replayed.value()) + " records to replay");
+    report->volumes = volumes_.size();
+  }
+
+  for (auto& [name, volume] : volumes_) ES_RETURN_IF_ERROR(volume->MarkReferencedSpace(problem));
+  if (!first_problem.ok()) return first_problem;
+  for (auto& [name, volume] : volumes_) directory_slots_ += volume->map().slots().size();
+  UpdateMetadataReserve();
+  if (report) return Status::Ok();  // fsck never writes
+  // A fresh checkpoint generation makes any journal block written before
+  // the crash (valid or torn) stale for good.
+  return CheckpointLocked({});
+}
+
+ThinVolume* VolumeSetImpl::FindById(uint32_t id) {
+  for (auto& [name, volume] : volumes_)
+    if (volume->id() == id) return volume.get();
+  return nullptr;
+}
+
+ThinVolume* VolumeSetImpl::FindLocked(const std::string& name) {
+  auto it = volumes_.find(name);
+  return it == volumes_.end() ? nullptr : it->second.get();
+}
+
+Status VolumeSetImpl::CheckUsable() const {
+  if (closed_) return Status(EBADF, "pool is closed");
+  if (failed_ || pool_->is_failed()) return Status(EIO, "pool stopped after a device error; reopen it to recover");
+  return Status::Ok();
+}
+
+Status VolumeSetImpl::Close() {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  for (auto& [name, volume] : volumes_)
+    if (volume->inflight()) return Status(EBUSY, "volume " + name + " has I/O in flight");
+  ES_RETURN_IF_ERROR(CheckpointLocked({}));
+  closed_ = true;
+  return Status::Ok();
+}
+
+PoolInfo VolumeSetImpl::Info() {
+  std::lock_guard lock(mu_);
+  PoolInfo info;
+  const PoolGeometry& g = pool_->geometry();
+  info.uuid = pool_->uuid();
+  info.device_bytes = g.device_bytes;
+  info.cluster_size = g.cluster_size;
+  info.data_bytes = (g.total_blocks - g.journal_start - g.journal_blocks - 2) * kBlockSize;
+  info.free_bytes = pool_->free_blocks() * kBlockSize;
+  info.allocated_bytes = info.data_bytes - info.free_bytes;
+  info.journal_bytes = g.journal_blocks * kBlockSize;
+  info.checkpoint_generation = pool_->checkpoint_gen();
+  info.volume_count = static_cast<uint32_t>(volumes_.size());
+  info.format_version = format::kVersion;
+  info.cached_map_pages = budget_.cached_pages;
+  info.map_cache_limit_pages = budget_.max_pages;
+  return info;
+}
+
+std::vector<VolumeInfo> VolumeSetImpl::ListVolumes() {
+  std::lock_guard lock(mu_);
+  std::vector<VolumeInfo> out;
+  for (auto& [name, volume] : volumes_) out.push_back(volume->Info());
+  return out;
+}
+
+Result<VolumeInfo> VolumeSetImpl::GetVolumeInfo(const std::string& name) {
+  std::lock_guard lock(mu_);
+  ThinVolume* volume = FindLocked(name);
+  if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+  return volume->Info();
+}
+
+Result<Volume*> VolumeSetImpl::FindVolume(const std::string& name) {
+  std::lock_guard lock(mu_);
+  ThinVolume* volume = FindLocked(name);
+  if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+  return static_cast<Volume*>(volume);
+}
+
+static Status ValidateSize(uint64_t size) {
+  if (size == 0 || size % 512) return Status(EINVAL, "volume size must be a positive multiple of 512 bytes");
+  if (size > format::kMaxVolumeSize) return Status(EINVAL, "volume size must be at most 1 PiB");
+  return Status::Ok();
+}
+
+Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t size) {
+  if (!IsValidVolumeName(name))
+    return Status(EINVAL, "invalid volume name '" + name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
+  ES_RETURN_IF_ERROR(ValidateSize(size));
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  if (FindLocked(name)) return Status(EEXIST, "a volume named '" + name + "' already exists");
+  if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
+  auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_++, name, size);
+  ThinVolume* raw = volume.get();
+  volumes_.emplace(name, std::move(volume));
+  Status s = CheckpointLocked({});
+  if (!s.ok()) {
+    volumes_.erase(name);
+    return s;
+  }
+  return static_cast<Volume*>(raw);
+}
+
+Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) {
+  ES_RETURN_IF_ERROR(ValidateSize(new_size));
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  ThinVolume* volume = FindLocked(name);
+  if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+  if (new_size < volume->size() && !allow_shrink)
+    return Status(EINVAL, "shrinking volume '" + name + "' would discard data past the new end; pass --force");
+  std::vector<BlockRun> frees;
+  {
+    std::lock_guard volume_lock(volume->mutex());
+    ES_RETURN_IF_ERROR(volume->ResizeLocked(new_size, &frees));
+  }
+  // Freed space becomes reusable only once the checkpoint is durable.
+  return CheckpointLocked(std::move(frees));
+}
+
+Status VolumeSetImpl::DeleteVolume(const std::string& name) {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) return Status(ENOENT, "no volume named '" + name + "'");
+  std::vector<BlockRun> frees;
+  {
+    std::lock_guard volume_lock(it->second->mutex());
+    ES_RETURN_IF_ERROR(it->second->ReleaseAllLocked(&frees));
+  }
+  volumes_.erase(it);
+  return CheckpointLocked(std::move(frees));
+}
+
+Status VolumeSetImpl::Flush() {
+  ES_RETURN_IF_ERROR(CheckUsable());
+  if (pool_->JournalWantsCheckpoint()) return Checkpoint();
+  return pool_->Commit();
+}
+
+Status VolumeSetImpl::Checkpoint() {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  return CheckpointLocked({});
+}
+
+Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees) {
+  // Every volume is locked (in name order) so no map changes mid-checkpoint.
+  std::vector<std::unique_lock<std::mutex>> locks;
+  for (auto& [name, volume] : volumes_) locks.emplace_back(volume->mutex());
+  // Data of completed writes must be durable before pages that map it.
+  Status s = pool_->device().FlushSync();
+  CheckpointContents contents;
+  contents.next_volume_id = next_volume_id_;
+  for (auto& [name, volume] : volumes_) {
+    if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
+    VolumeRecord record{volume->id(), name, volume->size(), {}};
+    for (const auto& slot : volume->map().slots()) record.directory.push_back({slot.block, slot.generation});
+    contents.volumes.push_back(std::move(record));
+  }
+  if (s.ok()) s = pool_->WriteCheckpoint(EncodeCheckpoint(contents), std::move(frees));
+  if (!s.ok()) {
+    failed_ = true;  // memory and disk may now disagree: only a reopen recovers
+    return s.WithContext("checkpoint failed");
+  }
+  uint64_t slots = 0;
+  for (auto& [name, volume] : volumes_) {
+    volume->map().EvictIfOverBudget();
+    slots += volume->map().slots().size();
+  }
+  directory_slots_ = slots;
+  locks.clear();
+  UpdateMetadataReserve();
+  return Status::Ok();
+}
+
+bool VolumeSetImpl::NeedsCheckpoint() const {
+  return pool_->JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages;
+}
+
+void VolumeSetImpl::AfterIo() {
+  if (!NeedsCheckpoint() || closed_ || failed_) return;
+  // One thread checkpoints; others go on (they will block on volume locks
+  // only while the checkpoint writes).
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock() || !NeedsCheckpoint()) return;
+  (void)CheckpointLocked({});  // a failure marks the set failed; later I/O reports it
+}
+
+void VolumeSetImpl::UpdateMetadataReserve() {
+  // The next checkpoint writes every dirty page and a chain holding every
+  // directory slot and volume table entry.
+  uint64_t dirty = budget_.dirty_pages;
+  uint64_t table_bytes = directory_slots_ * sizeof(format::DirectorySlot) +
+                         format::kMaxVolumes * (sizeof(format::VolumeTableEntry) + format::kMaxVolumeNameLength);
+  uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
+  pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks);
+}
+
+Status RunSync(Volume& volume, VolumeIo& io, IoQueue& queue) {
+  struct Waiter {
+    bool done = false;
+    Status status;
+  } waiter;
+  io.context = &waiter;
+  io.done = [](VolumeIo* finished, const Status& status) {
+    auto* w = static_cast<Waiter*>(finished->context);
+    w->status = status;
+    w->done = true;
+  };
+  volume.Submit(&io, queue);
+  while (!waiter.done) queue.Poll(/*wait=*/true);
+  return waiter.status;
+}
+
+}  // namespace edgestor

@@ -1,0 +1,117 @@
+// Volume layer public API: a pool's set of thin volumes.
+//
+// A VolumeSet owns one pool (its Device) and every volume in it. It is the
+// engine object the CLI, the daemon and the frontends talk to.
+//
+// Threading: every method is safe to call from any thread. Control methods
+// (Create/Resize/Delete/Checkpoint) are synchronous and durable when they
+// return ok. The data path is Volume::Submit (see volume.h), asynchronous and
+// driven by the caller's per-thread IoQueue.
+//
+// Destroying a VolumeSet without Close() performs no I/O: it behaves like a
+// crash, which is what the power-cut tests rely on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "io/device.h"
+#include "volume/volume.h"
+
+namespace edgestor {
+
+struct PoolCreateOptions {
+  uint32_t cluster_size = 64 * 1024;  // power of two, 4 KiB .. 256 KiB
+  uint64_t journal_bytes = 0;         // 0: chosen from the pool size (1%, 4..256 MiB)
+};
+
+struct PoolOpenOptions {
+  // Memory budget for cached map pages, shared by all volumes. Pages beyond it
+  // are evicted (clean ones) and re-read on demand; dirty pages are cleaned by
+  // a checkpoint when they reach half the budget.
+  uint64_t map_cache_bytes = 64ull << 20;
+};
+
+struct PoolInfo {
+  std::string uuid;
+  uint64_t device_bytes = 0;     // size of the pool's file or block device
+  uint32_t cluster_size = 0;
+  uint64_t data_bytes = 0;       // space the allocator manages
+  uint64_t allocated_bytes = 0;  // in use: data clusters + metadata
+  uint64_t free_bytes = 0;
+  uint64_t journal_bytes = 0;
+  uint64_t checkpoint_generation = 0;
+  uint32_t volume_count = 0;
+  uint32_t format_version = 0;
+  uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
+  uint64_t map_cache_limit_pages = 0;
+};
+
+struct VolumeInfo {
+  uint32_t id = 0;
+  std::string name;
+  uint64_t size = 0;             // virtual size in bytes
+  uint64_t allocated_bytes = 0;  // data clusters mapped to this volume
+  uint64_t written_bytes = 0;    // 4 KiB blocks ever written (and not discarded)
+};
+
+class VolumeSet {
+ public:
+  // Formats `device` as a new, empty pool. Fails with EEXIST if the device
+  // already carries a valid pool label (nothing is written in that case).
+  static Result<std::unique_ptr<VolumeSet>> Create(std::unique_ptr<Device> device,
+                                                   const PoolCreateOptions& options,
+                                                   const PoolOpenOptions& open_options = {});
+  // Opens an existing pool, recovering from a crash if needed (replays the
+  // journal and writes a fresh checkpoint). Nothing is written if the device
+  // is not a pool.
+  static Result<std::unique_ptr<VolumeSet>> Open(std::unique_ptr<Device> device,
+                                                 const PoolOpenOptions& options = {});
+
+  virtual ~VolumeSet() = default;
+
+  // Writes a final checkpoint. Afterwards only the destructor may be called.
+  virtual Status Close() = 0;
+
+  virtual PoolInfo Info() = 0;
+  virtual std::vector<VolumeInfo> ListVolumes() = 0;
+  virtual Result<VolumeInfo> GetVolumeInfo(const std::string& name) = 0;
+
+  // Names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
+  // Size: a positive multiple of 512 bytes (rounded up by the CLI).
+  virtual Result<Volume*> CreateVolume(const std::string& name, uint64_t size) = 0;
+  // Returns nullptr-free Result: ENOENT if there is no such volume.
+  virtual Result<Volume*> FindVolume(const std::string& name) = 0;
+  // Growing is always allowed; shrinking only with allow_shrink (data beyond
+  // the new end is freed).
+  virtual Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) = 0;
+  // Frees every cluster of the volume. REQUIRES: no I/O in flight on it.
+  virtual Status DeleteVolume(const std::string& name) = 0;
+
+  // Makes every completed write durable (same as a FLUSH on any volume).
+  virtual Status Flush() = 0;
+  // Writes all dirty metadata to a new checkpoint and empties the journal.
+  virtual Status Checkpoint() = 0;
+
+  virtual Device& device() = 0;
+};
+
+// Offline consistency check of a pool: labels, checkpoint, journal, maps and
+// space accounting (no cluster both free and mapped, none leaked, none mapped
+// twice). Never writes. Result is an error only if the device cannot be read
+// or is not a pool at all; structural problems are listed in `problems`.
+struct FsckReport {
+  std::vector<std::string> problems;  // empty: the pool is consistent
+  std::vector<std::string> notes;     // informational (e.g. journal records replayed)
+  uint64_t volumes = 0;
+  uint64_t mapped_clusters = 0;
+  uint64_t map_pages = 0;
+  uint64_t used_blocks = 0;
+  bool ok() const { return problems.empty(); }
+};
+Result<FsckReport> CheckPool(Device& device);
+
+}  // namespace edgestor

@@ -1,0 +1,232 @@
+// Behaviour of thin volumes on a healthy device.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "volume/testing/test_pool.h"
+
+namespace edgestor {
+namespace {
+
+using testing::TestPool;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+std::vector<uint8_t> Pattern(size_t len, uint8_t seed) {
+  std::vector<uint8_t> out(len);
+  for (size_t i = 0; i < len; i++) out[i] = static_cast<uint8_t>(seed + i * 7 + i / 512);
+  return out;
+}
+
+TEST(Volume, WrittenDataReadsBackAfterCloseAndReopen) {
+  TestPool pool(64 * kMiB);
+  ASSERT_TRUE(pool.set().CreateVolume("vol0", 16 * kMiB).ok());
+  Volume* v = pool.Find("vol0");
+  auto data = Pattern(256 * 1024, 3);
+  ASSERT_TRUE(pool.Write(*v, 3 * kMiB, data).ok());
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  v = pool.Find("vol0");
+  ASSERT_NE(v, nullptr);
+  auto back = pool.Read(*v, 3 * kMiB, data.size());
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back.value(), data);
+}
+
+TEST(Volume, NeverWrittenSpaceReadsZerosWithoutDeviceIo) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(4096, 1)).ok());
+  uint64_t reads_before = pool.device().stats().reads;
+  // Same cluster, blocks never written; and a page never stored.
+  auto a = pool.Read(*v, 8192, 8192);
+  auto b = pool.Read(*v, 8 * kMiB, kMiB);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a.value(), std::vector<uint8_t>(8192, 0));
+  EXPECT_EQ(b.value(), std::vector<uint8_t>(kMiB, 0));
+  EXPECT_EQ(pool.device().stats().reads, reads_before);
+}
+
+TEST(Volume, FirstFourKiBWriteWritesFourKiBOfData) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  uint64_t before = pool.device().stats().bytes_written;
+  ASSERT_TRUE(pool.Write(*v, 5 * 65536 + 8192, Pattern(4096, 9)).ok());
+  EXPECT_EQ(pool.device().stats().bytes_written - before, 4096u);  // metadata waits for the commit
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol0")->allocated_bytes, 65536u);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol0")->written_bytes, 4096u);
+}
+
+TEST(Volume, OverwriteOfOwnedClusterChangesNoMetadata) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  uint64_t before = pool.device().stats().bytes_written;
+  ASSERT_TRUE(pool.Write(*v, 4096, Pattern(8192, 2)).ok());
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  EXPECT_EQ(pool.device().stats().bytes_written - before, 8192u);
+}
+
+TEST(Volume, DiscardOfWholeClustersFreesThemAndReadsZeros) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(4 * 65536, 1)).ok());
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  uint64_t free_before = pool.set().Info().free_bytes;
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kDiscard, 65536, 2 * 65536).ok());
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol0")->allocated_bytes, 2 * 65536u);
+  ASSERT_TRUE(pool.Flush(*v).ok());  // freed space is reusable once durable
+  EXPECT_EQ(pool.set().Info().free_bytes, free_before + 2 * 65536);
+  auto back = pool.Read(*v, 0, 4 * 65536);
+  auto expected = Pattern(4 * 65536, 1);
+  std::fill(expected.begin() + 65536, expected.begin() + 3 * 65536, 0);
+  EXPECT_EQ(back.value(), expected);
+}
+
+TEST(Volume, PartialDiscardAndWriteZeroesReadAsZeros) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kWriteZeroes, 1024, 8192).ok());  // sub-block edges
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kDiscard, 32768, 512).ok());
+  auto expected = Pattern(65536, 1);
+  std::fill(expected.begin() + 1024, expected.begin() + 1024 + 8192, 0);
+  std::fill(expected.begin() + 32768, expected.begin() + 32768 + 512, 0);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(pool.Read(*pool.Find("vol0"), 0, 65536).value(), expected);
+}
+
+TEST(Volume, WriteOfZeroClusterFreesInsteadOfWriting) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  uint64_t before = pool.device().stats().bytes_written;
+  ASSERT_TRUE(pool.Write(*v, 0, std::vector<uint8_t>(65536, 0)).ok());
+  EXPECT_EQ(pool.device().stats().bytes_written, before);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol0")->allocated_bytes, 0u);
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), std::vector<uint8_t>(65536, 0));
+}
+
+TEST(Volume, UnalignedSectorWritesMergeIntoBlocks) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 512, Pattern(1024, 5)).ok());
+  ASSERT_TRUE(pool.Write(*v, 7 * 512, Pattern(4096, 6)).ok());  // straddles two blocks
+  std::vector<uint8_t> expected(16384, 0);
+  auto a = Pattern(1024, 5), b = Pattern(4096, 6);
+  std::copy(a.begin(), a.end(), expected.begin() + 512);
+  std::copy(b.begin(), b.end(), expected.begin() + 7 * 512);
+  EXPECT_EQ(pool.Read(*v, 0, 16384).value(), expected);
+  auto middle = pool.Read(*v, 1024, 2048);  // unaligned read
+  EXPECT_EQ(middle.value(), std::vector<uint8_t>(expected.begin() + 1024, expected.begin() + 3072));
+}
+
+TEST(Volume, BadRequestsGetEinvalAndChangeNothing) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol0", 1 * kMiB).value();
+  AlignedBuffer buf = AllocateAligned(8192);
+  EXPECT_EQ(pool.Io(*v, VolumeOp::kWrite, kMiB - 4096, 8192, buf.get()).code(), EINVAL);
+  EXPECT_EQ(pool.Io(*v, VolumeOp::kRead, 100, 512, buf.get()).code(), EINVAL);
+  EXPECT_EQ(pool.Io(*v, VolumeOp::kWrite, 0, 700, buf.get()).code(), EINVAL);
+  EXPECT_EQ(pool.Io(*v, VolumeOp::kDiscard, 2 * kMiB, 4096).code(), EINVAL);
+  EXPECT_EQ(pool.Io(*v, VolumeOp::kRead, ~0ull - 511, 1024, buf.get()).code(), EINVAL);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol0")->allocated_bytes, 0u);
+}
+
+TEST(Volume, ControlOperationsValidateAndPersist) {
+  TestPool pool(64 * kMiB);
+  EXPECT_EQ(pool.set().CreateVolume("bad/name", kMiB).status().code(), EINVAL);
+  EXPECT_EQ(pool.set().CreateVolume("v", 1000).status().code(), EINVAL);
+  ASSERT_TRUE(pool.set().CreateVolume("v", kMiB).ok());
+  EXPECT_EQ(pool.set().CreateVolume("v", kMiB).status().code(), EEXIST);
+  ASSERT_TRUE(pool.set().ResizeVolume("v", 4 * kMiB, false).ok());
+  EXPECT_EQ(pool.set().ResizeVolume("v", 2 * kMiB, false).code(), EINVAL);
+  EXPECT_EQ(pool.set().ResizeVolume("nope", 2 * kMiB, false).code(), ENOENT);
+  std::mt19937_64 rng(1);
+  ASSERT_TRUE(pool.CrashAndReopen(rng).ok());  // control operations are durable on return
+  EXPECT_EQ(pool.set().GetVolumeInfo("v")->size, 4 * kMiB);
+}
+
+TEST(Volume, ShrinkFreesDataPastTheEndAndGrowExposesZeros) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("v", 8 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 6 * kMiB, Pattern(kMiB, 4)).ok());
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 4)).ok());
+  ASSERT_TRUE(pool.set().ResizeVolume("v", 2 * kMiB, true).ok());
+  EXPECT_EQ(pool.set().GetVolumeInfo("v")->allocated_bytes, 65536u);
+  ASSERT_TRUE(pool.set().ResizeVolume("v", 8 * kMiB, false).ok());
+  EXPECT_EQ(pool.Read(*v, 6 * kMiB, kMiB).value(), std::vector<uint8_t>(kMiB, 0));
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), Pattern(65536, 4));
+}
+
+TEST(Volume, DeleteReturnsAllSpace) {
+  TestPool pool(64 * kMiB);
+  uint64_t free_empty = pool.set().Info().free_bytes;
+  Volume* v = pool.set().CreateVolume("v", 16 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(4 * kMiB, 1)).ok());
+  ASSERT_TRUE(pool.set().Checkpoint().ok());
+  ASSERT_TRUE(pool.set().DeleteVolume("v").ok());
+  ASSERT_TRUE(pool.set().Checkpoint().ok());  // the old chain is released by the next one
+  EXPECT_EQ(pool.set().Info().free_bytes, free_empty);
+  EXPECT_EQ(pool.set().FindVolume("v").status().code(), ENOENT);
+}
+
+TEST(Volume, FullPoolGivesEnospcKeepsDataAndRecoversAfterDiscard) {
+  TestPool pool(16 * kMiB);
+  Volume* v = pool.set().CreateVolume("v", 64 * kMiB).value();  // thin: larger than the pool
+  uint64_t written = 0;
+  Status s;
+  while ((s = pool.Write(*v, written, Pattern(65536, static_cast<uint8_t>(written >> 16)))).ok()) written += 65536;
+  EXPECT_EQ(s.code(), ENOSPC);
+  ASSERT_GT(written, 4 * kMiB);
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  for (uint64_t off = 0; off < written; off += 65536)
+    ASSERT_EQ(pool.Read(*v, off, 65536).value(), Pattern(65536, static_cast<uint8_t>(off >> 16)));
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kDiscard, 0, kMiB).ok());
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  EXPECT_TRUE(pool.Write(*v, written, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems[0];
+}
+
+TEST(Volume, SmallMapCacheStaysWithinBudgetAndReadsStayCorrect) {
+  PoolOpenOptions open;
+  open.map_cache_bytes = 1;  // the minimum: 64 pages
+  TestPool pool(256 * kMiB, PoolCreateOptions{.cluster_size = 4096}, open);
+  Volume* v = pool.set().CreateVolume("v", 1ull << 30).value();
+  // One 4 KiB write per map page (255 clusters of 4 KiB each): 300 pages.
+  for (uint64_t p = 0; p < 300; p++) ASSERT_TRUE(pool.Write(*v, p * 255 * 4096, Pattern(4096, p & 0xff)).ok());
+  ASSERT_TRUE(pool.set().Checkpoint().ok());
+  for (uint64_t p = 0; p < 300; p++) {
+    ASSERT_EQ(pool.Read(*v, p * 255 * 4096, 4096).value(), Pattern(4096, p & 0xff));
+    EXPECT_LE(pool.set().Info().cached_map_pages, pool.set().Info().map_cache_limit_pages + 1);
+  }
+}
+
+TEST(Volume, ParallelWritersOnTwoThreadsEachWithItsQueue) {
+  TestPool pool(128 * kMiB);
+  Volume* v = pool.set().CreateVolume("v", 32 * kMiB).value();
+  auto writer = [&](int which) {
+    auto queue = pool.device().CreateQueue(32);
+    AlignedBuffer buf = AllocateAligned(4096);
+    for (int i = 0; i < 2000; i++) {
+      uint64_t block = (static_cast<uint64_t>(i) * 2 + which) % 8192;
+      std::memset(buf.get(), static_cast<int>(block & 0xff) ^ which, 4096);
+      VolumeIo io{.op = VolumeOp::kWrite, .offset = block * 4096, .length = 4096, .buf = buf.get()};
+      ASSERT_TRUE(RunSync(*v, io, *queue).ok());
+    }
+  };
+  std::thread a(writer, 0), b(writer, 1);
+  a.join();
+  b.join();
+  for (uint64_t block = 0; block < 4000; block++) {
+    auto data = pool.Read(*v, block * 4096, 4096).value();
+    EXPECT_EQ(data[0], static_cast<uint8_t>((block & 0xff) ^ (block % 2))) << block;
+  }
+}
+
+}  // namespace
+}  // namespace edgestor
