@@ -54,13 +54,11 @@ Status ThinVolume::ZeroRange(uint64_t offset, uint64_t length) {
     // Whole 4 KiB blocks lose their written bit; partial ones are zeroed.
     uint64_t first_full = (at + kBlockSize - 1) / kBlockSize;
     uint64_t end_full = (at + n) / kBlockSize;
-    if (first_full >= end_full) {  // no whole block: [at, at+n) is inside one block
-      result = ZeroSectors(entry, at, n);
-      continue;
-    }
-    result = ZeroSectors(entry, at, first_full * kBlockSize - at);
-    if (result.ok()) result = ZeroSectors(entry, end_full * kBlockSize, at + n - end_full * kBlockSize);
-    if (!result.ok()) break;
+    uint64_t head_end = std::min(at + n, first_full * kBlockSize);
+    uint64_t tail_start = std::max(head_end, end_full * kBlockSize);
+    result = ZeroSectors(entry, at, head_end - at);
+    if (result.ok()) result = ZeroSectors(entry, tail_start, at + n - tail_start);
+    if (!result.ok() || first_full >= end_full) continue;
     uint64_t mask = (end_full - first_full == 64 ? ~0ull : ((1ull << (end_full - first_full)) - 1)) << first_full;
     format::MapEntry updated = {entry.phys_block, entry.written_bits & ~mask};
     if (updated.written_bits == 0 && page.value()->inflight[index] == 0) {
