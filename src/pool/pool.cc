@@ -34,10 +34,8 @@ uint64_t LabelBlock(uint64_t total_blocks, int copy) {
   return copy < 2 ? static_cast<uint64_t>(copy) : total_blocks - kLabelBlocksBack + (copy - 2);
 }
 
-bool LabelIsValid(const format::Label& label, uint64_t device_bytes) {
-  if (label.magic != format::kLabelMagic) return false;
-  if (format::BlockCrc(&label, kBlockSize, kLabelCrcOffset) != label.crc) return false;
-  return label.device_bytes <= device_bytes;
+bool LabelIsValid(const format::Label& label) {
+  return label.magic == format::kLabelMagic && format::BlockCrc(&label, kBlockSize, kLabelCrcOffset) == label.crc;
 }
 
 // Geometry sanity for a label whose checksum is right: guards against a
@@ -98,7 +96,7 @@ Result<format::Label> ReadBestLabel(Device& device) {
     format::Label label;
     std::memcpy(&label, buf.get(), sizeof label);
     if (label.magic == format::kLabelMagic) magic_seen++;
-    if (!LabelIsValid(label, device.size())) continue;
+    if (!LabelIsValid(label)) continue;
     if (!best || label.generation > best->generation) best = label;
   }
   if (!best) {
@@ -108,10 +106,10 @@ Result<format::Label> ReadBestLabel(Device& device) {
       return Status(EINVAL, device.name() + " is not an edgestor pool (no label found; its size is not a multiple of 4 KiB, was it truncated?)");
     return Status(EINVAL, device.name() + " is not an edgestor pool (no label found)");
   }
-  ES_RETURN_IF_ERROR(CheckLabelGeometry(*best));
-  if (best->device_bytes != device.size())
+  if (best->device_bytes != device.size() / kBlockSize * kBlockSize)
     return Status(EINVAL, device.name() + " is " + std::to_string(device.size()) + " bytes but its pool label says " +
                               std::to_string(best->device_bytes) + " (truncated or resized?)");
+  ES_RETURN_IF_ERROR(CheckLabelGeometry(*best));
   return *best;
 }
 

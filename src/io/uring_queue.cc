@@ -1,0 +1,248 @@
+// The asynchronous path of FileDevice: one io_uring ring per IoQueue, with a
+// small synchronous fallback for systems where io_uring is not allowed.
+#include <liburing.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "io/file_device_impl.h"
+
+namespace edgestor {
+
+namespace {
+
+constexpr uint32_t kMinQueueDepth = 8;
+// io_uring accepts up to 32768 entries; more than this buys nothing for one
+// thread and pins a lot of kernel memory.
+constexpr uint32_t kMaxQueueDepth = 4096;
+
+uint32_t RingDepth(uint32_t depth) {
+  uint32_t d = std::bit_ceil(std::clamp(depth, kMinQueueDepth, kMaxQueueDepth));
+  assert(std::has_single_bit(d) && d >= kMinQueueDepth && d <= kMaxQueueDepth);
+  return d;
+}
+
+// Turns a kernel result into the IoRequest contract: 0 or -errno, with a
+// short transfer reported as -EIO.
+int CompletionResult(const IoRequest& req, int res) {
+  if (res < 0) return res;
+  if (req.op == IoOp::kFlush) return 0;
+  return static_cast<uint32_t>(res) == req.length ? 0 : -EIO;
+}
+
+void CountSuccess(FileDevice& device, const IoRequest& req) {
+  switch (req.op) {
+    case IoOp::kRead: device.CountRead(req.length); break;
+    case IoOp::kWrite: device.CountWrite(req.length); break;
+    case IoOp::kFlush: device.CountFlush(); break;
+  }
+}
+
+// Calls `req->done`. A request must complete exactly once.
+void Complete(FileDevice& device, IoRequest* req, int result) {
+  assert(req->done != nullptr);
+  assert(result <= 0);
+  if (result == 0) CountSuccess(device, *req);
+  req->done(req, result);
+}
+
+class UringQueue final : public IoQueue {
+ public:
+  UringQueue(FileDevice& device, uint32_t depth) : device_(device), fd_(device.fd()), depth_(depth) {
+    init_result_ = io_uring_queue_init(depth_, &ring_, 0);
+  }
+  ~UringQueue() override;
+
+  // 0, or the -errno from io_uring_queue_init: then the queue is unusable.
+  int init_result() const { return init_result_; }
+
+  void Submit(IoRequest* req) override;
+  int Poll(bool wait) override;
+  uint32_t InFlight() const override {
+    return static_cast<uint32_t>(overflow_.size() + rejected_.size()) + in_ring_;
+  }
+
+ private:
+  bool TryPrepare(IoRequest* req);
+  void FillRing();
+  bool SubmitToKernel(bool wait);
+  int CompleteRejected();
+  int Reap();
+
+  FileDevice& device_;
+  const int fd_;  // borrowed from device_
+  const uint32_t depth_;
+  io_uring ring_{};
+  int init_result_ = 0;
+  uint32_t in_ring_ = 0;  // prepared or submitted, CQE not yet reaped; <= depth_
+  std::deque<IoRequest*> overflow_;  // valid, waiting for ring space
+  std::deque<std::pair<IoRequest*, int>> rejected_;  // failed the checks; completed by Poll
+  bool polling_ = false;
+};
+
+UringQueue::~UringQueue() {
+  if (init_result_ != 0) return;
+  // The kernel may still be writing into submitters' buffers; wait for it
+  // before the ring goes away. Callbacks are not run: the owner abandoned them.
+  if (InFlight() > 0) spdlog::warn("I/O queue on {} destroyed with {} requests in flight", device_.name(), InFlight());
+  while (in_ring_ > 0) {
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR) break;
+    io_uring_cqe* cqe = nullptr;
+    while (in_ring_ > 0 && io_uring_peek_cqe(&ring_, &cqe) == 0) {
+      io_uring_cq_advance(&ring_, 1);
+      in_ring_--;
+    }
+  }
+  io_uring_queue_exit(&ring_);
+}
+
+void UringQueue::Submit(IoRequest* req) {
+  assert(req != nullptr && req->done != nullptr);
+  int check = device_.CheckRequest(*req);
+  if (check != 0) {
+    rejected_.emplace_back(req, check);
+    return;
+  }
+  // Keep the order of submission: nothing may overtake the overflow list.
+  if (!overflow_.empty() || !TryPrepare(req)) overflow_.push_back(req);
+}
+
+// Puts `req` into a submission queue entry, if the ring has room.
+bool UringQueue::TryPrepare(IoRequest* req) {
+  if (in_ring_ >= depth_) return false;  // bounds the CQEs outstanding, too
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) return false;
+  switch (req->op) {
+    case IoOp::kRead: io_uring_prep_read(sqe, fd_, req->buf, req->length, req->offset); break;
+    case IoOp::kWrite: io_uring_prep_write(sqe, fd_, req->buf, req->length, req->offset); break;
+    case IoOp::kFlush: io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC); break;
+  }
+  io_uring_sqe_set_data(sqe, req);
+  in_ring_++;
+  return true;
+}
+
+void UringQueue::FillRing() {
+  while (!overflow_.empty() && TryPrepare(overflow_.front())) overflow_.pop_front();
+}
+
+// Returns false on an error that retrying now would not cure.
+bool UringQueue::SubmitToKernel(bool wait) {
+  for (;;) {
+    int rc = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
+    if (rc >= 0) return true;
+    if (rc == -EINTR) continue;
+    // EAGAIN/EBUSY: the kernel is short of resources or completions; the
+    // entries stay in the SQ and the next Poll() tries again.
+    if (rc != -EAGAIN && rc != -EBUSY) spdlog::error("io_uring_enter on {} failed: {}", device_.name(), strerror(-rc));
+    return false;
+  }
+}
+
+int UringQueue::CompleteRejected() {
+  int n = 0;
+  // Only those present now: a callback may submit more invalid requests.
+  for (size_t count = rejected_.size(); count > 0; count--, n++) {
+    auto [req, result] = rejected_.front();
+    rejected_.pop_front();
+    Complete(device_, req, result);
+  }
+  return n;
+}
+
+int UringQueue::Reap() {
+  int n = 0;
+  io_uring_cqe* cqe = nullptr;
+  while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
+    auto* req = static_cast<IoRequest*>(io_uring_cqe_get_data(cqe));
+    int res = cqe->res;
+    io_uring_cq_advance(&ring_, 1);  // before the callback, which may Submit
+    assert(in_ring_ > 0);
+    in_ring_--;
+    Complete(device_, req, CompletionResult(*req, res));
+    n++;
+  }
+  return n;
+}
+
+int UringQueue::Poll(bool wait) {
+  assert(!polling_ && "IoQueue::Poll is not reentrant");
+  polling_ = true;
+  int n = CompleteRejected();
+  FillRing();
+  SubmitToKernel(/*wait=*/wait && n == 0 && in_ring_ > 0);
+  n += Reap();
+  // A wait can end early (a signal) with nothing reaped; wait again.
+  while (wait && n == 0 && in_ring_ > 0 && SubmitToKernel(/*wait=*/true)) n += Reap();
+  // Reaping made room, and callbacks may have submitted follow-up requests:
+  // start them now rather than leaving the device idle until the next Poll().
+  FillRing();
+  if (io_uring_sq_ready(&ring_) > 0) SubmitToKernel(/*wait=*/false);
+  polling_ = false;
+  return n;
+}
+
+// Used where io_uring_queue_init is refused (seccomp, old kernels, memlock):
+// correct but not concurrent, each request runs synchronously inside Poll().
+class SyncQueue final : public IoQueue {
+ public:
+  explicit SyncQueue(FileDevice& device) : device_(device) {}
+  ~SyncQueue() override {
+    if (!queue_.empty()) spdlog::warn("I/O queue on {} destroyed with {} requests not run", device_.name(), queue_.size());
+  }
+
+  void Submit(IoRequest* req) override {
+    assert(req != nullptr && req->done != nullptr);
+    queue_.push_back(req);
+  }
+
+  int Poll(bool /*wait*/) override {
+    int n = 0;
+    for (size_t count = queue_.size(); count > 0; count--, n++) {
+      IoRequest* req = queue_.front();
+      queue_.pop_front();
+      req->done(req, -Execute(*req).code());  // the sync path counts stats
+    }
+    return n;
+  }
+
+  uint32_t InFlight() const override { return static_cast<uint32_t>(queue_.size()); }
+
+ private:
+  Status Execute(const IoRequest& req) {
+    switch (req.op) {
+      case IoOp::kRead: return device_.ReadSync(req.offset, req.buf, req.length);
+      case IoOp::kWrite: return device_.WriteSync(req.offset, req.buf, req.length);
+      case IoOp::kFlush: return device_.FlushSync();
+    }
+    return Status(EINVAL, "unknown I/O operation");
+  }
+
+  FileDevice& device_;
+  std::deque<IoRequest*> queue_;
+};
+
+}  // namespace
+
+std::unique_ptr<IoQueue> CreateFileQueue(FileDevice& device, uint32_t depth) {
+  auto queue = std::make_unique<UringQueue>(device, RingDepth(depth));
+  int rc = queue->init_result();
+  if (rc == 0) return queue;
+  static std::once_flag warned;
+  std::call_once(warned, [&] {
+    spdlog::warn("io_uring unavailable ({}); I/O queues on {} run synchronously", strerror(-rc), device.name());
+  });
+  return std::make_unique<SyncQueue>(device);
+}
+
+}  // namespace edgestor
