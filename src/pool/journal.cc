@@ -22,14 +22,14 @@ void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, 
   pending_records_.insert(pending_records_.end(), body.begin(), body.end());
   pending_record_count_++;
   pending_frees_.insert(pending_frees_.end(), frees.begin(), frees.end());
+  UpdateJournalPressure();
 }
 
-bool Pool::JournalWantsCheckpoint() const {
-  std::lock_guard lock(mu_);
+void Pool::UpdateJournalPressure() {
   // Pending records are counted as if packed at 3/4 density.
   uint64_t pending_blocks = pending_records_.size() * 4 / 3 / format::kJournalPayload + 1;
   uint64_t used = journal_head_seq_ - label_.replay_seq + pending_blocks;
-  return used * 2 > geometry_.journal_blocks;
+  journal_wants_checkpoint_.store(used * 2 > geometry_.journal_blocks, std::memory_order_relaxed);
 }
 
 // Packs the records into whole journal blocks and writes them, each to a
@@ -71,6 +71,7 @@ Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t co
     ES_RETURN_IF_ERROR(device_->WriteSync(JournalBlockOffset(seq), buf.get(), kBlockSize));
     std::lock_guard lock(mu_);
     journal_head_seq_ = seq + 1;
+    UpdateJournalPressure();
   }
   return Status::Ok();
 }
@@ -137,6 +138,7 @@ Result<uint64_t> Pool::ReplayJournal(const RecordVisitor& apply) {
   }
   std::lock_guard lock(mu_);
   journal_head_seq_ = seq;
+  UpdateJournalPressure();
   return applied;
 }
 

@@ -22,6 +22,7 @@
 // (the record then goes into the next commit).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -93,7 +94,8 @@ class Pool {
   // Makes every record appended before the call durable (see header comment).
   Status Commit();
   // True when the journal is more than half full: time for a checkpoint.
-  bool JournalWantsCheckpoint() const;
+  // Lock-free: called after every I/O.
+  bool JournalWantsCheckpoint() const { return journal_wants_checkpoint_.load(std::memory_order_relaxed); }
 
   // ---- Checkpoint ----
   // The generation the next checkpoint will stamp on its map pages.
@@ -127,6 +129,7 @@ class Pool {
   Status WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t count_hint);  // REQUIRES: commit_mu_
   Status Fail(Status status);
   uint64_t JournalBlockOffset(uint64_t seq) const;
+  void UpdateJournalPressure();  // REQUIRES: mu_ held
 
   std::unique_ptr<Device> device_;
   PoolGeometry geometry_;
@@ -142,6 +145,7 @@ class Pool {
   uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write
   std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
   bool failed_ = false;                   // GUARDED_BY(mu_)
+  std::atomic<bool> journal_wants_checkpoint_{false};
 };
 
 }  // namespace edgestor
