@@ -10,8 +10,9 @@ namespace {
 
 template <typename T>
 void Put(std::vector<uint8_t>& out, const T& value) {
-  const uint8_t* p = reinterpret_cast<const uint8_t*>(&value);
-  out.insert(out.end(), p, p + sizeof value);
+  size_t at = out.size();
+  out.resize(at + sizeof value);
+  std::memcpy(out.data() + at, &value, sizeof value);
 }
 
 // A bounds-checked reader over the payload.

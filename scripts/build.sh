@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Configures and builds edgestor with Ninja.
+#
+#   scripts/build.sh [release]   optimized build in build/
+#   scripts/build.sh asan        RelWithDebInfo + AddressSanitizer/UBSan in build-asan/
+#
+# Extra arguments after the mode are passed to `cmake --build` (e.g. a target).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mode=${1:-release}
+shift || true
+
+case $mode in
+  release) dir=$root/build config=(-DCMAKE_BUILD_TYPE=Release) ;;
+  asan) dir=$root/build-asan config=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESTOR_SANITIZE=ON) ;;
+  *)
+    echo "usage: scripts/build.sh [release|asan] [cmake --build arguments...]" >&2
+    exit 2
+    ;;
+esac
+
+jobs=$(nproc)
+echo "build: $mode in ${dir#"$root"/} ($jobs jobs)"
+cmake -S "$root" -B "$dir" -G Ninja "${config[@]}" >/dev/null
+cmake --build "$dir" --parallel "$jobs" "$@"

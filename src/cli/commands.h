@@ -1,0 +1,63 @@
+// The commands of the edgestor tool, one function per command.
+//
+// main.cc parses the command line into these option structs (sizes already
+// parsed and checked) and calls the matching Run function. Every command that
+// opens a pool holds an exclusive flock() on the pool path for its whole run
+// and closes the pool (final checkpoint) before it returns.
+//
+// Each Run function prints its human or JSON output on stdout and either
+// returns normally (exit status 0) or throws CliError (exit status 1).
+// Arguments are validated before the pool is opened, so an invalid one never
+// changes the pool.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace edgestor::cli {
+
+struct PoolCreateArgs {
+  std::string path;
+  uint64_t size = 20ull << 30;  // for a new file; an existing file keeps its size
+  uint32_t cluster_size = 64 * 1024;
+  uint64_t journal_bytes = 0;  // 0: chosen by the engine
+};
+void RunPoolCreate(const PoolCreateArgs& args);
+
+void RunPoolInfo(const std::string& path, bool json);
+
+// Returns true when the pool is consistent; false (exit status 1) when
+// problems were found and printed.
+bool RunPoolFsck(const std::string& path, bool json);
+
+struct VolumeArgs {
+  std::string pool;
+  std::string name;
+};
+void RunVolumeCreate(const VolumeArgs& args, uint64_t size);
+void RunVolumeList(const std::string& pool, bool json);
+void RunVolumeInfo(const VolumeArgs& args, bool json);
+void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);
+void RunVolumeDelete(const VolumeArgs& args);
+
+struct VolumeWriteArgs {
+  VolumeArgs volume;
+  uint64_t offset = 0;  // any byte offset
+  std::string input;    // empty: standard input
+};
+void RunVolumeWrite(const VolumeWriteArgs& args);
+
+struct VolumeReadArgs {
+  VolumeArgs volume;
+  uint64_t offset = 0;
+  std::optional<uint64_t> length;  // default: to the end of the volume
+  std::string output;              // empty: standard output
+};
+void RunVolumeRead(const VolumeReadArgs& args);
+
+// Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.'
+// or '-' (the engine's rule, checked before the pool is opened).
+bool IsValidVolumeName(const std::string& name);
+
+}  // namespace edgestor::cli

@@ -1,0 +1,281 @@
+// edgestor: the command-line tool. This file wires the command line (CLI11)
+// to the commands in commands.h and turns failures into exit statuses:
+// 0 success, 1 the command failed (one line on stderr), 2 usage error.
+#include <csignal>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "base/size_parse.h"
+#include "cli/cli_error.h"
+#include "cli/commands.h"
+#include "io/device.h"
+
+namespace edgestor::cli {
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+// The engine's limits (src/pool/format.h), checked here so that an invalid
+// argument is refused before any file is created or opened.
+constexpr uint64_t kPoolSizeUnit = 4096;
+constexpr uint64_t kMinJournalBytes = 1ull << 20;
+constexpr uint64_t kMaxJournalBytes = 256ull << 20;
+constexpr uint32_t kMinClusterSize = 4096;
+constexpr uint32_t kMaxClusterSize = 256 * 1024;
+
+// A size argument ("8G", "64K", "4096"): checked by `check` and replaced by
+// its byte count, so the option's integer target receives plain bytes.
+CLI::Validator SizeArg(std::function<std::string(uint64_t)> check = nullptr) {
+  return CLI::Validator(
+      [check](std::string& text) -> std::string {
+        std::optional<uint64_t> bytes = ParseSize(text);
+        if (!bytes) return "'" + text + "' is not a size (examples: 4096, 512K, 8G, 1.5T)";
+        std::string problem = check ? check(*bytes) : "";
+        if (!problem.empty()) return "'" + text + "' " + problem;
+        text = std::to_string(*bytes);
+        return "";
+      },
+      "SIZE");
+}
+
+std::string PositiveMultipleOf(uint64_t bytes, uint64_t unit) {
+  if (bytes == 0 || bytes % unit != 0) return "must be a positive multiple of " + std::to_string(unit) + " bytes";
+  return "";
+}
+
+std::string ClusterSizeProblem(uint64_t bytes) {
+  bool power_of_two = bytes != 0 && (bytes & (bytes - 1)) == 0;
+  if (!power_of_two || bytes < kMinClusterSize || bytes > kMaxClusterSize) {
+    return "must be a power of two from 4K to 256K";
+  }
+  return "";
+}
+
+std::string JournalSizeProblem(uint64_t bytes) {
+  if (bytes % kPoolSizeUnit != 0 || bytes < kMinJournalBytes || bytes > kMaxJournalBytes) {
+    return "must be a multiple of 4K from 1M to 256M";
+  }
+  return "";
+}
+
+const CLI::Validator kVolumeName(
+    [](std::string& name) -> std::string {
+      if (IsValidVolumeName(name)) return "";
+      return "invalid volume name '" + name + "': use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -";
+    },
+    "NAME");
+
+// The pool a command works on: its PATH argument, else --pool, else
+// $EDGESTOR_POOL (CLI11 fills --pool from the environment).
+std::string PoolPath(const std::string& positional, const std::string& global) {
+  if (!positional.empty()) return positional;
+  if (!global.empty()) return global;
+  throw CLI::RequiredError("no pool given: pass PATH or --pool PATH, or set EDGESTOR_POOL",
+                           CLI::ExitCodes::RequiredError);
+}
+
+void SetUpLogging(bool verbose) {
+  // On stderr: stdout may be carrying volume data (vol read).
+  auto logger = spdlog::stderr_color_mt("edgestor");
+  logger->set_pattern("%n: %l: %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::warn);
+}
+
+struct Globals {
+  std::string pool;
+  bool verbose = false;
+};
+
+void AddPoolCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  CLI::App* pool = app.add_subcommand("pool", "create, inspect and check pools")->require_subcommand(1);
+
+  auto* create = pool->add_subcommand("create", "format a file or block device as a new, empty pool");
+  auto c = std::make_shared<PoolCreateArgs>();
+  create->add_option("PATH", c->path, "pool file (created sparse if missing) or block device");
+  create->add_option("--size", c->size, "size of a new file; an existing file or device keeps its own")
+      ->transform(SizeArg([](uint64_t b) { return PositiveMultipleOf(b, kPoolSizeUnit); }))
+      ->default_str("20G");
+  create->add_option("--cluster-size", c->cluster_size, "allocation unit of volumes")
+      ->transform(SizeArg(ClusterSizeProblem))
+      ->default_str("64K");
+  create->add_option("--journal-size", c->journal_bytes, "metadata journal (default: 1% of the pool)")
+      ->transform(SizeArg(JournalSizeProblem));
+  create->callback([c, &g, &action] {
+    c->path = PoolPath(c->path, g.pool);
+    action = [c] {
+      RunPoolCreate(*c);
+      return 0;
+    };
+  });
+
+  auto path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto* info = pool->add_subcommand("info", "show a pool's space and settings");
+  auto* fsck = pool->add_subcommand("fsck", "check a pool's consistency without changing it (exit 1 on problems)");
+  for (CLI::App* sub : {info, fsck}) {
+    sub->add_option("PATH", *path, "pool file or block device");
+    sub->add_flag("--json", *json, "print JSON");
+  }
+  info->callback([path, json, &g, &action] {
+    *path = PoolPath(*path, g.pool);
+    action = [path, json] {
+      RunPoolInfo(*path, *json);
+      return 0;
+    };
+  });
+  fsck->callback([path, json, &g, &action] {
+    *path = PoolPath(*path, g.pool);
+    action = [path, json] { return RunPoolFsck(*path, *json) ? 0 : kExitFailure; };
+  });
+}
+
+void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  CLI::App* vol = app.add_subcommand("vol", "manage the thin volumes of a pool (--pool)")->require_subcommand(1);
+  auto v = std::make_shared<VolumeArgs>();
+  auto json = std::make_shared<bool>(false);
+  auto size = std::make_shared<uint64_t>(0);
+  auto force = std::make_shared<bool>(false);
+  auto add_name = [v](CLI::App* sub) {
+    sub->add_option("NAME", v->name, "volume name")->required()->check(kVolumeName);
+  };
+  auto volume_size = SizeArg([](uint64_t b) { return PositiveMultipleOf(b, kSectorSize); });
+  auto pool_of = [&g] { return PoolPath("", g.pool); };
+
+  auto* create = vol->add_subcommand("create", "create a thin volume (uses no space until written)");
+  add_name(create);
+  create->add_option("--size", *size, "virtual size")->required()->transform(volume_size);
+  create->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeCreate(*v, *size);
+      return 0;
+    };
+  });
+
+  auto* list = vol->add_subcommand("list", "list volumes");
+  list->add_flag("--json", *json, "print JSON");
+  list->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeList(v->pool, *json);
+      return 0;
+    };
+  });
+
+  auto* info = vol->add_subcommand("info", "show one volume");
+  add_name(info);
+  info->add_flag("--json", *json, "print JSON");
+  info->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeInfo(*v, *json);
+      return 0;
+    };
+  });
+
+  auto* resize = vol->add_subcommand("resize", "grow a volume, or shrink it with --force");
+  add_name(resize);
+  resize->add_option("--size", *size, "new virtual size")->required()->transform(volume_size);
+  resize->add_flag("--force", *force, "allow shrinking (data beyond the new end is discarded)");
+  resize->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeResize(*v, *size, *force);
+      return 0;
+    };
+  });
+
+  auto* del = vol->add_subcommand("delete", "delete a volume and free its space");
+  add_name(del);
+  del->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeDelete(*v);
+      return 0;
+    };
+  });
+
+  auto w = std::make_shared<VolumeWriteArgs>();
+  auto* write = vol->add_subcommand("write", "write bytes from a file or stdin into a volume");
+  add_name(write);
+  write->add_option("--offset", w->offset, "byte offset in the volume (default 0)")->transform(SizeArg());
+  write->add_option("--input", w->input, "input file (default: stdin)");
+  write->callback([=, &action] {
+    v->pool = pool_of();
+    w->volume = *v;
+    action = [=] {
+      RunVolumeWrite(*w);
+      return 0;
+    };
+  });
+
+  auto r = std::make_shared<VolumeReadArgs>();
+  auto length = std::make_shared<uint64_t>(0);
+  auto* read = vol->add_subcommand("read", "read bytes of a volume to a file or stdout");
+  add_name(read);
+  read->add_option("--offset", r->offset, "byte offset in the volume (default 0)")->transform(SizeArg());
+  CLI::Option* length_opt =
+      read->add_option("--length", *length, "bytes to read (default: to the end)")->transform(SizeArg());
+  read->add_option("--output", r->output, "output file (default: stdout)");
+  read->callback([=, &action] {
+    v->pool = pool_of();
+    r->volume = *v;
+    if (length_opt->count() > 0) r->length = *length;
+    action = [=] {
+      RunVolumeRead(*r);
+      return 0;
+    };
+  });
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"edgestor: thin volumes on a pool of files or disks", "edgestor"};
+  app.set_version_flag("--version", "edgestor " EDGESTOR_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the subcommand
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "edgestor: " + std::string(e.what()) + "\nRun 'edgestor --help' or 'edgestor COMMAND --help' for usage.\n";
+  });
+  app.footer(
+      "Examples:\n"
+      "  edgestor pool create var/pool.img --size 20G\n"
+      "  edgestor --pool var/pool.img vol create vol0 --size 8G\n"
+      "  edgestor --pool var/pool.img vol write vol0 --offset 1M --input data.bin\n"
+      "  edgestor --pool var/pool.img vol read vol0 --offset 1M --length 4M > data.out\n");
+  Globals g;
+  app.add_option("--pool", g.pool, "pool file or block device")->envname("EDGESTOR_POOL");
+  app.add_flag("-v,--verbose", g.verbose, "log debug messages");
+
+  std::function<int()> action;
+  AddPoolCommands(app, g, action);
+  AddVolumeCommands(app, g, action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
+
+  SetUpLogging(g.verbose);
+  std::signal(SIGPIPE, SIG_IGN);  // a closed stdout is an EPIPE, handled by vol read
+  try {
+    return action();
+  } catch (const CliError& e) {
+    std::cerr << "edgestor: " << e.what() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "edgestor: internal error: " << e.what() << "\n";
+  }
+  return kExitFailure;
+}
+
+}  // namespace
+}  // namespace edgestor::cli
+
+int main(int argc, char** argv) { return edgestor::cli::Main(argc, argv); }

@@ -1,0 +1,140 @@
+#include "cli/output.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+
+#include "base/size_parse.h"
+
+namespace edgestor::cli {
+namespace {
+
+// "64 KiB" for exact multiples; otherwise also the exact byte count, so that
+// a rounded figure ("19.75 GiB") is never mistaken for the real one.
+std::string SizeWithBytes(uint64_t bytes) {
+  std::string text = FormatSize(bytes);
+  if (text.find('.') != std::string::npos) text += " (" + std::to_string(bytes) + " bytes)";
+  return text;
+}
+
+std::string Percent(uint64_t part, uint64_t whole) {
+  if (whole == 0) return "-";
+  char out[16];
+  std::snprintf(out, sizeof out, "%.1f%%", 100.0 * static_cast<double>(part) / static_cast<double>(whole));
+  return out;
+}
+
+// "1 volume", "2 volumes".
+std::string Count(uint64_t n, const std::string& noun) { return std::to_string(n) + " " + noun + (n == 1 ? "" : "s"); }
+
+}  // namespace
+
+std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (size_t c = 0; c < row.size(); c++) widths[c] = std::max(widths[c], row[c].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); c++) {
+      line += row[c];
+      if (c + 1 < row.size()) line += std::string(widths[c] - row[c].size() + 2, ' ');
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::string RenderFields(const std::vector<std::pair<std::string, std::string>>& fields) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [key, value] : fields) rows.push_back({key + ":", value});
+  return RenderTable(rows);
+}
+
+nlohmann::json PoolInfoJson(const std::string& path, const PoolInfo& info) {
+  return {
+      {"path", path},
+      {"uuid", info.uuid},
+      {"format_version", info.format_version},
+      {"device_bytes", info.device_bytes},
+      {"cluster_size", info.cluster_size},
+      {"data_bytes", info.data_bytes},
+      {"allocated_bytes", info.allocated_bytes},
+      {"free_bytes", info.free_bytes},
+      {"journal_bytes", info.journal_bytes},
+      {"checkpoint_generation", info.checkpoint_generation},
+      {"volume_count", info.volume_count},
+  };
+}
+
+std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
+  return RenderFields({
+      {"pool", path},
+      {"uuid", info.uuid},
+      {"format", "version " + std::to_string(info.format_version)},
+      {"device size", SizeWithBytes(info.device_bytes)},
+      {"cluster size", FormatSize(info.cluster_size)},
+      {"data space", SizeWithBytes(info.data_bytes)},
+      {"allocated", SizeWithBytes(info.allocated_bytes) + ", " + Percent(info.allocated_bytes, info.data_bytes)},
+      {"free", SizeWithBytes(info.free_bytes)},
+      {"journal", SizeWithBytes(info.journal_bytes)},
+      {"checkpoint", "generation " + std::to_string(info.checkpoint_generation)},
+      {"volumes", std::to_string(info.volume_count)},
+  });
+}
+
+nlohmann::json VolumeInfoJson(const VolumeInfo& info) {
+  return {
+      {"id", info.id},
+      {"name", info.name},
+      {"size", info.size},
+      {"allocated_bytes", info.allocated_bytes},
+      {"written_bytes", info.written_bytes},
+  };
+}
+
+std::string VolumeInfoText(const VolumeInfo& info) {
+  return RenderFields({
+      {"name", info.name},
+      {"id", std::to_string(info.id)},
+      {"size", SizeWithBytes(info.size)},
+      {"allocated", SizeWithBytes(info.allocated_bytes) + ", " + Percent(info.allocated_bytes, info.size)},
+      {"written", SizeWithBytes(info.written_bytes)},
+  });
+}
+
+std::string VolumeListText(const std::vector<VolumeInfo>& volumes) {
+  if (volumes.empty()) return "no volumes\n";
+  std::vector<std::vector<std::string>> rows = {{"NAME", "ID", "SIZE", "ALLOCATED", "WRITTEN"}};
+  for (const VolumeInfo& v : volumes) {
+    rows.push_back(
+        {v.name, std::to_string(v.id), FormatSize(v.size), FormatSize(v.allocated_bytes), FormatSize(v.written_bytes)});
+  }
+  return RenderTable(rows);
+}
+
+nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report) {
+  return {
+      {"path", path},
+      {"ok", report.ok()},
+      {"problems", report.problems},
+      {"notes", report.notes},
+      {"volumes", report.volumes},
+      {"mapped_clusters", report.mapped_clusters},
+      {"map_pages", report.map_pages},
+      {"used_blocks", report.used_blocks},
+  };
+}
+
+std::string FsckSummaryText(const std::string& path, const FsckReport& report) {
+  std::string counts = Count(report.volumes, "volume") + ", " + Count(report.mapped_clusters, "mapped cluster") + ", " +
+                       Count(report.map_pages, "map page") + ", " + Count(report.used_blocks, "used block");
+  if (report.ok()) return "pool " + path + " is clean (" + counts + ")\n";
+  return "pool " + path + ": " + Count(report.problems.size(), "problem") + " found (" + counts + ")\n";
+}
+
+void PrintJson(const nlohmann::json& json) { std::cout << json.dump(2) << "\n"; }
+
+}  // namespace edgestor::cli
