@@ -34,6 +34,7 @@ class ThinVolume : public Volume {
   const std::string& name() const override { return name_; }
   uint64_t size() const override { return size_.load(std::memory_order_relaxed); }
   void Submit(VolumeIo* io, IoQueue& queue) override;
+  Result<std::vector<VolumeExtent>> Describe(uint64_t offset, uint64_t length, size_t max_extents) override;
 
   // ---- For VolumeSetImpl (control path) ----
   std::mutex& mutex() { return mu_; }

@@ -101,4 +101,26 @@ Status ThinVolume::ReleaseAllLocked(std::vector<BlockRun>* frees) {
   return Status::Ok();
 }
 
+Result<std::vector<VolumeExtent>> ThinVolume::Describe(uint64_t offset, uint64_t length, size_t max_extents) {
+  if (offset > size() || length > size() - offset || length == 0 || max_extents == 0)
+    return Status(EINVAL, "range outside the volume");
+  std::vector<VolumeExtent> out;
+  std::lock_guard lock(mu_);
+  for (uint64_t pos = offset, end = offset + length; pos < end;) {
+    uint64_t cluster = pos / cluster_size_;
+    uint64_t block = (pos % cluster_size_) / kBlockSize;
+    uint64_t n = std::min(end, (pos / kBlockSize + 1) * kBlockSize) - pos;
+    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/false));
+    bool written = page && ((page->entries[ThinMap::IndexInPage(cluster)].written_bits >> block) & 1);
+    if (!out.empty() && out.back().written == written) {
+      out.back().length += n;
+    } else {
+      if (out.size() == max_extents) break;
+      out.push_back({n, written});
+    }
+    pos += n;
+  }
+  return out;
+}
+
 }  // namespace edgestor

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 #include "io/device.h"
@@ -46,6 +47,13 @@ struct VolumeIo {
   } progress;
 };
 
+// A run of a volume with one allocation state (for NBD block status,
+// sparse copies): `written` blocks hold data; the rest read as zeros.
+struct VolumeExtent {
+  uint64_t length = 0;
+  bool written = false;
+};
+
 class Volume {
  public:
   virtual ~Volume() = default;
@@ -53,6 +61,11 @@ class Volume {
   virtual const std::string& name() const = 0;
   virtual uint64_t size() const = 0;
   virtual void Submit(VolumeIo* io, IoQueue& queue) = 0;
+  // Describes [offset, offset+length) from the thin map, merging adjacent
+  // runs of the same state, at most `max_extents` of them (the last one may
+  // end before offset+length). No data I/O; may read a map page. EINVAL if
+  // the range is out of the volume.
+  virtual Result<std::vector<VolumeExtent>> Describe(uint64_t offset, uint64_t length, size_t max_extents) = 0;
 };
 
 // Submits `io` and polls `queue` until it completes. For tools and tests.

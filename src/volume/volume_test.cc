@@ -206,6 +206,22 @@ TEST(Volume, SmallMapCacheStaysWithinBudgetAndReadsStayCorrect) {
   }
 }
 
+TEST(Volume, DescribeReportsWrittenRunsAndHoles) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("v", 4 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 8192, Pattern(8192, 1)).ok());
+  ASSERT_TRUE(pool.Write(*v, 65536, Pattern(4096, 1)).ok());
+  auto extents = v->Describe(0, 4 * kMiB, 100);
+  ASSERT_TRUE(extents.ok());
+  std::vector<std::pair<uint64_t, bool>> got;
+  for (auto& e : extents.value()) got.push_back({e.length, e.written});
+  std::vector<std::pair<uint64_t, bool>> want = {
+      {8192, false}, {8192, true}, {65536 - 16384, false}, {4096, true}, {4 * kMiB - 65536 - 4096, false}};
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(v->Describe(0, 4 * kMiB, 2)->size(), 2u);
+  EXPECT_EQ(v->Describe(4 * kMiB, 512, 10).status().code(), EINVAL);
+}
+
 TEST(Volume, ParallelWritersOnTwoThreadsEachWithItsQueue) {
   TestPool pool(128 * kMiB);
   Volume* v = pool.set().CreateVolume("v", 32 * kMiB).value();
