@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Quick start: from a fresh checkout to a pool with a verified volume.
+# Quick start: from a fresh checkout to a served volume.
 #
 # Installs the dependencies, builds the release binary, creates the default
 # pool var/pool.img (20 GiB, sparse) with a thin volume vol0 (8 GiB) unless
-# they exist, then writes 4 MiB of random data into vol0 and reads it back.
-# Safe to run again: an existing pool and volume are reused.
+# they exist, writes 4 MiB of random data into vol0 and reads it back, then
+# serves every volume over NBD in the foreground (Ctrl-C stops it cleanly)
+# and prints the URI to attach to. Safe to run again.
+#
+#   scripts/quickstart.sh           serve in the foreground
+#   scripts/quickstart.sh --check   (CI) serve in the background, attach with
+#                                   nbdinfo and qemu-io, stop with SIGTERM
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,8 +72,26 @@ show_pool() {
   edgestor --pool "$POOL" vol list
 }
 
+serve() {
+  step "serving $POOL over NBD (Ctrl-C to stop)"
+  exec "$EDGESTOR" serve --pool "$POOL"
+}
+
+check_serving() {
+  step "serving $POOL in the background and attaching to it"
+  "$EDGESTOR" serve --pool "$POOL" &
+  local pid=$! uri="nbd+unix:///$VOLUME?socket=$root/var/pool.nbd.sock"
+  for _ in $(seq 100); do [[ -S var/pool.nbd.sock ]] && break; sleep 0.1; done
+  nbdinfo "$uri"
+  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' "$uri"
+  kill -TERM "$pid"
+  wait "$pid"
+  echo "served, attached and stopped cleanly"
+}
+
 install_and_build
 ensure_pool
 ensure_volume
 demo_write_read
 show_pool
+if [[ ${1:-} == --check ]]; then check_serving; else serve; fi

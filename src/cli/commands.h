@@ -33,10 +33,11 @@ bool RunPoolFsck(const std::string& path, bool json);
 
 struct VolumeArgs {
   std::string pool;
+  std::string control;  // daemon control socket (--control / $EDGESTOR_CONTROL); may be empty
   std::string name;
 };
 void RunVolumeCreate(const VolumeArgs& args, uint64_t size);
-void RunVolumeList(const std::string& pool, bool json);
+void RunVolumeList(const VolumeArgs& args, bool json);
 void RunVolumeInfo(const VolumeArgs& args, bool json);
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);
 void RunVolumeDelete(const VolumeArgs& args);
@@ -55,6 +56,17 @@ struct VolumeReadArgs {
   std::string output;              // empty: standard output
 };
 void RunVolumeRead(const VolumeReadArgs& args);
+
+struct ServeArgs {
+  std::string pool;
+  std::string control_socket;  // default: beside the pool
+  std::string nbd_socket;      // default: beside the pool
+  std::string nbd_listen;      // host:port; empty: no TCP
+  uint64_t map_cache_bytes = 64ull << 20;
+};
+// Runs the daemon in the foreground until SIGINT/SIGTERM; then drains,
+// checkpoints and returns.
+void RunServe(const ServeArgs& args);
 
 // Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.'
 // or '-' (the engine's rule, checked before the pool is opened).

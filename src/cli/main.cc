@@ -91,6 +91,7 @@ void SetUpLogging(bool verbose) {
 
 struct Globals {
   std::string pool;
+  std::string control;
   bool verbose = false;
 };
 
@@ -147,7 +148,11 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
     sub->add_option("NAME", v->name, "volume name")->required()->check(kVolumeName);
   };
   auto volume_size = SizeArg([](uint64_t b) { return PositiveMultipleOf(b, kSectorSize); });
-  auto pool_of = [&g] { return PoolPath("", g.pool); };
+  // With a daemon's control socket the pool path is optional.
+  auto pool_of = [&g, v] {
+    v->control = g.control;
+    return g.control.empty() ? PoolPath("", g.pool) : g.pool;
+  };
 
   auto* create = vol->add_subcommand("create", "create a thin volume (uses no space until written)");
   add_name(create);
@@ -165,7 +170,7 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   list->callback([=, &action] {
     v->pool = pool_of();
     action = [=] {
-      RunVolumeList(v->pool, *json);
+      RunVolumeList(*v, *json);
       return 0;
     };
   });
@@ -236,6 +241,22 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   });
 }
 
+void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
+  auto args = std::make_shared<ServeArgs>();
+  auto* serve = app.add_subcommand("serve", "serve every volume of a pool over NBD, with a control socket");
+  serve->add_option("--nbd-socket", args->nbd_socket, "NBD unix socket (default: beside the pool)");
+  serve->add_option("--nbd-listen", args->nbd_listen, "also serve NBD over TCP on HOST:PORT (e.g. 127.0.0.1:10809)");
+  serve->add_option("--map-cache", args->map_cache_bytes, "memory for cached map pages")->transform(SizeArg())->default_str("64M");
+  serve->callback([args, &g, &action] {
+    args->pool = PoolPath("", g.pool);
+    args->control_socket = g.control;  // --control: where to answer (default: beside the pool)
+    action = [args] {
+      RunServe(*args);
+      return 0;
+    };
+  });
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"edgestor: thin volumes on a pool of files or disks", "edgestor"};
   app.set_version_flag("--version", "edgestor " EDGESTOR_VERSION);
@@ -252,11 +273,14 @@ int Main(int argc, char** argv) {
       "  edgestor --pool var/pool.img vol read vol0 --offset 1M --length 4M > data.out\n");
   Globals g;
   app.add_option("--pool", g.pool, "pool file or block device")->envname("EDGESTOR_POOL");
+  app.add_option("--control", g.control, "control socket of a daemon serving the pool (default: found beside the pool)")
+      ->envname("EDGESTOR_CONTROL");
   app.add_flag("-v,--verbose", g.verbose, "log debug messages");
 
   std::function<int()> action;
   AddPoolCommands(app, g, action);
   AddVolumeCommands(app, g, action);
+  AddServeCommand(app, g, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "base/size_parse.h"
+#include "daemon/info_json.h"
 
 namespace edgestor::cli {
 namespace {
@@ -54,19 +55,9 @@ std::string RenderFields(const std::vector<std::pair<std::string, std::string>>&
 }
 
 nlohmann::json PoolInfoJson(const std::string& path, const PoolInfo& info) {
-  return {
-      {"path", path},
-      {"uuid", info.uuid},
-      {"format_version", info.format_version},
-      {"device_bytes", info.device_bytes},
-      {"cluster_size", info.cluster_size},
-      {"data_bytes", info.data_bytes},
-      {"allocated_bytes", info.allocated_bytes},
-      {"free_bytes", info.free_bytes},
-      {"journal_bytes", info.journal_bytes},
-      {"checkpoint_generation", info.checkpoint_generation},
-      {"volume_count", info.volume_count},
-  };
+  nlohmann::json out = info;
+  out["path"] = path;
+  return out;
 }
 
 std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
@@ -85,15 +76,7 @@ std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
   });
 }
 
-nlohmann::json VolumeInfoJson(const VolumeInfo& info) {
-  return {
-      {"id", info.id},
-      {"name", info.name},
-      {"size", info.size},
-      {"allocated_bytes", info.allocated_bytes},
-      {"written_bytes", info.written_bytes},
-  };
-}
+nlohmann::json VolumeInfoJson(const VolumeInfo& info) { return info; }
 
 std::string VolumeInfoText(const VolumeInfo& info) {
   return RenderFields({

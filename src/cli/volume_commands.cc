@@ -1,11 +1,15 @@
 // vol create | list | info | resize | delete
 #include <iostream>
+#include <optional>
 
 #include "base/size_parse.h"
 #include "cli/cli_error.h"
 #include "cli/commands.h"
 #include "cli/output.h"
 #include "cli/pool_session.h"
+#include "daemon/control_server.h"
+#include "daemon/daemon.h"
+#include "daemon/info_json.h"
 
 namespace edgestor::cli {
 namespace {
@@ -14,6 +18,23 @@ constexpr size_t kMaxVolumeNameLength = 64;
 
 bool IsNameChar(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+// The control socket of a daemon serving the pool, if one does: the one
+// given with --control, else the default one beside the pool if a daemon
+// answers on it. Volume commands then go through the daemon, which holds
+// the pool.
+std::optional<std::string> DaemonSocket(const VolumeArgs& args) {
+  if (!args.control.empty()) return args.control;
+  if (args.pool.empty()) return std::nullopt;
+  std::string socket = DefaultControlSocket(args.pool);
+  if (CallControl(socket, "pool.info", nlohmann::json::object()).ok()) return socket;
+  return std::nullopt;
+}
+
+nlohmann::json Call(const std::string& socket, const std::string& method, const nlohmann::json& params,
+                    const std::string& what) {
+  return Unwrap(CallControl(socket, method, params), what + " (through the daemon at " + socket + ")");
 }
 
 }  // namespace
@@ -28,16 +49,28 @@ bool IsValidVolumeName(const std::string& name) {
 }
 
 void RunVolumeCreate(const VolumeArgs& args, uint64_t size) {
+  if (auto socket = DaemonSocket(args)) {
+    Call(*socket, "vol.create", {{"name", args.name}, {"size", size}}, "cannot create volume " + args.name);
+    std::cout << "created volume " << args.name << ": " << FormatSize(size) << "\n";
+    return;
+  }
   std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
   Unwrap(session->pool().CreateVolume(args.name, size), "cannot create volume " + args.name);
   session->Close();
   std::cout << "created volume " << args.name << ": " << FormatSize(size) << "\n";
 }
 
-void RunVolumeList(const std::string& pool, bool json) {
-  std::unique_ptr<PoolSession> session = PoolSession::Open(pool);
+static std::vector<VolumeInfo> ListVolumes(const VolumeArgs& args) {
+  if (auto socket = DaemonSocket(args))
+    return Call(*socket, "vol.list", nlohmann::json::object(), "cannot list volumes")["volumes"].get<std::vector<VolumeInfo>>();
+  std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
   std::vector<VolumeInfo> volumes = session->pool().ListVolumes();
   session->Close();
+  return volumes;
+}
+
+void RunVolumeList(const VolumeArgs& args, bool json) {
+  std::vector<VolumeInfo> volumes = ListVolumes(args);
   if (json) {
     nlohmann::json list = nlohmann::json::array();
     for (const VolumeInfo& v : volumes) list.push_back(VolumeInfoJson(v));
@@ -47,10 +80,17 @@ void RunVolumeList(const std::string& pool, bool json) {
   }
 }
 
-void RunVolumeInfo(const VolumeArgs& args, bool json) {
+static VolumeInfo GetVolumeInfo(const VolumeArgs& args) {
+  if (auto socket = DaemonSocket(args))
+    return Call(*socket, "vol.info", {{"name", args.name}}, "cannot get information on volume " + args.name).get<VolumeInfo>();
   std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
   VolumeInfo info = session->GetVolumeInfo(args.name);
   session->Close();
+  return info;
+}
+
+void RunVolumeInfo(const VolumeArgs& args, bool json) {
+  VolumeInfo info = GetVolumeInfo(args);
   if (json) {
     PrintJson(VolumeInfoJson(info));
   } else {
@@ -59,6 +99,17 @@ void RunVolumeInfo(const VolumeArgs& args, bool json) {
 }
 
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force) {
+  if (auto socket = DaemonSocket(args)) {
+    uint64_t old_size = GetVolumeInfo(args).size;
+    if (new_size < old_size && !force)
+      Fail("shrinking " + args.name + " from " + FormatSize(old_size) + " to " + FormatSize(new_size) +
+           " would discard data beyond the new end; pass --force");
+    Call(*socket, "vol.resize", {{"name", args.name}, {"size", new_size}, {"force", force}},
+         "cannot resize volume " + args.name);
+    std::cout << "resized volume " << args.name << " from " << FormatSize(old_size) << " to " << FormatSize(new_size)
+              << "\n";
+    return;
+  }
   std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
   uint64_t old_size = session->GetVolumeInfo(args.name).size;
   if (new_size == old_size) {
@@ -77,6 +128,11 @@ void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force) {
 }
 
 void RunVolumeDelete(const VolumeArgs& args) {
+  if (auto socket = DaemonSocket(args)) {
+    Call(*socket, "vol.delete", {{"name", args.name}}, "cannot delete volume " + args.name);
+    std::cout << "deleted volume " << args.name << "\n";
+    return;
+  }
   std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
   (void)session->FindVolume(args.name);  // a clear "no volume named" error
   Check(session->pool().DeleteVolume(args.name), "cannot delete volume " + args.name);

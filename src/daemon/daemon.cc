@@ -1,0 +1,122 @@
+#include "daemon/daemon.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "io/device.h"
+
+namespace edgestor {
+
+namespace {
+
+std::string SiblingPath(const std::string& pool_path, const std::string& suffix) {
+  std::filesystem::path p(pool_path);
+  return (p.parent_path() / (p.stem().string() + suffix)).string();
+}
+
+// The same advisory lock the CLI takes: one process per pool.
+Result<int> LockPool(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status(errno, "cannot open pool " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) return Status(EBUSY, "pool " + path + " is in use by another process (is a daemon serving it?)");
+    return Status(err, "cannot lock pool " + path);
+  }
+  return fd;
+}
+
+}  // namespace
+
+std::string DefaultControlSocket(const std::string& pool_path) { return SiblingPath(pool_path, ".control.sock"); }
+std::string DefaultNbdSocket(const std::string& pool_path) { return SiblingPath(pool_path, ".nbd.sock"); }
+
+Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
+  if (options.control_socket.empty()) options.control_socket = DefaultControlSocket(options.pool_path);
+  if (options.nbd_socket.empty()) options.nbd_socket = DefaultNbdSocket(options.pool_path);
+  ES_ASSIGN_OR_RETURN(int lock_fd, LockPool(options.pool_path));
+  auto device = OpenFileDevice(options.pool_path, FileDeviceOptions{});
+  if (!device.ok()) {
+    ::close(lock_fd);
+    return device.status().WithContext("cannot open pool " + options.pool_path);
+  }
+  auto pool = VolumeSet::Open(std::move(device).value(), PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes});
+  if (!pool.ok()) {
+    ::close(lock_fd);
+    return pool.status().WithContext("cannot open pool " + options.pool_path);
+  }
+  std::unique_ptr<Daemon> daemon(new Daemon(options, lock_fd, std::move(pool).value()));
+  daemon->nbd_ = std::make_unique<NbdServer>(*daemon, NbdServerOptions{});
+  ES_RETURN_IF_ERROR(daemon->nbd_->ListenUnix(options.nbd_socket));
+  if (!options.nbd_listen.empty()) ES_RETURN_IF_ERROR(daemon->nbd_->ListenTcp(options.nbd_listen));
+  daemon->RegisterMethods();
+  ES_RETURN_IF_ERROR(daemon->control_.Listen(options.control_socket));
+  ES_RETURN_IF_ERROR(daemon->nbd_->Start());
+  daemon->control_.Start();
+  spdlog::info("serving pool {} ({} volumes); control socket {}, NBD socket {}", options.pool_path,
+               daemon->pool_->ListVolumes().size(), options.control_socket, options.nbd_socket);
+  return daemon;
+}
+
+Daemon::Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool)
+    : options_(std::move(options)), lock_fd_(lock_fd), pool_(std::move(pool)) {}
+
+Daemon::~Daemon() {
+  Status s = Stop();
+  if (!s.ok()) spdlog::error("stopping the daemon: {}", s.ToString());
+}
+
+Status Daemon::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopped_) return Status::Ok();
+    stopped_ = true;
+  }
+  control_.Stop();
+  if (nbd_) nbd_->Stop();  // waits for in-flight requests to complete and reply
+  Status s = pool_->Close();
+  if (s.ok()) spdlog::info("pool {} closed cleanly", options_.pool_path);
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
+  return s;
+}
+
+uint16_t Daemon::nbd_tcp_port() const { return nbd_ ? nbd_->BoundTcpPort() : 0; }
+
+std::string Daemon::NbdUri(const std::string& volume) const {
+  std::string socket = std::filesystem::absolute(options_.nbd_socket).string();
+  return "nbd+unix:///" + volume + "?socket=" + socket;
+}
+
+std::vector<std::string> Daemon::ListExports() {
+  std::vector<std::string> names;
+  for (const VolumeInfo& v : pool_->ListVolumes()) names.push_back(v.name);
+  return names;
+}
+
+Result<Volume*> Daemon::AcquireExport(const std::string& name) {
+  std::lock_guard lock(mu_);
+  if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
+  ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+  users_[volume]++;
+  return volume;
+}
+
+void Daemon::ReleaseExport(Volume* volume) {
+  std::lock_guard lock(mu_);
+  auto it = users_.find(volume);
+  assert(it != users_.end() && it->second > 0);
+  if (--it->second == 0) users_.erase(it);
+}
+
+std::unique_ptr<IoQueue> Daemon::CreateQueue(uint32_t depth) { return pool_->device().CreateQueue(depth); }
+
+}  // namespace edgestor

@@ -1,0 +1,66 @@
+// Daemon: one process owns one pool and serves it.
+//
+// It holds an exclusive lock on the pool file (the CLI takes the same lock,
+// so a pool is never opened twice), opens the pool (recovering it), serves
+// every volume as an NBD export named after it, and answers JSON-RPC on a
+// control socket (docs/CONTROL_API.md). Stop() drains in-flight I/O, writes
+// a final checkpoint and releases everything.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "daemon/control_server.h"
+#include "frontend/nbd/nbd_server.h"
+#include "volume/volume_set.h"
+
+namespace edgestor {
+
+struct DaemonOptions {
+  std::string pool_path;
+  std::string control_socket;  // default: DefaultControlSocket(pool_path)
+  std::string nbd_socket;      // default: DefaultNbdSocket(pool_path)
+  std::string nbd_listen;      // "host:port" for NBD over TCP; empty: unix socket only
+  uint64_t map_cache_bytes = 64ull << 20;
+};
+
+// Sockets live beside the pool: var/pool.img -> var/pool.control.sock,
+// var/pool.nbd.sock.
+std::string DefaultControlSocket(const std::string& pool_path);
+std::string DefaultNbdSocket(const std::string& pool_path);
+
+class Daemon : public ExportProvider {
+ public:
+  static Result<std::unique_ptr<Daemon>> Start(DaemonOptions options);
+  ~Daemon() override;
+
+  // Stops serving, drains, checkpoints. Idempotent.
+  Status Stop();
+
+  const DaemonOptions& options() const { return options_; }
+  uint16_t nbd_tcp_port() const;
+  std::string NbdUri(const std::string& volume) const;
+
+  // ExportProvider
+  std::vector<std::string> ListExports() override;
+  Result<Volume*> AcquireExport(const std::string& name) override;
+  void ReleaseExport(Volume* volume) override;
+  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override;
+
+ private:
+  Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool);
+  void RegisterMethods();
+
+  DaemonOptions options_;
+  int lock_fd_;
+  std::unique_ptr<VolumeSet> pool_;
+  std::unique_ptr<NbdServer> nbd_;
+  ControlServer control_;
+  std::mutex mu_;  // guards users_, and orders delete/shrink against new connections
+  std::map<Volume*, uint32_t> users_;  // GUARDED_BY(mu_): NBD connections per volume
+  bool stopped_ = false;
+};
+
+}  // namespace edgestor

@@ -1,0 +1,83 @@
+// The control API: one handler per JSON-RPC method (docs/CONTROL_API.md).
+#include <cerrno>
+
+#include "daemon/daemon.h"
+#include "daemon/info_json.h"
+
+namespace edgestor {
+
+using nlohmann::json;
+
+namespace {
+
+Result<std::string> StringParam(const json& params, const char* key) {
+  if (!params.contains(key) || !params[key].is_string()) return Status(EINVAL, std::string("missing string parameter \"") + key + "\"");
+  return params[key].get<std::string>();
+}
+
+Result<uint64_t> SizeParam(const json& params, const char* key) {
+  if (!params.contains(key) || !params[key].is_number_unsigned())
+    return Status(EINVAL, std::string("missing byte-count parameter \"") + key + "\"");
+  return params[key].get<uint64_t>();
+}
+
+}  // namespace
+
+void Daemon::RegisterMethods() {
+  control_.Register("pool.info", [this](const json&) -> Result<json> {
+    json out = pool_->Info();
+    out["path"] = options_.pool_path;
+    return out;
+  });
+  control_.Register("vol.list", [this](const json&) -> Result<json> {
+    return json{{"volumes", pool_->ListVolumes()}};
+  });
+  control_.Register("vol.info", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(name));
+    return json(info);
+  });
+  control_.Register("vol.create", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    ES_ASSIGN_OR_RETURN(uint64_t size, SizeParam(params, "size"));
+    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->CreateVolume(name, size));
+    ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(volume->name()));
+    return json(info);
+  });
+  control_.Register("vol.resize", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    ES_ASSIGN_OR_RETURN(uint64_t size, SizeParam(params, "size"));
+    bool force = params.value("force", false);
+    std::lock_guard lock(mu_);  // no connection may attach while we shrink
+    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+    if (size < volume->size() && users_.count(volume))
+      return Status(EBUSY, "volume '" + name + "' is attached by " + std::to_string(users_[volume]) +
+                               " NBD connection(s); disconnect them before shrinking");
+    ES_RETURN_IF_ERROR(pool_->ResizeVolume(name, size, force));
+    ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(name));
+    return json(info);
+  });
+  control_.Register("vol.delete", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    std::lock_guard lock(mu_);
+    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+    if (users_.count(volume))
+      return Status(EBUSY, "volume '" + name + "' is exported and attached by " + std::to_string(users_[volume]) +
+                               " NBD connection(s); disconnect them first");
+    ES_RETURN_IF_ERROR(pool_->DeleteVolume(name));
+    return json{{"deleted", name}};
+  });
+  control_.Register("export.list", [this](const json&) -> Result<json> {
+    json exports = json::array();
+    std::lock_guard lock(mu_);
+    for (const VolumeInfo& v : pool_->ListVolumes()) {
+      uint32_t connections = 0;
+      auto found = pool_->FindVolume(v.name);
+      if (found.ok() && users_.count(found.value())) connections = users_[found.value()];
+      exports.push_back({{"name", v.name}, {"protocol", "nbd"}, {"uri", NbdUri(v.name)}, {"connections", connections}});
+    }
+    return json{{"exports", exports}};
+  });
+}
+
+}  // namespace edgestor

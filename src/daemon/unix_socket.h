@@ -1,0 +1,17 @@
+// Small helpers for unix sockets shared by the daemon's servers and clients.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "base/status.h"
+
+namespace edgestor {
+
+// Binds and listens on `path`, replacing a stale socket file (one nobody
+// listens on). EADDRINUSE if a live server owns it.
+Result<int> ListenUnixSocket(const std::string& path);
+Result<int> ConnectUnixSocket(const std::string& path);
+Status WriteAll(int fd, const void* data, size_t len);
+
+}  // namespace edgestor

@@ -1,0 +1,115 @@
+// NBD frontend: serves volumes to NBD clients (qemu, nbd-client, libnbd)
+// over unix and TCP sockets.
+//
+// Protocol: fixed newstyle negotiation only (no oldstyle, no TLS), with
+// NBD_OPT_GO/INFO, LIST, structured replies, the base:allocation metadata
+// context (block status), and the commands READ, WRITE, FLUSH, TRIM,
+// WRITE_ZEROES (with FAST_ZERO), BLOCK_STATUS and DISC. Multi-conn is
+// advertised: a FLUSH commits every completed write of the whole pool,
+// whichever connection sent it.
+//
+// Threading: one thread per connection. That thread owns the connection's
+// socket and its own IoQueue (ExportProvider::CreateQueue), submits every
+// request to the volume and writes every reply itself, so the data path
+// takes no lock of ours. An accept thread hands new connections out.
+//
+// Bad input from a client (malformed messages, out-of-range requests)
+// gets an error reply or, when the stream cannot be resynchronised, a
+// disconnect of that client only.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/status.h"
+#include "io/device.h"
+#include "volume/volume.h"
+
+namespace edgestor {
+
+// What the daemon gives the NBD server: the exports and their lifetime.
+// Called from connection threads concurrently; implementations lock.
+class ExportProvider {
+ public:
+  virtual ~ExportProvider() = default;
+  // Export names (volume names).
+  virtual std::vector<std::string> ListExports() = 0;
+  // Pins the volume while a connection uses it (delete is refused
+  // meanwhile). ENOENT if there is none; ESHUTDOWN if the daemon stops.
+  virtual Result<Volume*> AcquireExport(const std::string& name) = 0;
+  virtual void ReleaseExport(Volume* volume) = 0;
+  // A queue for one connection's thread (device().CreateQueue(depth)).
+  virtual std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) = 0;
+};
+
+struct NbdServerOptions {
+  uint32_t max_connections = 64;
+  uint32_t queue_depth = 64;               // requests in flight per connection
+  uint32_t max_request_bytes = 32 << 20;   // READ/WRITE payload limit (advertised)
+  uint64_t max_buffered_bytes = 64 << 20;  // READ/WRITE payload bytes in flight per connection
+};
+
+class NbdServer {
+ public:
+  // The provider must outlive the server.
+  NbdServer(ExportProvider& provider, NbdServerOptions options);
+  ~NbdServer();  // Stop()s
+  NbdServer(const NbdServer&) = delete;
+  NbdServer& operator=(const NbdServer&) = delete;
+
+  // Listening sockets; call before Start(). A stale socket file (nobody
+  // accepting on it) is removed first; a live one gives EADDRINUSE.
+  Status ListenUnix(const std::string& path);
+  // "127.0.0.1:10809", "[::1]:10809"; port 0 picks a free port (BoundTcpPort).
+  Status ListenTcp(const std::string& host_port);
+  uint16_t BoundTcpPort() const;  // 0 if not listening on TCP
+
+  // Starts the accept thread. Each connection gets its own thread and IoQueue.
+  Status Start();
+  // Stops accepting, lets in-flight requests finish and reply, closes every
+  // connection and joins the threads. Idempotent.
+  void Stop();
+  size_t ConnectionCount() const;
+
+ private:
+  struct Listener {
+    int fd = -1;
+    std::string unix_path;  // removed on Stop
+  };
+  struct Connection {
+    int fd = -1;
+    std::thread thread;
+    std::atomic<bool> finished{false};
+  };
+  Status AddListener(int fd, const std::string& unix_path);
+  void AcceptLoop();
+  void AcceptOne(int listen_fd);
+  void ReapFinished(bool all);  // joins finished (or all) connections
+  void Wake();
+
+  ExportProvider& provider_;
+  const NbdServerOptions options_;
+  std::vector<Listener> listeners_;
+  uint16_t tcp_port_ = 0;
+  int wake_fd_ = -1;  // eventfd: Stop() and finishing connections wake the accept loop
+  std::atomic<bool> stopping_{false};
+  bool started_ = false;
+  std::thread accept_thread_;
+  mutable std::mutex mu_;
+  std::list<std::unique_ptr<Connection>> connections_;  // GUARDED_BY(mu_)
+};
+
+// Serves one already-accepted connection on the calling thread until the
+// client leaves, the stream breaks, or `stopping` is set (then in-flight
+// requests are finished and answered first). Does not close `fd`. For the
+// server, tests and fuzzing.
+void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
+                        const std::atomic<bool>& stopping);
+
+}  // namespace edgestor

@@ -1,0 +1,116 @@
+#include "frontend/nbd/nbd_socket.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <string>
+#include <vector>
+
+namespace edgestor::nbd {
+
+namespace {
+
+// Largest number of iovecs one reply uses (header, payload prefix, data).
+constexpr size_t kMaxWriteParts = 4;
+// Chunk used to drop unwanted bytes.
+constexpr size_t kDiscardChunkBytes = 64 * 1024;
+
+Status Errno(int err, const char* what) { return Status(err, std::string(what) + " failed"); }
+
+// Waits until `fd` is readable. Returns ok, ETIMEDOUT or ESHUTDOWN.
+Status WaitReadable(int fd, const std::atomic<bool>& stopping, int idle_timeout_ms) {
+  int waited_ms = 0;
+  while (true) {
+    if (stopping.load(std::memory_order_relaxed)) return Status(ESHUTDOWN, "server is stopping");
+    if (idle_timeout_ms != kNoTimeout && waited_ms >= idle_timeout_ms)
+      return Status(ETIMEDOUT, "client sent nothing for " + std::to_string(idle_timeout_ms / 1000) + " s");
+    int slice = idle_timeout_ms == kNoTimeout ? kStopCheckMs : std::min(kStopCheckMs, idle_timeout_ms - waited_ms);
+    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+    int rc = ::poll(&p, 1, slice);
+    if (rc > 0) return Status::Ok();  // readable, or hangup/error for recv to report
+    if (rc < 0 && errno != EINTR) return Errno(errno, "poll");
+    if (rc == 0) waited_ms += slice;
+  }
+}
+
+}  // namespace
+
+Status ConfigureConnectionSocket(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) return Errno(errno, "fcntl");
+  timeval tv{.tv_sec = kSendTimeoutMs / 1000, .tv_usec = 0};
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) return Errno(errno, "setsockopt(SO_SNDTIMEO)");
+  return Status::Ok();
+}
+
+Status ReadExact(int fd, void* buf, size_t len, const std::atomic<bool>& stopping, int idle_timeout_ms) {
+  auto* p = static_cast<uint8_t*>(buf);
+  size_t done = 0;
+  while (done < len) {
+    // Poll first: a bare recv() would block past the stop flag and the timeout.
+    ES_RETURN_IF_ERROR(WaitReadable(fd, stopping, idle_timeout_ms));
+    ssize_t n = ::recv(fd, p + done, len - done, MSG_DONTWAIT);
+    if (n == 0) return Status(ENOTCONN, "client closed the connection");
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return Errno(errno, "recv");
+    }
+    done += static_cast<size_t>(n);
+  }
+  assert(done == len);
+  return Status::Ok();
+}
+
+Status Discard(int fd, uint64_t len, const std::atomic<bool>& stopping, int idle_timeout_ms) {
+  std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(len, kDiscardChunkBytes)));
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, scratch.size()));
+    ES_RETURN_IF_ERROR(ReadExact(fd, scratch.data(), n, stopping, idle_timeout_ms));
+    len -= n;
+  }
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, std::span<const iovec> parts) {
+  assert(parts.size() <= kMaxWriteParts);
+  iovec iov[kMaxWriteParts];
+  size_t count = 0;
+  for (const iovec& part : parts)
+    if (part.iov_len > 0) iov[count++] = part;
+  size_t first = 0;
+  while (first < count) {
+    msghdr msg{};
+    msg.msg_iov = iov + first;
+    msg.msg_iovlen = count - first;
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return Status(ETIMEDOUT, "client stopped reading replies");
+      return Errno(errno, "sendmsg");
+    }
+    // Skip what was sent: whole parts, then the start of a partial one.
+    auto sent = static_cast<size_t>(n);
+    while (first < count && sent >= iov[first].iov_len) sent -= iov[first++].iov_len;
+    if (first < count) {
+      iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + sent;
+      iov[first].iov_len -= sent;
+    }
+  }
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, const void* buf, size_t len) {
+  iovec part{.iov_base = const_cast<void*>(buf), .iov_len = len};
+  return WriteAll(fd, std::span(&part, 1));
+}
+
+bool HasInput(int fd) {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
+}  // namespace edgestor::nbd

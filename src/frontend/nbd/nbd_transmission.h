@@ -1,0 +1,95 @@
+// NBD transmission phase of one connection: reads requests, submits them to
+// the volume through the connection's own IoQueue, writes the replies.
+//
+// Single-threaded: everything runs on the connection's thread, including
+// the completion callbacks, which run inside IoQueue::Poll or, for the
+// engine's synchronous paths (flush, discard, unaligned I/O, early errors),
+// inside Volume::Submit itself. That thread is the only writer of the
+// socket, so replies need no lock.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "frontend/nbd/nbd_handshake.h"
+#include "io/device.h"
+#include "volume/volume.h"
+
+namespace edgestor::nbd {
+
+class NbdTransmission {
+ public:
+  NbdTransmission(int fd, Volume& volume, IoQueue& queue, const NbdSession& session, const NbdServerOptions& options,
+                  const std::atomic<bool>& stopping);
+  ~NbdTransmission();  // REQUIRES: Run() has returned (nothing in flight)
+  NbdTransmission(const NbdTransmission&) = delete;
+  NbdTransmission& operator=(const NbdTransmission&) = delete;
+
+  // Serves until the client disconnects (NBD_CMD_DISC or closing the
+  // stream), breaks the protocol, or `stopping` is set. Returns only when
+  // every submitted request has completed (and was answered, if the client
+  // still listens), so no buffer is freed under the engine.
+  void Run();
+
+ private:
+  struct Request {
+    uint16_t flags = 0;
+    uint16_t type = 0;
+    uint64_t cookie = 0;
+    uint64_t offset = 0;
+    uint32_t length = 0;
+  };
+  // A preallocated request in flight: the engine's VolumeIo and the buffer
+  // its data lives in, reused from request to request.
+  struct Slot {
+    VolumeIo io;
+    NbdTransmission* owner = nullptr;
+    Request request;
+    AlignedBuffer buffer;
+    size_t capacity = 0;
+  };
+  struct Rejection {
+    uint32_t error = 0;  // NBD error value; 0: the request is valid
+    std::string_view message;
+  };
+
+  void TakeRequest();
+  void TakeWrite(const Request& request);
+  void TakeBlockStatus(const Request& request);
+  Rejection Check(const Request& request) const;
+  uint32_t PayloadBytes(const Request& request) const;
+  void WaitForBufferSpace(uint32_t bytes);
+  Slot* AcquireSlot(const Request& request);
+  void ReleaseSlot(Slot* slot);
+  void Submit(Slot* slot);
+  static void OnDone(VolumeIo* io, const Status& status);
+  void Finish(Slot* slot, const Status& status);
+
+  void ReplyOk(const Request& request, const uint8_t* data);
+  void ReplyError(const Request& request, uint32_t error, std::string_view message);
+  void Send(std::span<const iovec> parts);
+  void Close(std::string_view why, const Status& status = Status::Ok());
+
+  const int fd_;
+  Volume& volume_;
+  IoQueue& queue_;
+  const NbdSession session_;
+  const std::atomic<bool>& stopping_;
+  const uint32_t max_payload_;
+  const uint64_t max_buffered_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<Slot*> free_;       // slots not in flight
+  std::vector<uint8_t> block_status_;  // reused BLOCK_STATUS payload
+  uint32_t inflight_ = 0;         // requests submitted and not yet completed
+  uint64_t buffered_bytes_ = 0;   // payload bytes of requests in flight
+  bool closing_ = false;          // take no more requests
+  bool broken_ = false;           // the socket failed: send no more replies
+};
+
+}  // namespace edgestor::nbd

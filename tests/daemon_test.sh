@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The daemon against real NBD clients: qemu-io, qemu-img, nbdinfo, nbdcopy
+# and fio's nbd engine; the control socket through the CLI; SIGTERM and
+# kill -9 recovery. Usage: daemon_test.sh PATH/TO/edgestor
+set -uo pipefail
+
+EDGESTOR=$(realpath "$1")
+work=$(mktemp -d /tmp/edgestor-daemon-test.XXXXXX)
+pool=$work/pool.img
+sock=$work/pool.nbd.sock
+passed=0
+failed=0
+daemon_pid=
+
+cleanup() {
+  [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+check() {  # check "what" command...
+  local what=$1
+  shift
+  if "$@" >"$work/out" 2>&1; then
+    echo "ok: $what"
+    passed=$((passed + 1))
+  else
+    echo "FAIL: $what"
+    sed 's/^/    /' "$work/out" | tail -n 20
+    failed=$((failed + 1))
+  fi
+}
+refuses() { ! "$@"; }
+need() { command -v "$1" >/dev/null || { echo "skip: $1 is not installed"; return 1; }; }
+
+start_daemon() {
+  "$EDGESTOR" serve --pool "$pool" 2>>"$work/daemon.log" &
+  daemon_pid=$!
+  for _ in $(seq 100); do
+    [[ -S $sock ]] && "$EDGESTOR" --pool "$pool" vol list >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "daemon did not start:"; cat "$work/daemon.log"
+  return 1
+}
+stop_daemon() {  # SIGTERM: drain, checkpoint, exit 0
+  kill -TERM "$daemon_pid"
+  wait "$daemon_pid"
+  local rc=$?
+  daemon_pid=
+  return $rc
+}
+uri() { echo "nbd+unix:///$1?socket=$sock"; }
+
+"$EDGESTOR" pool create "$pool" --size 4G >/dev/null || exit 1
+"$EDGESTOR" --pool "$pool" vol create vol0 --size 256M >/dev/null || exit 1
+start_daemon || exit 1
+
+check "CLI creates a volume through the control socket" "$EDGESTOR" --pool "$pool" vol create vol1 --size 64M
+check "CLI lists through the control socket" bash -c "'$EDGESTOR' --pool '$pool' vol list --json | python3 -c 'import json,sys; v=json.load(sys.stdin)[\"volumes\"]; assert sorted(x[\"name\"] for x in v)==[\"vol0\",\"vol1\"]'"
+check "a second daemon on the same pool is refused" refuses timeout 5 "$EDGESTOR" serve --pool "$pool" --control "$work/other.sock" --nbd-socket "$work/other.nbd"
+locked() {
+  local out
+  out=$("$EDGESTOR" --pool "$pool" vol write vol0 --input /dev/null 2>&1) && return 1
+  [[ $out == *"in use by another process"* ]]
+}
+check "offline data commands see the pool locked" locked
+
+if need nbdinfo; then
+  check "nbdinfo sees the export size" bash -c "nbdinfo --size '$(uri vol0)' | grep -qx 268435456"
+  check "nbdinfo lists both exports" bash -c "nbdinfo --list '$(uri vol0)' | grep -q vol1"
+fi
+if need qemu-io; then
+  check "qemu-io writes and reads back a pattern" qemu-io -f raw -c 'write -P 0xab 1M 4M' -c 'read -P 0xab 1M 4M' -c 'read -P 0 0 1M' "$(uri vol0)"
+  check "qemu-io write-zeroes and discard" qemu-io -f raw -c 'write -z 2M 1M' -c 'read -P 0 2M 1M' -c 'discard 3M 1M' -c 'read -P 0 3M 1M' -c 'read -P 0xab 4M 1M' "$(uri vol0)"
+  check "a read past the end fails cleanly" refuses qemu-io -f raw -c 'read 300M 4k' "$(uri vol0)"
+fi
+if need nbdinfo; then
+  check "nbdinfo --map shows the trimmed range as a hole" bash -c "nbdinfo --map '$(uri vol0)' | awk '\$1<=3145728 && \$1+\$2>3145728 && /hole/ {f=1} END {exit !f}'"
+fi
+if need qemu-img; then
+  qemu-img create -q -f qcow2 "$work/src.qcow2" 64M
+  qemu-io -f qcow2 -c 'write -P 0x5c 0 8M' -c 'write -P 0x33 40M 3M' "$work/src.qcow2" >/dev/null
+  check "qemu-img convert qcow2 into the export" qemu-img convert -n -f qcow2 -O raw "$work/src.qcow2" "$(uri vol1)"
+  check "qemu-img convert the export back out" qemu-img convert -f raw -O qcow2 "$(uri vol1)" "$work/back.qcow2"
+  check "qemu-img compare: identical" qemu-img compare -f qcow2 -F qcow2 "$work/src.qcow2" "$work/back.qcow2"
+fi
+if need nbdcopy; then
+  check "nbdcopy the export to a file and compare" bash -c "nbdcopy '$(uri vol1)' '$work/copy.raw' && qemu-img compare -f raw -F qcow2 '$work/copy.raw' '$work/src.qcow2'"
+fi
+if fio --enghelp 2>/dev/null | grep -qw nbd; then
+  check "fio nbd engine, 4 connections, verify=crc32c" fio --name=v --ioengine=nbd --uri="$(uri vol0)" --rw=randwrite --bs=4k \
+    --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 --verify=crc32c --do_verify=1 --group_reporting
+fi
+check "deleting an attached volume is refused" bash -c "
+  qemu-io -f raw -c 'sleep 2000' '$(uri vol1)' & client=\$!
+  sleep 0.5
+  '$EDGESTOR' --pool '$pool' vol delete vol1 2>&1 | grep -q 'attached'; rc=\$?
+  wait \$client; exit \$rc"
+check "SIGTERM drains and exits 0" stop_daemon
+check "fsck is clean after the daemon stopped" "$EDGESTOR" pool fsck "$pool"
+
+# kill -9 during a write+flush workload: every flushed write must survive.
+start_daemon || exit 1
+if need qemu-io; then
+  (for i in $(seq 0 4000); do
+     qemu-io -f raw -c "write -P $((i % 250 + 1)) $((i * 65536)) 64k" -c flush "$(uri vol0)" >/dev/null 2>&1 || break
+     echo "$i" >>"$work/flushed"
+   done) &
+  writer=$!
+  sleep 1.5
+  kill -9 "$daemon_pid"
+  wait "$daemon_pid" 2>/dev/null
+  daemon_pid=
+  wait "$writer" 2>/dev/null
+  last=$(tail -n 1 "$work/flushed" 2>/dev/null || echo -1)
+  check "some writes were flushed before the kill (last: $last)" test "$last" -ge 0
+  start_daemon || exit 1
+  verify_flushed() {
+    for i in $(seq 0 "$last"); do
+      out=$(qemu-io -f raw -c "read -P $((i % 250 + 1)) $((i * 65536)) 64k" "$(uri vol0)" 2>&1)
+      if [[ $out == *"failed"* || $out != *"read 65536/65536"* ]]; then echo "write $i lost: $out"; return 1; fi
+    done
+  }
+  check "after kill -9 and restart every flushed write is there" verify_flushed
+  check "SIGTERM after recovery exits 0" stop_daemon
+  check "fsck is clean after kill -9 recovery" "$EDGESTOR" pool fsck "$pool"
+fi
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
