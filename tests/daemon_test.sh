@@ -90,7 +90,7 @@ if need nbdcopy; then
 fi
 if fio --enghelp 2>/dev/null | grep -qw nbd; then
   check "fio nbd engine, 4 connections, verify=crc32c" fio --name=v --ioengine=nbd --uri="$(uri vol0)" --rw=randwrite --bs=4k \
-    --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 --verify=crc32c --do_verify=1 --group_reporting
+    --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 --verify=crc32c --do_verify=1 --verify_state_save=0 --group_reporting
 fi
 check "deleting an attached volume is refused" bash -c "
   qemu-io -f raw -c 'sleep 2000' '$(uri vol1)' & client=\$!
