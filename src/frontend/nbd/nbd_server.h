@@ -8,6 +8,24 @@
 // advertised: a FLUSH commits every completed write of the whole pool,
 // whichever connection sent it.
 //
+// Choices within the protocol:
+//  * Block sizes: minimum 512, preferred 4096, maximum payload 32 MiB.
+//    Writes smaller than 4 KiB work but take the engine's synchronous
+//    read-modify-write path.
+//  * A READ is answered with one data chunk (so NBD_CMD_FLAG_DF always
+//    holds); unwritten ranges are sent as zeros, not as hole chunks.
+//  * WRITE_ZEROES may free whole clusters even with NBD_CMD_FLAG_NO_HOLE
+//    (thin volumes have no way to keep space reserved), and always accepts
+//    NBD_CMD_FLAG_FAST_ZERO: zeroing is a map operation, never slower than
+//    writing.
+//  * BLOCK_STATUS (base:allocation) describes at most 256 MiB and 1024
+//    extents per request; clients ask again for the rest. Unwritten space
+//    is HOLE|ZERO, written space 0.
+//  * Errors: out-of-range READ/TRIM/BLOCK_STATUS give EINVAL, out-of-range
+//    WRITE/WRITE_ZEROES give ENOSPC; engine errnos map to the protocol's
+//    (EIO, ENOSPC, EINVAL, EPERM, ENOMEM, EOVERFLOW, ENOTSUP, ESHUTDOWN),
+//    anything else to EIO.
+//
 // Threading: one thread per connection. That thread owns the connection's
 // socket and its own IoQueue (ExportProvider::CreateQueue), submits every
 // request to the volume and writes every reply itself, so the data path

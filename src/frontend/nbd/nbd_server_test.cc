@@ -12,6 +12,54 @@
 namespace edgestor::testing {
 namespace {
 
+// Waits until the server has handed `n` device requests to its queue.
+bool WaitSubmitted(IoGate& gate, uint64_t n) {
+  for (int i = 0; i < kClientTimeoutMs / 5 && gate.submitted.load() < n; i++) ::usleep(5'000);
+  return gate.submitted.load() >= n;
+}
+
+TEST(NbdServer, StopAnswersRequestsInFlightBeforeClosing) {
+  NbdServerHarness h;
+  auto c = h.Open();
+  h.gate().Close();
+  ASSERT_TRUE(c->SendRequest(kCmdWrite, 0, 77, 0, 65536, Pattern(65536, 4)));
+  ASSERT_TRUE(WaitSubmitted(h.gate(), 1));
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    h.server().Stop();
+    stopped = true;
+  });
+  ::usleep(300'000);
+  EXPECT_FALSE(stopped.load());  // the write is still in flight
+  h.gate().Open();
+  uint64_t cookie = 0;
+  EXPECT_EQ(c->ReadReply(&cookie), 0u);
+  EXPECT_EQ(cookie, 77u);
+  EXPECT_TRUE(c->WaitClosed());
+  stopper.join();
+  EXPECT_EQ(h.provider().pins(), 0);
+  EXPECT_EQ(h.pool().Read(*h.pool().Find("vol"), 0, 65536).value(), Pattern(65536, 4));
+}
+
+TEST(NbdServer, VanishedClientsRequestsFinishBeforeTheirBuffersGo) {
+  NbdServerHarness h;
+  auto c = h.Open();
+  ASSERT_EQ(c->Write(0, Pattern(kMiB, 1)), 0u);
+  h.gate().Close();
+  uint64_t before = h.gate().submitted.load();
+  for (uint64_t i = 0; i < 8; i++) {
+    ASSERT_TRUE(c->SendRequest(kCmdRead, 0, i, i * 65536, 65536));
+    ASSERT_TRUE(c->SendRequest(kCmdWrite, 0, 100 + i, kMiB + i * 65536, 65536, Pattern(65536, i)));
+  }
+  ASSERT_TRUE(WaitSubmitted(h.gate(), before + 16));
+  c->Close();
+  ::usleep(300'000);
+  EXPECT_EQ(h.provider().pins(), 1);  // still draining: the I/O holds the buffers
+  h.gate().Open();
+  EXPECT_TRUE(h.WaitUnpinned());
+  EXPECT_EQ(h.Open()->Call(kCmdFlush, 0, 0, 0), 0u);
+}
+
 TEST(NbdServer, StopClosesIdleConnectionsAndRemovesTheSocket) {
   NbdServerHarness h;
   auto c = h.Open();

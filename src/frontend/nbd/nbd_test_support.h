@@ -12,6 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -41,9 +43,52 @@ enum : uint16_t { kCmdRead = 0, kCmdWrite = 1, kCmdDisc = 2, kCmdFlush = 3, kCmd
 enum : uint16_t { kFlagFua = 1, kFlagNoHole = 2, kFlagDf = 4, kFlagReqOne = 8, kFlagFastZero = 16 };
 enum : uint32_t { kEinval = 22, kEio = 5, kEnospc = 28 };
 
+// Holds back I/O completions while closed, so a test can keep requests in
+// flight for as long as it likes.
+class IoGate {
+ public:
+  void Close() {
+    std::lock_guard lock(mu_);
+    open_ = false;
+  }
+  void Open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // Returns whether completions may run; with `wait`, waits a little for
+  // that (a short wait: the server loop goes on looking at its socket).
+  bool Pass(bool wait) {
+    std::unique_lock lock(mu_);
+    if (wait) cv_.wait_for(lock, std::chrono::milliseconds(1), [&] { return open_; });
+    return open_;
+  }
+  std::atomic<uint64_t> submitted{0};  // device requests seen
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+};
+
+class GatedQueue : public IoQueue {
+ public:
+  GatedQueue(std::unique_ptr<IoQueue> inner, IoGate& gate) : inner_(std::move(inner)), gate_(gate) {}
+  void Submit(IoRequest* req) override {
+    gate_.submitted++;
+    inner_->Submit(req);
+  }
+  int Poll(bool wait) override { return gate_.Pass(wait && inner_->InFlight() > 0) ? inner_->Poll(wait) : 0; }
+  uint32_t InFlight() const override { return inner_->InFlight(); }
+
+ private:
+  std::unique_ptr<IoQueue> inner_;
+  IoGate& gate_;
+};
+
 class TestExportProvider : public ExportProvider {
  public:
-  explicit TestExportProvider(TestPool& pool) : pool_(pool) {}
+  explicit TestExportProvider(TestPool& pool, IoGate* gate = nullptr) : pool_(pool), gate_(gate) {}
   std::vector<std::string> ListExports() override {
     std::vector<std::string> names;
     for (const VolumeInfo& v : pool_.set().ListVolumes()) names.push_back(v.name);
@@ -60,7 +105,11 @@ class TestExportProvider : public ExportProvider {
     EXPECT_GT(pins_, 0);
     pins_--;
   }
-  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override { return pool_.device().CreateQueue(depth); }
+  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override {
+    auto queue = pool_.device().CreateQueue(depth);
+    if (!gate_) return queue;
+    return std::make_unique<GatedQueue>(std::move(queue), *gate_);
+  }
   int pins() {
     std::lock_guard lock(mu_);
     return pins_;
@@ -68,6 +117,7 @@ class TestExportProvider : public ExportProvider {
 
  private:
   TestPool& pool_;
+  IoGate* gate_;
   std::mutex mu_;
   int pins_ = 0;
 };
@@ -312,7 +362,7 @@ inline std::vector<uint8_t> Pattern(size_t len, uint8_t seed) {
 class NbdServerHarness {
  public:
   explicit NbdServerHarness(NbdServerOptions options = {}, uint64_t pool_bytes = 32 * kMiB)
-      : pool_(pool_bytes, PoolCreateOptions{.cluster_size = 64 * 1024}), provider_(pool_) {
+      : pool_(pool_bytes, PoolCreateOptions{.cluster_size = 64 * 1024}), provider_(pool_, &gate_) {
     char tmpl[] = "/tmp/edgestor-nbd-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     socket_ = dir_ + "/nbd.sock";
@@ -337,6 +387,7 @@ class NbdServerHarness {
   }
   TestPool& pool() { return pool_; }
   TestExportProvider& provider() { return provider_; }
+  IoGate& gate() { return gate_; }
   NbdServer& server() { return *server_; }
   const std::string& socket() const { return socket_; }
   const std::string& dir() const { return dir_; }
@@ -350,6 +401,7 @@ class NbdServerHarness {
   }
 
  private:
+  IoGate gate_;  // open unless a test closes it
   TestPool pool_;
   TestExportProvider provider_;
   std::string dir_, socket_;
