@@ -155,12 +155,15 @@ class Negotiation {
     auto volume = Acquire(name);
     if (!volume.ok()) return ReplyError(option, ErrorReplyFor(volume.status().code()), volume.status().message());
     Status s = SendInfo(option, *volume.value(), want_name, want_description);
+    bool go = s.ok() && option == kOptGo;
+    // INFO keeps nothing: the export is released before the client hears
+    // the final reply.
+    if (!go) provider_.ReleaseExport(volume.value());
     if (s.ok()) s = Reply(option, kRepAck);
-    if (s.ok() && option == kOptGo) {
+    if (go && s.ok())
       session_ = NbdSession{volume.value(), TransmissionFlags(), structured_, BlockStatusFor(volume.value()->name())};
-      return s;
-    }
-    provider_.ReleaseExport(volume.value());
+    else if (go)
+      provider_.ReleaseExport(volume.value());
     return s;
   }
 

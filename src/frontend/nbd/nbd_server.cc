@@ -62,7 +62,9 @@ Status SplitHostPort(const std::string& host_port, std::string* host, std::strin
 }  // namespace
 
 void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
-                        const std::atomic<bool>& stopping) {
+                        const std::atomic<bool>& stopping, NbdStats* stats) {
+  NbdStats unused;
+  if (!stats) stats = &unused;
   Status s = nbd::ConfigureConnectionSocket(fd);
   if (!s.ok()) {
     spdlog::warn("nbd: cannot configure connection: {}", s.ToString());
@@ -70,12 +72,14 @@ void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions
   }
   auto session = nbd::Negotiate(fd, provider, options, stopping);
   if (!session.ok()) {
+    if (session.status().code() == EPROTO) stats->protocol_errors.fetch_add(1, std::memory_order_relaxed);
     spdlog::debug("nbd: handshake ended: {}", session.status().ToString());
     return;
   }
+  stats->sessions.fetch_add(1, std::memory_order_relaxed);
   std::unique_ptr<IoQueue> queue = provider.CreateQueue(options.queue_depth);
   if (queue) {
-    nbd::NbdTransmission transmission(fd, *session->volume, *queue, *session, options, stopping);
+    nbd::NbdTransmission transmission(fd, *session->volume, *queue, *session, options, stopping, *stats);
     transmission.Run();
   } else {
     spdlog::error("nbd: export {}: no I/O queue for the connection", session->volume->name());
@@ -195,6 +199,7 @@ void NbdServer::AcceptOne(int listen_fd) {
     return;  // EAGAIN, ECONNABORTED, EINTR: nothing to do
   }
   if (ConnectionCount() >= options_.max_connections) {
+    stats_.refused_connections.fetch_add(1, std::memory_order_relaxed);
     spdlog::warn("nbd: {} connections already; refusing one", options_.max_connections);
     ::close(fd);
     return;
@@ -207,7 +212,7 @@ void NbdServer::AcceptOne(int listen_fd) {
   std::lock_guard lock(mu_);
   connections_.push_back(std::move(connection));
   c->thread = std::thread([this, c] {
-    ServeNbdConnection(c->fd, provider_, options_, stopping_);
+    ServeNbdConnection(c->fd, provider_, options_, stopping_, &stats_);
     c->finished.store(true);
     Wake();  // the accept loop joins us and closes the socket
   });

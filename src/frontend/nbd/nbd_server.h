@@ -25,6 +25,10 @@
 //    WRITE/WRITE_ZEROES give ENOSPC; engine errnos map to the protocol's
 //    (EIO, ENOSPC, EINVAL, EPERM, ENOMEM, EOVERFLOW, ENOTSUP, ESHUTDOWN),
 //    anything else to EIO.
+//  * Bounds: option data 64 KiB and 1024 options per handshake; a client
+//    silent for 30 s during the handshake or 60 s in the middle of a
+//    request, or taking no reply bytes for 60 s, is dropped. A client idle
+//    between requests is kept as long as it likes.
 //
 // Threading: one thread per connection. That thread owns the connection's
 // socket and its own IoQueue (ExportProvider::CreateQueue), submits every
@@ -69,10 +73,24 @@ class ExportProvider {
 struct NbdServerOptions {
   uint32_t max_connections = 64;
   uint32_t queue_depth = 64;               // requests in flight per connection
-  uint32_t max_request_bytes = 32 << 20;   // READ/WRITE payload limit (advertised)
+  uint32_t max_request_bytes = 32 << 20;   // READ/WRITE payload limit (advertised; 4 KiB..32 MiB)
   uint64_t max_buffered_bytes = 64 << 20;  // READ/WRITE payload bytes in flight per connection
 };
 
+// Counters since the server was created, updated with relaxed atomics by
+// every connection thread (a snapshot of several may be slightly skewed).
+struct NbdStats {
+  std::atomic<uint64_t> sessions{0};             // connections that entered transmission
+  std::atomic<uint64_t> refused_connections{0};  // beyond max_connections
+  std::atomic<uint64_t> protocol_errors{0};      // connections dropped for breaking the protocol
+  std::atomic<uint64_t> requests{0};             // requests answered (errors included)
+  std::atomic<uint64_t> error_replies{0};
+  std::atomic<uint64_t> bytes_read{0};
+  std::atomic<uint64_t> bytes_written{0};
+};
+
+// Listen*, Start and Stop are called from one controlling thread;
+// ConnectionCount and stats from any.
 class NbdServer {
  public:
   // The provider must outlive the server.
@@ -94,6 +112,7 @@ class NbdServer {
   // connection and joins the threads. Idempotent.
   void Stop();
   size_t ConnectionCount() const;
+  const NbdStats& stats() const { return stats_; }
 
  private:
   struct Listener {
@@ -118,6 +137,7 @@ class NbdServer {
   int wake_fd_ = -1;  // eventfd: Stop() and finishing connections wake the accept loop
   std::atomic<bool> stopping_{false};
   bool started_ = false;
+  NbdStats stats_;
   std::thread accept_thread_;
   mutable std::mutex mu_;
   std::list<std::unique_ptr<Connection>> connections_;  // GUARDED_BY(mu_)
@@ -125,9 +145,9 @@ class NbdServer {
 
 // Serves one already-accepted connection on the calling thread until the
 // client leaves, the stream breaks, or `stopping` is set (then in-flight
-// requests are finished and answered first). Does not close `fd`. For the
-// server, tests and fuzzing.
+// requests are finished and answered first). Does not close `fd`. Counts
+// into `stats` if given. For the server, tests and fuzzing.
 void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
-                        const std::atomic<bool>& stopping);
+                        const std::atomic<bool>& stopping, NbdStats* stats = nullptr);
 
 }  // namespace edgestor

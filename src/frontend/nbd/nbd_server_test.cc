@@ -5,6 +5,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <filesystem>
+#include <set>
 #include <thread>
 
 #include "frontend/nbd/nbd_test_support.h"
@@ -60,6 +62,105 @@ TEST(NbdServer, VanishedClientsRequestsFinishBeforeTheirBuffersGo) {
   EXPECT_EQ(h.Open()->Call(kCmdFlush, 0, 0, 0), 0u);
 }
 
+// A pool in a temporary file: the io_uring data path, where device I/O is
+// truly in flight in the kernel while the server goes on reading requests.
+class FilePoolServer {
+ public:
+  FilePoolServer() {
+    char tmpl[] = "/tmp/edgestor-nbd-file-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    auto device = OpenFileDevice(dir_ + "/pool.img", {.create = true, .create_size = 64 * kMiB});
+    EXPECT_TRUE(device.ok()) << device.status().ToString();
+    set_ = VolumeSet::Create(std::move(device).value(), {}).value();
+    EXPECT_TRUE(set_->CreateVolume("vol", 32 * kMiB).ok());
+    provider_ = std::make_unique<TestExportProvider>(*set_);
+    server_ = std::make_unique<NbdServer>(*provider_, NbdServerOptions{});
+    EXPECT_TRUE(server_->ListenUnix(dir_ + "/nbd.sock").ok());
+    EXPECT_TRUE(server_->Start().ok());
+  }
+  ~FilePoolServer() {
+    server_.reset();
+    EXPECT_TRUE(set_->Close().ok());
+    std::filesystem::remove_all(dir_);
+  }
+  std::unique_ptr<NbdTestClient> Open() {
+    auto c = NbdTestClient::ConnectUnix(dir_ + "/nbd.sock");
+    EXPECT_TRUE(c && c->Go("vol", true, true));
+    return c;
+  }
+  NbdServer& server() { return *server_; }
+  TestExportProvider& provider() { return *provider_; }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<VolumeSet> set_;
+  std::unique_ptr<TestExportProvider> provider_;
+  std::unique_ptr<NbdServer> server_;
+};
+
+TEST(NbdServer, PipelinedIoOnAFilePoolIsAllAnsweredAndReadsBack) {
+  FilePoolServer s;
+  auto c = s.Open();
+  constexpr uint64_t kRequests = 64;
+  for (uint64_t i = 0; i < kRequests; i++)
+    ASSERT_TRUE(c->SendRequest(kCmdWrite, i % 8 == 0 ? kFlagFua : 0, i, i * 131072, 131072,
+                               Pattern(131072, static_cast<uint8_t>(i))));
+  std::set<uint64_t> cookies;
+  for (uint64_t i = 0; i < kRequests; i++) {
+    uint64_t cookie = 0;
+    ASSERT_EQ(c->ReadReply(&cookie), 0u);
+    cookies.insert(cookie);
+  }
+  EXPECT_EQ(cookies.size(), kRequests);
+  ASSERT_EQ(c->Call(kCmdFlush, 0, 0, 0), 0u);
+  std::vector<uint8_t> data;
+  for (uint64_t i = 0; i < kRequests; i += 7) {
+    ASSERT_EQ(c->Read(i * 131072, 131072, &data), 0u);
+    EXPECT_EQ(data, Pattern(131072, static_cast<uint8_t>(i))) << "request " << i;
+  }
+}
+
+TEST(NbdServer, ClientVanishingWithKernelIoInFlightIsHarmless) {
+  FilePoolServer s;
+  for (int round = 0; round < 10; round++) {
+    auto c = s.Open();
+    Bytes burst;
+    for (uint64_t i = 0; i < 32; i++) {
+      burst.U32(0x25609513).U16(0).U16(kCmdWrite).U64(i).U64(i * 262144).U32(262144);
+      auto payload = Pattern(262144, static_cast<uint8_t>(i + round));
+      burst.v.insert(burst.v.end(), payload.begin(), payload.end());
+      burst.U32(0x25609513).U16(0).U16(kCmdRead).U64(100 + i).U64(i * 262144).U32(262144);
+    }
+    (void)::send(c->fd(), burst.v.data(), burst.v.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    c->Close();
+  }
+  for (int i = 0; i < kClientTimeoutMs / 10 && (s.provider().pins() > 0 || s.server().ConnectionCount() > 0); i++)
+    ::usleep(10'000);
+  EXPECT_EQ(s.provider().pins(), 0);
+  EXPECT_EQ(s.Open()->Call(kCmdFlush, 0, 0, 0), 0u);
+}
+
+TEST(NbdServer, CountsSessionsRequestsBytesAndErrors) {
+  NbdServerHarness h;
+  auto c = h.Open();
+  std::vector<uint8_t> data;
+  std::vector<Extent> extents;
+  ASSERT_EQ(c->Write(0, Pattern(4096, 1)), 0u);
+  ASSERT_EQ(c->Read(0, 8192, &data), 0u);
+  ASSERT_EQ(c->BlockStatus(0, 8192, &extents), 0u);
+  ASSERT_EQ(c->Read(16 * kMiB, 4096, &data), kEinval);
+  ASSERT_TRUE(c->Send(Bytes().U32(0xdeadbeef).U16(0).U16(0).U64(1).U64(0).U32(0).v));
+  ASSERT_TRUE(c->WaitClosed());
+  ASSERT_TRUE(h.WaitUnpinned());
+  const NbdStats& stats = h.server().stats();
+  EXPECT_EQ(stats.sessions.load(), 1u);
+  EXPECT_EQ(stats.requests.load(), 4u);
+  EXPECT_EQ(stats.error_replies.load(), 1u);
+  EXPECT_EQ(stats.bytes_written.load(), 4096u);
+  EXPECT_EQ(stats.bytes_read.load(), 8192u);
+  EXPECT_EQ(stats.protocol_errors.load(), 1u);
+}
+
 TEST(NbdServer, StopClosesIdleConnectionsAndRemovesTheSocket) {
   NbdServerHarness h;
   auto c = h.Open();
@@ -78,11 +179,12 @@ TEST(NbdServer, RefusesConnectionsBeyondTheLimit) {
   ASSERT_TRUE(second);
   EXPECT_TRUE(second->WaitClosed());
   EXPECT_EQ(first->Call(kCmdFlush, 0, 0, 0), 0u);
+  EXPECT_EQ(h.server().stats().refused_connections.load(), 1u);
 }
 
 TEST(NbdServer, ReplacesAStaleSocketButNotALiveOne) {
   NbdServerHarness h;
-  TestExportProvider provider(h.pool());
+  TestExportProvider provider(h.pool().set());
   NbdServer second(provider, {});
   EXPECT_EQ(second.ListenUnix(h.socket()).code(), EADDRINUSE);
   int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -96,7 +198,7 @@ TEST(NbdServer, ReplacesAStaleSocketButNotALiveOne) {
 
 TEST(NbdServer, ServesTcp) {
   NbdServerHarness h;
-  TestExportProvider provider(h.pool());
+  TestExportProvider provider(h.pool().set());
   NbdServer tcp(provider, {});
   ASSERT_TRUE(tcp.ListenTcp("127.0.0.1:0").ok());
   ASSERT_NE(tcp.BoundTcpPort(), 0);
@@ -117,7 +219,7 @@ TEST(NbdServer, ServesTcp) {
 TEST(NbdServer, ServeNbdConnectionRunsOnTheCallingThread) {
   TestPool pool(32 * kMiB);
   ASSERT_TRUE(pool.set().CreateVolume("vol", kMiB).ok());
-  TestExportProvider provider(pool);
+  TestExportProvider provider(pool.set());
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
   std::atomic<bool> stopping{false};

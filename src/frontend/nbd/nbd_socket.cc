@@ -21,7 +21,8 @@ constexpr size_t kDiscardChunkBytes = 64 * 1024;
 
 Status Errno(int err, const char* what) { return Status(err, std::string(what) + " failed"); }
 
-// Waits until `fd` is readable. Returns ok, ETIMEDOUT or ESHUTDOWN.
+}  // namespace
+
 Status WaitReadable(int fd, const std::atomic<bool>& stopping, int idle_timeout_ms) {
   int waited_ms = 0;
   while (true) {
@@ -37,8 +38,6 @@ Status WaitReadable(int fd, const std::atomic<bool>& stopping, int idle_timeout_
   }
 }
 
-}  // namespace
-
 Status ConfigureConnectionSocket(int fd) {
   int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) return Errno(errno, "fcntl");
@@ -51,15 +50,17 @@ Status ReadExact(int fd, void* buf, size_t len, const std::atomic<bool>& stoppin
   auto* p = static_cast<uint8_t*>(buf);
   size_t done = 0;
   while (done < len) {
-    // Poll first: a bare recv() would block past the stop flag and the timeout.
-    ES_RETURN_IF_ERROR(WaitReadable(fd, stopping, idle_timeout_ms));
+    // Never a blocking recv(): it would wait past the stop flag and the
+    // timeout. Data usually is there already, so try before polling.
     ssize_t n = ::recv(fd, p + done, len - done, MSG_DONTWAIT);
     if (n == 0) return Status(ENOTCONN, "client closed the connection");
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      ES_RETURN_IF_ERROR(WaitReadable(fd, stopping, idle_timeout_ms));
+    } else if (errno != EINTR) {
       return Errno(errno, "recv");
     }
-    done += static_cast<size_t>(n);
   }
   assert(done == len);
   return Status::Ok();

@@ -22,6 +22,11 @@ inline constexpr int kSendTimeoutMs = 60'000;
 // Makes `fd` blocking and bounds blocking sends by kSendTimeoutMs.
 Status ConfigureConnectionSocket(int fd);
 
+// Waits until `fd` is readable (data, end of stream or an error). Errors:
+// ETIMEDOUT after `idle_timeout_ms` (kNoTimeout: never), ESHUTDOWN once
+// `stopping` is set.
+Status WaitReadable(int fd, const std::atomic<bool>& stopping, int idle_timeout_ms);
+
 // Reads exactly `len` bytes. Errors: ENOTCONN if the peer closed the stream,
 // ETIMEDOUT if no byte arrived for `idle_timeout_ms` (kNoTimeout: wait
 // forever), ESHUTDOWN if `stopping` was set while waiting, else the errno.

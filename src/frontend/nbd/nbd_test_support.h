@@ -88,15 +88,15 @@ class GatedQueue : public IoQueue {
 
 class TestExportProvider : public ExportProvider {
  public:
-  explicit TestExportProvider(TestPool& pool, IoGate* gate = nullptr) : pool_(pool), gate_(gate) {}
+  explicit TestExportProvider(VolumeSet& set, IoGate* gate = nullptr) : set_(set), gate_(gate) {}
   std::vector<std::string> ListExports() override {
     std::vector<std::string> names;
-    for (const VolumeInfo& v : pool_.set().ListVolumes()) names.push_back(v.name);
+    for (const VolumeInfo& v : set_.ListVolumes()) names.push_back(v.name);
     return names;
   }
   Result<Volume*> AcquireExport(const std::string& name) override {
     std::lock_guard lock(mu_);
-    auto v = pool_.set().FindVolume(name);
+    auto v = set_.FindVolume(name);
     if (v.ok()) pins_++;
     return v;
   }
@@ -106,7 +106,7 @@ class TestExportProvider : public ExportProvider {
     pins_--;
   }
   std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override {
-    auto queue = pool_.device().CreateQueue(depth);
+    auto queue = set_.device().CreateQueue(depth);
     if (!gate_) return queue;
     return std::make_unique<GatedQueue>(std::move(queue), *gate_);
   }
@@ -116,7 +116,7 @@ class TestExportProvider : public ExportProvider {
   }
 
  private:
-  TestPool& pool_;
+  VolumeSet& set_;
   IoGate* gate_;
   std::mutex mu_;
   int pins_ = 0;
@@ -362,7 +362,7 @@ inline std::vector<uint8_t> Pattern(size_t len, uint8_t seed) {
 class NbdServerHarness {
  public:
   explicit NbdServerHarness(NbdServerOptions options = {}, uint64_t pool_bytes = 32 * kMiB)
-      : pool_(pool_bytes, PoolCreateOptions{.cluster_size = 64 * 1024}), provider_(pool_, &gate_) {
+      : pool_(pool_bytes, PoolCreateOptions{.cluster_size = 64 * 1024}), provider_(pool_.set(), &gate_) {
     char tmpl[] = "/tmp/edgestor-nbd-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     socket_ = dir_ + "/nbd.sock";

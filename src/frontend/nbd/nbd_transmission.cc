@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 
@@ -52,6 +54,17 @@ uint32_t NbdError(int code) {
   }
 }
 
+// AllocateAligned without the exception: a client asking for more memory
+// than the machine has gets ENOMEM, not a dead daemon. Zero-filled, so no
+// old heap contents can ever reach a client.
+AlignedBuffer TryAllocateAligned(size_t len) {
+  size_t rounded = (len + kIoAlignment - 1) / kIoAlignment * kIoAlignment;
+  void* p = nullptr;
+  if (rounded == 0 || ::posix_memalign(&p, kIoAlignment, rounded) != 0) return nullptr;
+  std::memset(p, 0, rounded);
+  return AlignedBuffer(static_cast<uint8_t*>(p));
+}
+
 VolumeOp OpFor(uint16_t type) {
   switch (type) {
     case kCmdRead: return VolumeOp::kRead;
@@ -79,12 +92,14 @@ bool IsOrdinaryEnd(const Status& status) {
 }  // namespace
 
 NbdTransmission::NbdTransmission(int fd, Volume& volume, IoQueue& queue, const NbdSession& session,
-                                 const NbdServerOptions& options, const std::atomic<bool>& stopping)
+                                 const NbdServerOptions& options, const std::atomic<bool>& stopping,
+                                 NbdStats& stats)
     : fd_(fd),
       volume_(volume),
       queue_(queue),
       session_(session),
       stopping_(stopping),
+      stats_(stats),
       max_payload_(MaxPayloadBytes(options)),
       max_buffered_(std::max<uint64_t>(options.max_buffered_bytes, max_payload_)) {
   assert(fd >= 0 && session.volume == &volume);
@@ -122,9 +137,10 @@ void NbdTransmission::Run() {
 
 void NbdTransmission::TakeRequest() {
   uint8_t raw[kRequestHeaderBytes];
-  // Between requests a client may stay silent for ever; within one it may not.
-  Status s = ReadExact(fd_, raw, 1, stopping_, kNoTimeout);
-  if (s.ok()) s = ReadExact(fd_, raw + 1, sizeof raw - 1, stopping_, kMessageIdleTimeoutMs);
+  // Between requests a client may stay silent for ever; within one it may
+  // not. (With requests in flight, Run() saw input before calling us.)
+  Status s = inflight_ == 0 ? WaitReadable(fd_, stopping_, kNoTimeout) : Status::Ok();
+  if (s.ok()) s = ReadExact(fd_, raw, sizeof raw, stopping_, kMessageIdleTimeoutMs);
   if (!s.ok()) return Close("cannot read request", s);
   WireReader r(raw);
   uint32_t magic = 0;
@@ -140,7 +156,9 @@ void NbdTransmission::TakeRequest() {
   Rejection rejection = Check(req);
   if (rejection.error) return ReplyError(req, rejection.error, rejection.message);
   if (req.length == 0 && req.type != kCmdFlush) return ReplyOk(req, nullptr);  // nothing to do
-  Submit(AcquireSlot(req));
+  Slot* slot = AcquireSlot(req);
+  if (!slot) return ReplyError(req, kEnomem, "no memory for the request's buffer");
+  Submit(slot);
 }
 
 // A WRITE's payload follows its header and must be consumed, whether or not
@@ -156,6 +174,12 @@ void NbdTransmission::TakeWrite(const Request& req) {
     return;
   }
   Slot* slot = AcquireSlot(req);
+  if (!slot) {
+    ReplyError(req, kEnomem, "no memory for the request's buffer");
+    Status s = Discard(fd_, req.length, stopping_, kMessageIdleTimeoutMs);
+    if (!s.ok()) Close("cannot read write payload", s);
+    return;
+  }
   Status s = ReadExact(fd_, slot->buffer.get(), req.length, stopping_, kMessageIdleTimeoutMs);
   if (!s.ok()) {
     ReleaseSlot(slot);  // never acknowledged: dropping it loses nothing promised
@@ -196,6 +220,7 @@ void NbdTransmission::TakeBlockStatus(const Request& req) {
   Put64(header + 8, req.cookie);
   Put32(header + 16, static_cast<uint32_t>(block_status_.size()));
   iovec parts[2] = {{header, sizeof header}, {block_status_.data(), block_status_.size()}};
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
   Send(parts);
 }
 
@@ -244,13 +269,15 @@ NbdTransmission::Slot* NbdTransmission::AcquireSlot(const Request& request) {
   WaitForBufferSpace(bytes);
   assert(!free_.empty());
   Slot* slot = free_.back();
-  free_.pop_back();
-  slot->request = request;
   if (bytes > slot->capacity) {
     slot->buffer.reset();  // never hold the old and the new one at once
-    slot->buffer = AllocateAligned(bytes);
+    slot->capacity = 0;
+    slot->buffer = TryAllocateAligned(bytes);
+    if (!slot->buffer) return nullptr;
     slot->capacity = bytes;
   }
+  free_.pop_back();
+  slot->request = request;
   buffered_bytes_ += bytes;
   return slot;
 }
@@ -299,6 +326,9 @@ void NbdTransmission::Finish(Slot* slot, const Status& status) {
 void NbdTransmission::ReplyOk(const Request& req, const uint8_t* data) {
   bool has_data = req.type == kCmdRead && req.length > 0;
   assert(!has_data || data != nullptr);
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
+  if (req.type == kCmdRead) stats_.bytes_read.fetch_add(req.length, std::memory_order_relaxed);
+  if (req.type == kCmdWrite) stats_.bytes_written.fetch_add(req.length, std::memory_order_relaxed);
   uint8_t header[kChunkHeaderBytes + 8];
   size_t header_len = 0;
   if (!session_.structured_replies) {
@@ -323,6 +353,8 @@ void NbdTransmission::ReplyOk(const Request& req, const uint8_t* data) {
 
 void NbdTransmission::ReplyError(const Request& req, uint32_t error, std::string_view message) {
   assert(error != 0);
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
+  stats_.error_replies.fetch_add(1, std::memory_order_relaxed);
   uint8_t header[kChunkHeaderBytes + 6];
   size_t header_len = 0;
   message = message.substr(0, kMaxErrorMessageBytes);
@@ -357,6 +389,7 @@ void NbdTransmission::Send(std::span<const iovec> parts) {
 void NbdTransmission::Close(std::string_view why, const Status& status) {
   if (closing_) return;
   closing_ = true;
+  if (status.code() == EPROTO) stats_.protocol_errors.fetch_add(1, std::memory_order_relaxed);
   if (IsOrdinaryEnd(status))
     spdlog::debug("nbd: export {}: {}{}", volume_.name(), why, status.ok() ? "" : ": " + status.ToString());
   else

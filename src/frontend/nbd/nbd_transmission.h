@@ -26,7 +26,7 @@ namespace edgestor::nbd {
 class NbdTransmission {
  public:
   NbdTransmission(int fd, Volume& volume, IoQueue& queue, const NbdSession& session, const NbdServerOptions& options,
-                  const std::atomic<bool>& stopping);
+                  const std::atomic<bool>& stopping, NbdStats& stats);
   ~NbdTransmission();  // REQUIRES: Run() has returned (nothing in flight)
   NbdTransmission(const NbdTransmission&) = delete;
   NbdTransmission& operator=(const NbdTransmission&) = delete;
@@ -65,6 +65,8 @@ class NbdTransmission {
   Rejection Check(const Request& request) const;
   uint32_t PayloadBytes(const Request& request) const;
   void WaitForBufferSpace(uint32_t bytes);
+  // A free slot with a buffer for the request's payload; nullptr if that
+  // buffer cannot be allocated. May complete earlier requests first.
   Slot* AcquireSlot(const Request& request);
   void ReleaseSlot(Slot* slot);
   void Submit(Slot* slot);
@@ -81,6 +83,7 @@ class NbdTransmission {
   IoQueue& queue_;
   const NbdSession session_;
   const std::atomic<bool>& stopping_;
+  NbdStats& stats_;
   const uint32_t max_payload_;
   const uint64_t max_buffered_;
   std::vector<std::unique_ptr<Slot>> slots_;
