@@ -92,11 +92,31 @@ if fio --enghelp 2>/dev/null | grep -qw nbd; then
   check "fio nbd engine, 4 connections, verify=crc32c" fio --name=v --ioengine=nbd --uri="$(uri vol0)" --rw=randwrite --bs=4k \
     --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 --verify=crc32c --do_verify=1 --verify_state_save=0 --group_reporting
 fi
-check "deleting an attached volume is refused" bash -c "
-  qemu-io -f raw -c 'sleep 2000' '$(uri vol1)' & client=\$!
-  sleep 0.5
-  '$EDGESTOR' --pool '$pool' vol delete vol1 2>&1 | grep -q 'attached'; rc=\$?
-  wait \$client; exit \$rc"
+rpc() {  # rpc METHOD: the result of a control call, as JSON
+  python3 - "$work/pool.control.sock" "$1" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
+reply = b""
+while not reply.endswith(b"\n"):
+    reply += s.recv(65536)
+print(json.dumps(json.loads(reply)["result"]))
+PY
+}
+attached_delete_refused() {
+  qemu-io -f raw -c 'sleep 5000' "$(uri vol1)" &
+  local client=$! out rc=1
+  for _ in $(seq 100); do  # until the daemon counts the connection
+    rpc export.list | python3 -c 'import json,sys; e={x["name"]: x for x in json.load(sys.stdin)["exports"]}; sys.exit(e["vol1"]["connections"] == 0)' && break
+    sleep 0.1
+  done
+  if ! out=$("$EDGESTOR" --pool "$pool" vol delete vol1 2>&1) && [[ $out == *attached* ]]; then rc=0; fi
+  wait "$client"
+  echo "$out"
+  return $rc
+}
+check "deleting an attached volume is refused" attached_delete_refused
 check "SIGTERM drains and exits 0" stop_daemon
 check "fsck is clean after the daemon stopped" "$EDGESTOR" pool fsck "$pool"
 

@@ -105,19 +105,35 @@ Result<std::vector<VolumeExtent>> ThinVolume::Describe(uint64_t offset, uint64_t
   if (offset > size() || length > size() - offset || length == 0 || max_extents == 0)
     return Status(EINVAL, "range outside the volume");
   std::vector<VolumeExtent> out;
-  std::lock_guard lock(mu_);
-  for (uint64_t pos = offset, end = offset + length; pos < end;) {
-    uint64_t cluster = pos / cluster_size_;
-    uint64_t block = (pos % cluster_size_) / kBlockSize;
-    uint64_t n = std::min(end, (pos / kBlockSize + 1) * kBlockSize) - pos;
-    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/false));
-    bool written = page && ((page->entries[ThinMap::IndexInPage(cluster)].written_bits >> block) & 1);
+  auto append = [&](uint64_t n, bool written) {
     if (!out.empty() && out.back().written == written) {
       out.back().length += n;
-    } else {
-      if (out.size() == max_extents) break;
-      out.push_back({n, written});
+      return true;
     }
+    if (out.size() == max_extents) return false;
+    out.push_back({n, written});
+    return true;
+  };
+  std::lock_guard lock(mu_);
+  // Steps over whole unstored pages and whole unwritten clusters at once, so
+  // describing a huge, mostly empty volume costs O(pages), not O(blocks).
+  for (uint64_t pos = offset, end = offset + length; pos < end;) {
+    uint64_t cluster = pos / cluster_size_;
+    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/false));
+    uint64_t bits = page ? page->entries[ThinMap::IndexInPage(cluster)].written_bits : 0;
+    uint64_t step_end;
+    bool written = false;
+    if (!page) {
+      step_end = (cluster / kEntriesPerMapPage + 1) * kEntriesPerMapPage * cluster_size_;
+    } else if (bits == 0) {
+      step_end = (cluster + 1) * cluster_size_;
+    } else {
+      uint64_t block = (pos % cluster_size_) / kBlockSize;
+      written = (bits >> block) & 1;
+      step_end = (pos / kBlockSize + 1) * kBlockSize;
+    }
+    uint64_t n = std::min(end, step_end) - pos;
+    if (!append(n, written)) break;
     pos += n;
   }
   return out;

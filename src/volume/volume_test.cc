@@ -220,6 +220,24 @@ TEST(Volume, DescribeReportsWrittenRunsAndHoles) {
   EXPECT_EQ(got, want);
   EXPECT_EQ(v->Describe(0, 4 * kMiB, 2)->size(), 2u);
   EXPECT_EQ(v->Describe(4 * kMiB, 512, 10).status().code(), EINVAL);
+  auto unaligned = v->Describe(8192 + 512, 16384, 10);  // starts inside a written block
+  ASSERT_TRUE(unaligned.ok());
+  ASSERT_EQ(unaligned->size(), 2u);
+  EXPECT_EQ(unaligned->at(0).length, 8192u - 512);
+  EXPECT_TRUE(unaligned->at(0).written);
+  EXPECT_EQ(unaligned->at(1).length, 16384u - (8192 - 512));
+}
+
+TEST(Volume, DescribeOfAHugeEmptyVolumeIsOneHole) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("big", 1ull << 40).value();
+  ASSERT_TRUE(pool.Write(*v, (1ull << 40) - 4096, Pattern(4096, 1)).ok());
+  auto extents = v->Describe(0, 1ull << 40, 10);
+  ASSERT_TRUE(extents.ok());
+  ASSERT_EQ(extents->size(), 2u);
+  EXPECT_EQ(extents->at(0).length, (1ull << 40) - 4096);
+  EXPECT_FALSE(extents->at(0).written);
+  EXPECT_TRUE(extents->at(1).written);
 }
 
 TEST(Volume, ParallelWritersOnTwoThreadsEachWithItsQueue) {
