@@ -33,11 +33,27 @@ check() {  # check "what" command...
 refuses() { ! "$@"; }
 need() { command -v "$1" >/dev/null || { echo "skip: $1 is not installed"; return 1; }; }
 
+rpc() {  # rpc METHOD: the result of a control call, as JSON
+  python3 - "$work/pool.control.sock" "$1" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
+reply = b""
+while not reply.endswith(b"\n"):
+    reply += s.recv(65536)
+print(json.dumps(json.loads(reply)["result"]))
+PY
+}
+# Started means answering on its control socket: a stale socket file from a
+# killed daemon, or an offline CLI call that takes the pool lock first, must
+# not count (the latter would even make the new daemon fail to lock).
 start_daemon() {
   "$EDGESTOR" serve --pool "$pool" 2>>"$work/daemon.log" &
   daemon_pid=$!
-  for _ in $(seq 100); do
-    [[ -S $sock ]] && "$EDGESTOR" --pool "$pool" vol list >/dev/null 2>&1 && return 0
+  for _ in $(seq 300); do
+    rpc pool.info >/dev/null 2>&1 && return 0
+    kill -0 "$daemon_pid" 2>/dev/null || break
     sleep 0.1
   done
   echo "daemon did not start:"; cat "$work/daemon.log"
@@ -92,18 +108,6 @@ if fio --enghelp 2>/dev/null | grep -qw nbd; then
   check "fio nbd engine, 4 connections, verify=crc32c" fio --name=v --ioengine=nbd --uri="$(uri vol0)" --rw=randwrite --bs=4k \
     --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 --verify=crc32c --do_verify=1 --verify_state_save=0 --group_reporting
 fi
-rpc() {  # rpc METHOD: the result of a control call, as JSON
-  python3 - "$work/pool.control.sock" "$1" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
-reply = b""
-while not reply.endswith(b"\n"):
-    reply += s.recv(65536)
-print(json.dumps(json.loads(reply)["result"]))
-PY
-}
 attached_delete_refused() {
   qemu-io -f raw -c 'sleep 5000' "$(uri vol1)" &
   local client=$! out rc=1
