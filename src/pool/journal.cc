@@ -20,7 +20,6 @@ void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, 
   const uint8_t* h = reinterpret_cast<const uint8_t*>(&header);
   pending_records_.insert(pending_records_.end(), h, h + sizeof header);
   pending_records_.insert(pending_records_.end(), body.begin(), body.end());
-  pending_record_count_++;
   pending_frees_.insert(pending_frees_.end(), frees.begin(), frees.end());
   UpdateJournalPressure();
 }
@@ -34,8 +33,7 @@ void Pool::UpdateJournalPressure() {
 
 // Packs the records into whole journal blocks and writes them, each to a
 // block never written before in this checkpoint generation.
-Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t count_hint) {
-  (void)count_hint;
+Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   size_t pos = 0;
   while (pos < records.size()) {
@@ -81,13 +79,10 @@ Status Pool::Commit() {
   ES_RETURN_IF_ERROR(CheckNotFailed());
   std::vector<uint8_t> records;
   std::vector<BlockRun> frees;
-  uint32_t count;
   {
     std::lock_guard lock(mu_);
     records.swap(pending_records_);
     frees.swap(pending_frees_);
-    count = pending_record_count_;
-    pending_record_count_ = 0;
   }
   // First flush: the data of every completed write is durable before any
   // record that makes it readable (a written bit, a new mapping).
@@ -97,7 +92,7 @@ Status Pool::Commit() {
     assert(frees.empty());
     return Status::Ok();
   }
-  s = WriteJournalBlocks(records, count);
+  s = WriteJournalBlocks(records);
   if (!s.ok()) return Fail(s.WithContext("writing journal"));
   s = device_->FlushSync();
   if (!s.ok()) return Fail(s.WithContext("flushing journal"));

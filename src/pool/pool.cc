@@ -363,7 +363,6 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
 
   std::lock_guard lock(mu_);
   pending_records_.clear();
-  pending_record_count_ = 0;
   UpdateJournalPressure();
   superseded.insert(superseded.end(), chain_blocks_.begin(), chain_blocks_.end());
   superseded.insert(superseded.end(), pending_frees_.begin(), pending_frees_.end());

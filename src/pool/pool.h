@@ -126,7 +126,7 @@ class Pool {
  private:
   Pool(std::unique_ptr<Device> device, const format::Label& label);
   Status WriteLabels(format::Label label);  // REQUIRES: commit_mu_ held
-  Status WriteJournalBlocks(const std::vector<uint8_t>& records, uint32_t count_hint);  // REQUIRES: commit_mu_
+  Status WriteJournalBlocks(const std::vector<uint8_t>& records);  // REQUIRES: commit_mu_
   Status Fail(Status status);
   uint64_t JournalBlockOffset(uint64_t seq) const;
   void UpdateJournalPressure();  // REQUIRES: mu_ held
@@ -140,7 +140,6 @@ class Pool {
   Allocator allocator_;              // GUARDED_BY(mu_)
   uint64_t metadata_reserve_ = 0;    // GUARDED_BY(mu_)
   std::vector<uint8_t> pending_records_;  // GUARDED_BY(mu_): packed RecordHeader+body
-  uint32_t pending_record_count_ = 0;     // GUARDED_BY(mu_)
   std::vector<BlockRun> pending_frees_;   // GUARDED_BY(mu_): freed by pending records
   uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write
   std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
