@@ -14,12 +14,6 @@
 namespace edgestor::testing {
 namespace {
 
-// Waits until the server has handed `n` device requests to its queue.
-bool WaitSubmitted(IoGate& gate, uint64_t n) {
-  for (int i = 0; i < kClientTimeoutMs / 5 && gate.submitted.load() < n; i++) ::usleep(5'000);
-  return gate.submitted.load() >= n;
-}
-
 TEST(NbdServer, StopAnswersRequestsInFlightBeforeClosing) {
   NbdServerHarness h;
   auto c = h.Open();

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -14,8 +16,7 @@ namespace edgestor::nbd {
 
 namespace {
 
-// Largest number of iovecs one reply uses (header, payload prefix, data).
-constexpr size_t kMaxWriteParts = 4;
+static_assert(kMaxWriteParts <= IOV_MAX);
 // Chunk used to drop unwanted bytes.
 constexpr size_t kDiscardChunkBytes = 64 * 1024;
 
@@ -109,9 +110,107 @@ Status WriteAll(int fd, const void* buf, size_t len) {
   return WriteAll(fd, std::span(&part, 1));
 }
 
-bool HasInput(int fd) {
-  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
-  return ::poll(&p, 1, 0) > 0;
+SocketReader::SocketReader(int fd, const std::atomic<bool>& stopping)
+    : fd_(fd), stopping_(stopping), buffer_(std::make_unique_for_overwrite<uint8_t[]>(kBufferBytes)) {
+  assert(fd >= 0);
+}
+
+void SocketReader::ReceiveAvailable() {
+  assert(buffered() < kBufferBytes);
+  if (failed()) return;
+  if (begin_ > 0) {  // a partial message: move it to the front, to make room
+    std::memmove(buffer_.get(), buffer_.get() + begin_, buffered());
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  ssize_t n = ReceiveNow(buffer_.get() + end_, kBufferBytes - end_);
+  if (n > 0) end_ += static_cast<size_t>(n);
+  assert(begin_ <= end_ && end_ <= kBufferBytes);
+}
+
+Status SocketReader::WaitForInput(int idle_timeout_ms) {
+  if (buffered() > 0) return Status::Ok();
+  if (!failed()) ES_RETURN_IF_ERROR(WaitReadable(fd_, stopping_, idle_timeout_ms));
+  return Fill(idle_timeout_ms);
+}
+
+Status SocketReader::ReadExact(void* buf, size_t len, int idle_timeout_ms) {
+  auto* out = static_cast<uint8_t*>(buf);
+  size_t done = Take(out, len);
+  while (done < len) {
+    assert(buffered() == 0);
+    size_t rest = len - done;
+    if (rest >= kDirectReadBytes) {
+      size_t got = 0;
+      ES_RETURN_IF_ERROR(Receive(out + done, rest, idle_timeout_ms, &got));
+      done += got;
+    } else {
+      ES_RETURN_IF_ERROR(Fill(idle_timeout_ms));
+      done += Take(out + done, rest);
+    }
+  }
+  assert(done == len);
+  return Status::Ok();
+}
+
+Status SocketReader::Discard(uint64_t len, int idle_timeout_ms) {
+  while (len > 0) {
+    if (buffered() == 0) ES_RETURN_IF_ERROR(Fill(idle_timeout_ms));
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, buffered()));
+    begin_ += n;
+    len -= n;
+  }
+  return Status::Ok();
+}
+
+// Hands out up to `len` buffered bytes.
+size_t SocketReader::Take(uint8_t* out, size_t len) {
+  size_t n = std::min(len, buffered());
+  if (n > 0) std::memcpy(out, buffer_.get() + begin_, n);
+  begin_ += n;
+  if (begin_ == end_) begin_ = end_ = 0;
+  return n;
+}
+
+// Receives at least one byte into the empty buffer, waiting if need be.
+Status SocketReader::Fill(int idle_timeout_ms) {
+  assert(buffered() == 0);
+  begin_ = end_ = 0;
+  size_t got = 0;
+  ES_RETURN_IF_ERROR(Receive(buffer_.get(), kBufferBytes, idle_timeout_ms, &got));
+  end_ = got;
+  return Status::Ok();
+}
+
+// Receives between 1 and `len` bytes, waiting for the first. Never a
+// blocking recv(): it would wait past the stop flag and the timeout. Data
+// usually is there already, so try before polling.
+Status SocketReader::Receive(uint8_t* into, size_t len, int idle_timeout_ms, size_t* got) {
+  assert(len > 0);
+  while (!failed()) {
+    ssize_t n = ReceiveNow(into, len);
+    if (n > 0) {
+      *got = static_cast<size_t>(n);
+      return Status::Ok();
+    }
+    if (n == 0) ES_RETURN_IF_ERROR(WaitReadable(fd_, stopping_, idle_timeout_ms));
+  }
+  return error_;
+}
+
+// One recv() without waiting: the bytes received, 0 if none were pending,
+// -1 if it failed (recorded in error_).
+ssize_t SocketReader::ReceiveNow(uint8_t* into, size_t len) {
+  assert(!failed() && len > 0);
+  ssize_t n = ::recv(fd_, into, len, MSG_DONTWAIT);
+  if (n > 0) return n;
+  if (n == 0) {
+    error_ = Status(ENOTCONN, "client closed the connection");
+    return -1;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+  error_ = Errno(errno, "recv");
+  return -1;
 }
 
 }  // namespace edgestor::nbd

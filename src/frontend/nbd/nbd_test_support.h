@@ -71,6 +71,12 @@ class IoGate {
   bool open_ = true;
 };
 
+// Waits until the server has handed `n` device requests to its queue.
+inline bool WaitSubmitted(IoGate& gate, uint64_t n) {
+  for (int i = 0; i < kClientTimeoutMs / 5 && gate.submitted.load() < n; i++) ::usleep(5'000);
+  return gate.submitted.load() >= n;
+}
+
 class GatedQueue : public IoQueue {
  public:
   GatedQueue(std::unique_ptr<IoQueue> inner, IoGate& gate) : inner_(std::move(inner)), gate_(gate) {}

@@ -33,6 +33,9 @@ constexpr uint64_t kMaxBlockStatusBytes = 256ull << 20;
 constexpr size_t kBlockStatusEntryBytes = 8;
 // Error messages sent to clients are cut to this length.
 constexpr size_t kMaxErrorMessageBytes = 512;
+// Successful replies sent in one sendmsg(), at most (two iovecs each).
+constexpr size_t kMaxBatchedReplies = 64;
+static_assert(2 * kMaxBatchedReplies <= kMaxWriteParts);
 
 // Maps an engine errno to the protocol's small set of error values.
 uint32_t NbdError(int code) {
@@ -95,6 +98,7 @@ NbdTransmission::NbdTransmission(int fd, Volume& volume, IoQueue& queue, const N
                                  const NbdServerOptions& options, const std::atomic<bool>& stopping,
                                  NbdStats& stats)
     : fd_(fd),
+      reader_(fd, stopping),
       volume_(volume),
       queue_(queue),
       session_(session),
@@ -110,6 +114,8 @@ NbdTransmission::NbdTransmission(int fd, Volume& volume, IoQueue& queue, const N
     slots_.back()->owner = this;
     free_.push_back(slots_.back().get());
   }
+  unsent_.reserve(kMaxBatchedReplies);
+  unsent_parts_.reserve(2 * kMaxBatchedReplies);
   block_status_.reserve(4 + kMaxExtentsPerReply * kBlockStatusEntryBytes);
 }
 
@@ -117,30 +123,43 @@ NbdTransmission::~NbdTransmission() { assert(inflight_ == 0 && free_.size() == s
 
 void NbdTransmission::Run() {
   while (!closing_ || inflight_ > 0) {
-    assert(inflight_ + free_.size() == slots_.size());
+    assert(inflight_ + unsent_.size() + free_.size() == slots_.size());
     if (!closing_ && stopping_.load(std::memory_order_relaxed)) {
       Close("server is stopping");
       continue;
     }
-    // Take in every request already waiting, up to the queue depth; block
-    // on the socket only when nothing is in flight.
-    bool can_take = !closing_ && !free_.empty();
-    if (can_take && (inflight_ == 0 || HasInput(fd_))) {
+    // Take in every request already waiting, up to the queue depth, before
+    // waiting for anything.
+    if (!closing_ && !free_.empty() && inflight_ > 0 && RequestWaiting()) {
       TakeRequest();
       continue;
     }
-    assert(inflight_ > 0);
-    queue_.Poll(/*wait=*/true);
+    FlushReplies();  // before waiting: the client may be waiting for them
+    if (inflight_ == 0) {
+      if (!closing_) TakeRequest();  // waits for the client
+      continue;
+    }
+    queue_.Poll(/*wait=*/true);  // waits for the device only
+    FlushReplies();
   }
-  assert(inflight_ == 0 && buffered_bytes_ == 0);
+  FlushReplies();
+  assert(inflight_ == 0 && buffered_bytes_ == 0 && unsent_.empty());
+}
+
+// True if TakeRequest() would not wait for the client: a whole request
+// header is buffered, or the socket failed (TakeRequest reports it). Only
+// when no header is buffered does it cost a (non-blocking) recv().
+bool NbdTransmission::RequestWaiting() {
+  if (reader_.buffered() < kRequestHeaderBytes) reader_.ReceiveAvailable();
+  return reader_.buffered() >= kRequestHeaderBytes || reader_.failed();
 }
 
 void NbdTransmission::TakeRequest() {
   uint8_t raw[kRequestHeaderBytes];
   // Between requests a client may stay silent for ever; within one it may
-  // not. (With requests in flight, Run() saw input before calling us.)
-  Status s = inflight_ == 0 ? WaitReadable(fd_, stopping_, kNoTimeout) : Status::Ok();
-  if (s.ok()) s = ReadExact(fd_, raw, sizeof raw, stopping_, kMessageIdleTimeoutMs);
+  // not. (With requests in flight, Run() saw a whole header first.)
+  Status s = inflight_ == 0 ? reader_.WaitForInput(kNoTimeout) : Status::Ok();
+  if (s.ok()) s = reader_.ReadExact(raw, sizeof raw, kMessageIdleTimeoutMs);
   if (!s.ok()) return Close("cannot read request", s);
   WireReader r(raw);
   uint32_t magic = 0;
@@ -169,18 +188,18 @@ void NbdTransmission::TakeWrite(const Request& req) {
     ReplyError(req, kEinval, "write larger than the maximum payload");
     // Beyond what the protocol asks servers to accept we need not read it.
     if (req.length > kMaxPayloadBytes) return Close("write payload too large", Status(EPROTO, "protocol violation"));
-    Status s = Discard(fd_, req.length, stopping_, kMessageIdleTimeoutMs);
+    Status s = reader_.Discard(req.length, kMessageIdleTimeoutMs);
     if (!s.ok()) Close("cannot read write payload", s);
     return;
   }
   Slot* slot = AcquireSlot(req);
   if (!slot) {
     ReplyError(req, kEnomem, "no memory for the request's buffer");
-    Status s = Discard(fd_, req.length, stopping_, kMessageIdleTimeoutMs);
+    Status s = reader_.Discard(req.length, kMessageIdleTimeoutMs);
     if (!s.ok()) Close("cannot read write payload", s);
     return;
   }
-  Status s = ReadExact(fd_, slot->buffer.get(), req.length, stopping_, kMessageIdleTimeoutMs);
+  Status s = reader_.ReadExact(slot->buffer.get(), req.length, kMessageIdleTimeoutMs);
   if (!s.ok()) {
     ReleaseSlot(slot);  // never acknowledged: dropping it loses nothing promised
     return Close("cannot read write payload", s);
@@ -258,9 +277,12 @@ uint32_t NbdTransmission::PayloadBytes(const Request& r) const {
 }
 
 // Bounds the payload memory of one connection: a request that would exceed
-// it waits for earlier ones to complete.
+// it waits for earlier ones to complete and be answered.
 void NbdTransmission::WaitForBufferSpace(uint32_t bytes) {
-  while (inflight_ > 0 && buffered_bytes_ + bytes > max_buffered_) queue_.Poll(/*wait=*/true);
+  while (buffered_bytes_ + bytes > max_buffered_ && (inflight_ > 0 || !unsent_.empty())) {
+    if (unsent_.empty()) queue_.Poll(/*wait=*/true);
+    FlushReplies();
+  }
 }
 
 NbdTransmission::Slot* NbdTransmission::AcquireSlot(const Request& request) {
@@ -318,18 +340,19 @@ void NbdTransmission::OnDone(VolumeIo* io, const Status& status) {
 void NbdTransmission::Finish(Slot* slot, const Status& status) {
   assert(inflight_ > 0);
   inflight_--;
-  if (status.ok()) ReplyOk(slot->request, slot->buffer.get());
-  else ReplyError(slot->request, NbdError(status.code()), status.message());
+  if (status.ok()) return QueueReply(slot);
+  // Sent at once: the message lives only as long as `status`.
+  ReplyError(slot->request, NbdError(status.code()), status.message());
   ReleaseSlot(slot);
 }
 
-void NbdTransmission::ReplyOk(const Request& req, const uint8_t* data) {
+// Fills `header` (kOkHeaderBytes) for a successful reply to `req` and counts
+// the request; returns the header's length. The data of a read follows it.
+size_t NbdTransmission::OkHeader(const Request& req, uint8_t* header) {
   bool has_data = req.type == kCmdRead && req.length > 0;
-  assert(!has_data || data != nullptr);
   stats_.requests.fetch_add(1, std::memory_order_relaxed);
   if (req.type == kCmdRead) stats_.bytes_read.fetch_add(req.length, std::memory_order_relaxed);
   if (req.type == kCmdWrite) stats_.bytes_written.fetch_add(req.length, std::memory_order_relaxed);
-  uint8_t header[kChunkHeaderBytes + 8];
   size_t header_len = 0;
   if (!session_.structured_replies) {
     Put32(header, kSimpleReplyMagic);
@@ -347,8 +370,36 @@ void NbdTransmission::ReplyOk(const Request& req, const uint8_t* data) {
     if (has_data) Put64(header + 20, req.offset);
     header_len = has_data ? kChunkHeaderBytes + 8 : kChunkHeaderBytes;
   }
+  assert(header_len <= kOkHeaderBytes);
+  return header_len;
+}
+
+void NbdTransmission::ReplyOk(const Request& req, const uint8_t* data) {
+  bool has_data = req.type == kCmdRead && req.length > 0;
+  assert(!has_data || data != nullptr);
+  uint8_t header[kOkHeaderBytes];
+  size_t header_len = OkHeader(req, header);
   iovec parts[2] = {{header, header_len}, {const_cast<uint8_t*>(data), has_data ? req.length : 0u}};
   Send(parts);
+}
+
+// Queues the reply of a completed request for FlushReplies; the slot stays
+// taken until then.
+void NbdTransmission::QueueReply(Slot* slot) {
+  assert(unsent_.size() < kMaxBatchedReplies);
+  const Request& req = slot->request;
+  unsent_parts_.push_back({slot->reply_header, OkHeader(req, slot->reply_header)});
+  if (req.type == kCmdRead && req.length > 0) unsent_parts_.push_back({slot->buffer.get(), req.length});
+  unsent_.push_back(slot);
+  if (unsent_.size() == kMaxBatchedReplies) FlushReplies();
+}
+
+void NbdTransmission::FlushReplies() {
+  if (unsent_.empty()) return;
+  Send(unsent_parts_);
+  for (Slot* slot : unsent_) ReleaseSlot(slot);
+  unsent_.clear();
+  unsent_parts_.clear();
 }
 
 void NbdTransmission::ReplyError(const Request& req, uint32_t error, std::string_view message) {

@@ -3,15 +3,19 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <map>
 #include <set>
 #include <thread>
 
+#include "frontend/nbd/nbd_socket.h"
 #include "frontend/nbd/nbd_test_support.h"
 
 namespace edgestor::testing {
 namespace {
 
 constexpr uint32_t kHoleZero = 3;
+constexpr uint32_t kRequestMagic = 0x25609513;
+constexpr size_t kRequestBytes = 28;
 
 class NbdTransmissionTest : public ::testing::TestWithParam<bool> {
  protected:
@@ -105,6 +109,45 @@ TEST_P(NbdTransmissionTest, DeviceErrorIsEioForThatRequestOnly) {
   h.pool().device().ClearErrors();
   EXPECT_EQ(c->Read(0, 65536, &data), 0u);
   EXPECT_EQ(data, Pattern(65536, 3));
+}
+
+// Requests written back to back in one send, more bytes than the server
+// reads at once, so that some arrive cut at the end of a read: writes with
+// their payloads, then more read headers than its buffer holds.
+TEST_P(NbdTransmissionTest, RequestsSentTogetherInOneSendAreAllAnswered) {
+  NbdServerHarness h;
+  auto c = h.Open("vol", structured(), structured());
+  constexpr uint64_t kWrites = 40;
+  Bytes writes;
+  for (uint64_t i = 0; i < kWrites; i++) {
+    writes.U32(kRequestMagic).U16(0).U16(kCmdWrite).U64(i).U64(i * 4096).U32(4096);
+    auto payload = Pattern(4096, static_cast<uint8_t>(i));
+    writes.v.insert(writes.v.end(), payload.begin(), payload.end());
+  }
+  writes.U32(kRequestMagic).U16(0).U16(kCmdFlush).U64(kWrites).U64(0).U32(0);
+  ASSERT_TRUE(c->Send(writes.v));
+  std::set<uint64_t> answered;
+  for (uint64_t i = 0; i <= kWrites; i++) {
+    uint64_t cookie = 0;
+    ASSERT_EQ(c->ReadReply(&cookie), 0u);
+    answered.insert(cookie);
+  }
+  EXPECT_EQ(answered.size(), kWrites + 1);
+
+  const uint64_t reads = nbd::SocketReader::kBufferBytes / kRequestBytes + 100;
+  Bytes headers;
+  for (uint64_t i = 0; i < reads; i++)
+    headers.U32(kRequestMagic).U16(0).U16(kCmdRead).U64(i).U64(i % kWrites * 4096).U32(4096);
+  ASSERT_TRUE(c->Send(headers.v));
+  answered.clear();
+  for (uint64_t i = 0; i < reads; i++) {
+    uint64_t cookie = 0;
+    std::vector<uint8_t> block;
+    ASSERT_EQ(c->ReadReply(&cookie, 4096, &block), 0u);
+    ASSERT_EQ(block, Pattern(4096, static_cast<uint8_t>(cookie % kWrites))) << cookie;
+    answered.insert(cookie);
+  }
+  EXPECT_EQ(answered.size(), reads);
 }
 
 INSTANTIATE_TEST_SUITE_P(SimpleAndStructured, NbdTransmissionTest, ::testing::Bool(),
@@ -211,6 +254,42 @@ TEST(NbdTransmission, PipelinedRequestsAreAllAnswered) {
   std::vector<uint8_t> data;
   ASSERT_EQ(c->Read(99 * 8192, 4096, &data), 0u);
   EXPECT_EQ(data, Pattern(4096, 99));
+}
+
+// Request headers sent a byte at a time: with nothing in flight, and while
+// another request is in flight (which the server serves meanwhile).
+TEST(NbdTransmission, RequestHeaderSentOneByteAtATimeIsReassembled) {
+  NbdServerHarness h;
+  auto c = h.Open();
+  ASSERT_EQ(c->Write(0, Pattern(8192, 4)), 0u);
+  Bytes write;
+  write.U32(kRequestMagic).U16(0).U16(kCmdWrite).U64(1).U64(65536).U32(4096);
+  for (uint8_t byte : write.v) ASSERT_TRUE(c->SendRaw(&byte, 1));
+  ASSERT_TRUE(c->Send(Pattern(4096, 6)));
+  uint64_t cookie = 0;
+  ASSERT_EQ(c->ReadReply(&cookie), 0u);
+  EXPECT_EQ(cookie, 1u);
+
+  h.gate().Close();
+  uint64_t before = h.gate().submitted.load();
+  ASSERT_TRUE(c->SendRequest(kCmdRead, 0, 2, 0, 8192));
+  ASSERT_TRUE(WaitSubmitted(h.gate(), before + 1));
+  Bytes read;
+  read.U32(kRequestMagic).U16(0).U16(kCmdRead).U64(3).U64(65536).U32(4096);
+  for (uint8_t byte : read.v) {
+    ASSERT_TRUE(c->SendRaw(&byte, 1));
+    ::usleep(1'000);  // so that the server sees each byte on its own
+  }
+  ASSERT_TRUE(WaitSubmitted(h.gate(), before + 2));  // while the first is held
+  h.gate().Open();
+  std::map<uint64_t, std::vector<uint8_t>> data;
+  for (int i = 0; i < 2; i++) {
+    std::vector<uint8_t> block;
+    ASSERT_EQ(c->ReadReply(&cookie, 0, &block), 0u);
+    data[cookie] = block;
+  }
+  EXPECT_EQ(data[2], Pattern(8192, 4));
+  EXPECT_EQ(data[3], Pattern(4096, 6));
 }
 
 TEST(NbdTransmission, DiscAnswersWhatCameBeforeAndCloses) {
