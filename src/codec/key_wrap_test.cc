@@ -11,18 +11,13 @@
 #include <string_view>
 #include <vector>
 
+#include "codec/testing/hex.h"
+
 namespace edgestor {
 namespace {
 
-using Bytes = std::vector<uint8_t>;
-
-Bytes FromHex(std::string_view hex) {
-  Bytes out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<uint8_t>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
-  }
-  return out;
-}
+using testing::Bytes;
+using testing::FromHex;
 
 std::span<const uint8_t> AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
