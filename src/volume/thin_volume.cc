@@ -272,9 +272,9 @@ void ThinVolume::ReleaseGuard(VolumeIo* io) {
 
 static std::string DescribeError(int code) {
   switch (code) {
-    case ENOSPC: return "pool is full";
-    case EIO: return "device I/O error";
-    case EUCLEAN: return "metadata is damaged";
+    case ENOSPC: return "pool is full; discard or delete data to free space (data already written is kept)";
+    case EIO: return "device I/O error; check the pool's disk, then restart to recover";
+    case EUCLEAN: return "metadata is damaged; run `edgestor pool fsck` for a report";
     default: return "I/O failed";
   }
 }

@@ -34,9 +34,15 @@ struct VolumeIo {
   bool fua = false;
   uint64_t offset = 0;
   uint64_t length = 0;
-  uint8_t* buf = nullptr;  // kRead/kWrite: `length` bytes, aligned to 512 (4096 preferred)
+  // kRead/kWrite: `length` bytes. Any alignment works; requests whose
+  // buffer, offset and length are 4 KiB-aligned take the asynchronous path,
+  // others a synchronous bounce-buffer path.
+  uint8_t* buf = nullptr;
   // Called exactly once with the outcome: EINVAL (bad range/alignment),
-  // ENOSPC (pool full), EIO (device error), EROFS, ...
+  // ENOSPC (pool full), EIO (device error), EUCLEAN (damaged metadata).
+  // It may run before Submit returns (flush, discard, write-zeroes and
+  // unaligned requests complete inline). After it returns the engine never
+  // touches `io` again, so the callback may reuse or free it.
   void (*done)(VolumeIo* io, const Status& status) = nullptr;
   void* context = nullptr;
 
