@@ -88,7 +88,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
   // Byte 0: bit 0 re-seals the CRC; the rest pick the block to patch.
   // Also feed the payload parser directly.
-  (void)ParseCheckpoint(std::span(data + 1, size - 1), kClusterSize, kDeviceBytes / format::kBlockSize);
+  (void)ParseCheckpoint(std::span(data + 1, size - 1), data[0] & 1 ? 1 : format::kVersion, kClusterSize, kDeviceBytes / format::kBlockSize);
   const auto& blocks = MetadataBlocks();
   uint64_t block = blocks[(data[0] >> 1) % blocks.size()];
   FaultDevice device(kDeviceBytes);

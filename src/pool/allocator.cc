@@ -2,6 +2,7 @@
 
 #include <cassert>
 #include <cerrno>
+#include <string>
 
 namespace edgestor {
 
@@ -75,6 +76,33 @@ Result<uint64_t> Allocator::AllocateCluster(uint64_t reserve) {
     return first;
   }
   return Status(ENOSPC, "pool is full (no free cluster)");
+}
+
+Result<uint64_t> Allocator::AllocateRun(uint64_t count, uint64_t reserve) {
+  assert(count >= 1 && count <= 64);
+  if (free_blocks() < count + reserve) return Status(ENOSPC, "pool is full");
+  // Next fit over the whole device, wrapping once; a run never wraps.
+  uint64_t run_start = 0, run_length = 0;
+  for (uint64_t n = 0; n < total_blocks_; n++) {
+    uint64_t block = (run_cursor_ + n) % total_blocks_;
+    if (block == 0) run_length = 0;
+    if (block % 64 == 0 && bits_[block / 64] == ~0ull && block + 64 <= total_blocks_) {
+      n += 63;  // a full word: no run starts or continues here
+      run_length = 0;
+      continue;
+    }
+    if (IsUsed(block)) {
+      run_length = 0;
+      continue;
+    }
+    if (run_length++ == 0) run_start = block;
+    if (run_length == count) {
+      MarkUsed(run_start, count);
+      run_cursor_ = run_start + count;
+      return run_start;
+    }
+  }
+  return Status(ENOSPC, "pool is full (no free run of " + std::to_string(count) + " blocks)");
 }
 
 Result<uint64_t> Allocator::AllocateBlock() {

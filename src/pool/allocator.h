@@ -32,6 +32,9 @@ class Allocator {
   // First block of a free, aligned cluster, leaving at least `reserve` free
   // blocks for metadata; ENOSPC if none.
   Result<uint64_t> AllocateCluster(uint64_t reserve);
+  // First block of `count` consecutive free blocks (a compressed cluster),
+  // leaving `reserve` free blocks for metadata; ENOSPC if none.
+  Result<uint64_t> AllocateRun(uint64_t count, uint64_t reserve);
   // A single free block; ENOSPC if none.
   Result<uint64_t> AllocateBlock();
 
@@ -48,6 +51,7 @@ class Allocator {
   uint64_t used_blocks_ = 0;
   std::vector<uint64_t> bits_;  // bit set: block in use
   uint64_t cluster_cursor_ = 0;  // next-fit position for data, moving up
+  uint64_t run_cursor_ = 0;      // next-fit position for compressed runs, moving up
   uint64_t block_cursor_;        // next-fit position for metadata, moving down
 };
 

@@ -22,7 +22,11 @@
 namespace edgestor::format {
 
 inline constexpr uint32_t kBlockSize = 4096;
-inline constexpr uint32_t kVersion = 1;
+// Version 2 added key protection to the label, compressed map entries, and
+// per-volume attributes and pool defaults to the checkpoint. Version 1 pools
+// open and are written as version 2 from their first checkpoint on.
+inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kOldestReadableVersion = 1;
 inline constexpr uint64_t kLabelMagic = 0x31524f5453474445ull;  // "EDGSTOR1"
 inline constexpr uint32_t kJournalMagic = 0x4c4e524aU;          // "JRNL"
 inline constexpr uint32_t kCheckpointMagic = 0x54504b43U;       // "CKPT"
@@ -38,10 +42,17 @@ inline constexpr uint32_t kMaxVolumeNameLength = 64;
 inline constexpr uint64_t kMaxVolumeSize = 1ull << 50;  // 1 PiB
 
 // Feature bits in Label::features. A pool with an unknown bit set is refused.
-inline constexpr uint64_t kFeatureEncryption = 1ull << 0;   // reserved: per-family data keys
+inline constexpr uint64_t kFeatureEncryption = 1ull << 0;   // a pool key protects data keys
 inline constexpr uint64_t kFeatureCompression = 1ull << 1;  // reserved: compressed clusters
 inline constexpr uint64_t kFeatureSnapshots = 1ull << 2;    // reserved: shared map pages
-inline constexpr uint64_t kKnownFeatures = 0;
+inline constexpr uint64_t kKnownFeatures = kFeatureEncryption;
+
+// How the pool key is obtained (Label::key_source).
+inline constexpr uint32_t kKeySourceNone = 0;
+inline constexpr uint32_t kKeySourceKeyFile = 1;    // 32 bytes from a key file
+inline constexpr uint32_t kKeySourcePassphrase = 2;  // scrypt over a passphrase (Label::kdf)
+inline constexpr size_t kKdfRecordBytes = 48;        // codec/key_wrap.h's record
+inline constexpr size_t kWrappedKeyBytes = 72;       // AES-KW of a 64-byte key
 
 // Vdev layouts (Label::vdev_layout). Only kVdevSingle exists today.
 inline constexpr uint32_t kVdevSingle = 0;
@@ -64,10 +75,17 @@ struct Label {
   uint64_t checkpoint_block;  // head of its block chain (0: empty pool)
   uint64_t checkpoint_gen;    // generation stamped in its blocks and pages
   uint64_t replay_seq;        // first journal sequence number to replay
-  uint8_t reserved[4096 - 112];
+  // Version 2: key protection (all zero in a pool without a pool key).
+  uint32_t key_source;                    // kKeySource*
+  uint32_t reserved1;
+  uint8_t kdf[kKdfRecordBytes];           // passphrase pools: scrypt parameters and salt
+  uint8_t key_check[kWrappedKeyBytes];    // a random key wrapped by the pool key: unwraps
+                                          // only with the right pool key
+  uint8_t reserved[4096 - 240];
 };
 static_assert(sizeof(Label) == kBlockSize);
-static_assert(offsetof(Label, reserved) == 112);
+static_assert(offsetof(Label, key_source) == 112);
+static_assert(offsetof(Label, reserved) == 240);
 
 // Journal block: a header then records, packed. One commit writes one or more
 // whole blocks; a block is never rewritten within a checkpoint generation, so
@@ -99,13 +117,33 @@ static_assert(sizeof(RecordHeader) == 4);
 // A thin-map entry. phys_block == 0 means "unmapped" (block 0 is a label, so
 // it is never a data block). Bit i of written_bits: 4 KiB block i of the
 // cluster has been written; unset blocks read as zeros.
+//
+// A plain cluster occupies cluster_size bytes at its first block, each 4 KiB
+// block at its place. A compressed cluster (kCompressedFlag) occupies only
+// StoredBlocks() blocks holding a compressor frame of the whole cluster
+// (unwritten blocks compressed as zeros); it is always rewritten elsewhere.
 struct MapEntry {
-  uint64_t phys_block;    // low 48 bits: first 4 KiB block; high 16: reserved
-                          // for compression (stored length) and flags
+  uint64_t phys_block;    // low 48 bits: first 4 KiB block; bits 48..54: stored
+                          // blocks of a compressed cluster; bit 63: compressed
   uint64_t written_bits;
 };
 static_assert(sizeof(MapEntry) == 16);
 inline constexpr uint64_t kPhysBlockMask = (1ull << 48) - 1;
+inline constexpr uint64_t kCompressedFlag = 1ull << 63;
+inline constexpr int kStoredBlocksShift = 48;
+inline constexpr uint64_t kStoredBlocksMask = 0x7f;
+// Bits of phys_block that are neither the block, the length nor the flag.
+inline constexpr uint64_t kUnknownEntryBits = ~(kPhysBlockMask | kCompressedFlag | (kStoredBlocksMask << kStoredBlocksShift));
+
+inline uint64_t FirstBlock(const MapEntry& e) { return e.phys_block & kPhysBlockMask; }
+inline bool IsCompressed(const MapEntry& e) { return (e.phys_block & kCompressedFlag) != 0; }
+// Blocks the entry occupies on the device: the cluster, or the compressed length.
+inline uint64_t StoredBlocks(const MapEntry& e, uint32_t cluster_blocks) {
+  return IsCompressed(e) ? (e.phys_block >> kStoredBlocksShift) & kStoredBlocksMask : cluster_blocks;
+}
+inline MapEntry CompressedEntry(uint64_t first_block, uint64_t stored_blocks, uint64_t written_bits) {
+  return {first_block | (stored_blocks << kStoredBlocksShift) | kCompressedFlag, written_bits};
+}
 
 struct MapSetRecord {
   uint32_t volume_id;
@@ -154,13 +192,33 @@ struct DirectorySlot {
 };
 static_assert(sizeof(DirectorySlot) == 16);
 
-// Checkpoint payload: CheckpointHeader, then per volume a VolumeTableEntry,
-// its name bytes, and its directory slots.
+// Checkpoint payload: CheckpointHeader, (version 2) PoolDefaults, then per
+// volume a VolumeTableEntry, its name bytes, (version 2) its
+// VolumeAttributes, and its directory slots.
 struct CheckpointHeader {
   uint32_t volume_count;
   uint32_t next_volume_id;
 };
 static_assert(sizeof(CheckpointHeader) == 8);
+
+// Settings for new volumes (version 2).
+struct PoolDefaults {
+  uint8_t encrypt;            // 1: new volumes are encrypted unless told otherwise
+  uint8_t compression;        // codec Compression value
+  uint8_t compression_level;  // zstd level, 0 otherwise
+  uint8_t reserved[5];
+};
+static_assert(sizeof(PoolDefaults) == 8);
+
+// A volume's codec settings (version 2).
+struct VolumeAttributes {
+  uint8_t encrypted;          // 1: data is AES-256-XTS with the wrapped key below
+  uint8_t compression;        // for new writes; existing clusters say for themselves
+  uint8_t compression_level;
+  uint8_t reserved[5];
+  uint8_t wrapped_key[kWrappedKeyBytes];  // data key wrapped by the pool key
+};
+static_assert(sizeof(VolumeAttributes) == 80);
 
 struct VolumeTableEntry {
   uint32_t volume_id;

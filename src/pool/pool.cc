@@ -42,9 +42,14 @@ bool LabelIsValid(const format::Label& label) {
 // label written by a buggy or hostile tool.
 Status CheckLabelGeometry(const format::Label& l) {
   uint64_t total = l.device_bytes / kBlockSize;
-  if (l.version != format::kVersion)
-    return Status(EPROTONOSUPPORT, "pool format version " + std::to_string(l.version) + " is not supported (this build reads version " +
+  if (l.version < format::kOldestReadableVersion || l.version > format::kVersion)
+    return Status(EPROTONOSUPPORT, "pool format version " + std::to_string(l.version) +
+                                        " is not supported (this build reads versions " +
+                                        std::to_string(format::kOldestReadableVersion) + " to " +
                                         std::to_string(format::kVersion) + ")");
+  bool keys_ok = l.key_source <= format::kKeySourcePassphrase &&
+                 (l.key_source != format::kKeySourceNone) == ((l.features & format::kFeatureEncryption) != 0);
+  if (!keys_ok) return Status(EUCLEAN, "pool label has an inconsistent key source");
   if (l.features & ~format::kKnownFeatures) return Status(EPROTONOSUPPORT, "pool uses features this build does not know");
   if (l.vdev_layout != format::kVdevSingle) return Status(EPROTONOSUPPORT, "pool uses an unknown vdev layout");
   bool cluster_ok = l.cluster_size >= format::kMinClusterSize && l.cluster_size <= format::kMaxClusterSize &&
@@ -62,6 +67,7 @@ Status CheckLabelGeometry(const format::Label& l) {
 Pool::Pool(std::unique_ptr<Device> device, const format::Label& label)
     : device_(std::move(device)),
       label_(label),
+      opened_version_(label.version),
       allocator_(label.device_bytes / kBlockSize, label.cluster_size / kBlockSize) {
   geometry_.device_bytes = label.device_bytes;
   geometry_.cluster_size = label.cluster_size;
@@ -113,10 +119,18 @@ Result<format::Label> ReadBestLabel(Device& device) {
   return *best;
 }
 
+void SetKeys(format::Label* label, const KeyProtection& keys) {
+  label->key_source = keys.source;
+  std::memcpy(label->kdf, keys.kdf.data(), sizeof label->kdf);
+  std::memcpy(label->key_check, keys.key_check.data(), sizeof label->key_check);
+  label->features &= ~format::kFeatureEncryption;
+  if (keys.source != format::kKeySourceNone) label->features |= format::kFeatureEncryption;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint32_t cluster_size,
-                                           uint64_t journal_bytes) {
+                                           uint64_t journal_bytes, const KeyProtection& keys) {
   if (cluster_size < format::kMinClusterSize || cluster_size > format::kMaxClusterSize ||
       (cluster_size & (cluster_size - 1)) != 0)
     return Status(EINVAL, "cluster size must be a power of two from 4 KiB to 256 KiB");
@@ -148,6 +162,7 @@ Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint3
   label.checkpoint_block = 0;
   label.checkpoint_gen = 1;
   label.replay_seq = 0;
+  SetKeys(&label, keys);
 
   std::unique_ptr<Pool> pool(new Pool(std::move(device), label));
   // Stale journal blocks of an older pool on this device carry another
@@ -163,6 +178,7 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::unique_ptr<Device> device) {
 }
 
 Status Pool::WriteLabels(format::Label label) {
+  label.version = format::kVersion;  // a version 1 pool is upgraded by its first checkpoint
   label.generation = label_.generation + 1;
   label.crc = 0;
   label.crc = format::BlockCrc(&label, kBlockSize, kLabelCrcOffset);
@@ -217,6 +233,20 @@ uint64_t Pool::checkpoint_gen() const {
   return label_.checkpoint_gen;
 }
 
+uint32_t Pool::format_version() const {
+  std::lock_guard lock(mu_);
+  return opened_version_;
+}
+
+KeyProtection Pool::key_protection() const {
+  std::lock_guard lock(mu_);
+  KeyProtection keys;
+  keys.source = label_.key_source;
+  std::memcpy(keys.kdf.data(), label_.kdf, keys.kdf.size());
+  std::memcpy(keys.key_check.data(), label_.key_check, keys.key_check.size());
+  return keys;
+}
+
 uint64_t Pool::next_checkpoint_gen() const { return checkpoint_gen() + 1; }
 
 uint64_t Pool::used_blocks() const {
@@ -240,6 +270,11 @@ bool Pool::MarkUsed(uint64_t block, uint64_t count) {
 Result<uint64_t> Pool::AllocateCluster() {
   std::lock_guard lock(mu_);
   return allocator_.AllocateCluster(metadata_reserve_);
+}
+
+Result<uint64_t> Pool::AllocateRun(uint64_t count) {
+  std::lock_guard lock(mu_);
+  return allocator_.AllocateRun(count, metadata_reserve_);
 }
 
 Result<uint64_t> Pool::AllocateMetaBlock() {
@@ -338,7 +373,8 @@ static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const u
   return where[0];
 }
 
-Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded) {
+Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded,
+                             const KeyProtection* new_keys) {
   std::lock_guard commit(commit_mu_);
   ES_RETURN_IF_ERROR(CheckNotFailed());
   uint64_t gen = next_checkpoint_gen();
@@ -359,6 +395,7 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
   }
   label.checkpoint_block = head.value();
   label.checkpoint_gen = gen;
+  if (new_keys) SetKeys(&label, *new_keys);
   ES_RETURN_IF_ERROR(WriteLabels(label));
 
   std::lock_guard lock(mu_);

@@ -22,6 +22,7 @@
 // (the record then goes into the next commit).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -53,11 +54,20 @@ struct BlockRun {
   uint64_t count;
 };
 
+// How the pool key is protected, as stored in the label. The pool layer
+// stores these bytes; the volume layer gives them meaning (see
+// codec/key_wrap.h).
+struct KeyProtection {
+  uint32_t source = format::kKeySourceNone;
+  std::array<uint8_t, format::kKdfRecordBytes> kdf{};
+  std::array<uint8_t, format::kWrappedKeyBytes> key_check{};
+};
+
 class Pool {
  public:
   // Writes the labels of an empty pool. EEXIST if a valid label is present.
   static Result<std::unique_ptr<Pool>> Format(std::unique_ptr<Device> device, uint32_t cluster_size,
-                                              uint64_t journal_bytes);
+                                              uint64_t journal_bytes, const KeyProtection& keys = {});
   // Reads the newest valid label. Writes nothing.
   static Result<std::unique_ptr<Pool>> Open(std::unique_ptr<Device> device);
 
@@ -79,6 +89,9 @@ class Pool {
   // ---- Space ----
   // A data cluster; ENOSPC if only the metadata reserve is left.
   Result<uint64_t> AllocateCluster();
+  // `count` consecutive blocks for a compressed cluster; ENOSPC like
+  // AllocateCluster.
+  Result<uint64_t> AllocateRun(uint64_t count);
   // A block for metadata (map pages, checkpoint chain); may use the reserve.
   Result<uint64_t> AllocateMetaBlock();
   // Returns space never referenced by anything durable (e.g. a cluster
@@ -106,13 +119,19 @@ class Pool {
   // Completes a checkpoint: REQUIRES the caller to hold off every metadata
   // change (no AppendRecord) while it runs. Writes `payload` as a new chain,
   // flips the labels, drops the records it supersedes, and frees
-  // `superseded` (old pages) and the previous chain once durable.
-  Status WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded);
+  // `superseded` (old pages) and the previous chain once durable. With
+  // `new_keys`, the new label carries them (pool key rotation commits with
+  // the payload holding the rewrapped data keys).
+  Status WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded,
+                         const KeyProtection* new_keys = nullptr);
 
   // ---- Information ----
   const PoolGeometry& geometry() const { return geometry_; }
   std::string uuid() const;
   uint64_t checkpoint_gen() const;
+  // Format version of the label read at open (checkpoints parse by it).
+  uint32_t format_version() const;
+  KeyProtection key_protection() const;
   uint64_t used_blocks() const;
   uint64_t free_blocks() const;
   uint64_t total_blocks() const { return geometry_.total_blocks; }
@@ -137,6 +156,7 @@ class Pool {
   std::mutex commit_mu_;  // serializes Commit and WriteCheckpoint; taken before mu_
   mutable std::mutex mu_;
   format::Label label_;              // GUARDED_BY(mu_) as last written
+  const uint32_t opened_version_;    // label version found at open
   Allocator allocator_;              // GUARDED_BY(mu_)
   uint64_t metadata_reserve_ = 0;    // GUARDED_BY(mu_)
   std::vector<uint8_t> pending_records_;  // GUARDED_BY(mu_): packed RecordHeader+body

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <set>
 
+#include "codec/compressor.h"
+
 namespace edgestor {
 
 namespace {
@@ -59,16 +61,44 @@ uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + clus
 std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
   std::vector<uint8_t> out;
   Put(out, format::CheckpointHeader{static_cast<uint32_t>(contents.volumes.size()), contents.next_volume_id});
+  Put(out, contents.defaults);
   for (const VolumeRecord& v : contents.volumes) {
     Put(out, format::VolumeTableEntry{v.id, static_cast<uint32_t>(v.name.size()), v.size, v.directory.size()});
     out.insert(out.end(), v.name.begin(), v.name.end());
+    Put(out, v.attributes);
     for (const auto& slot : v.directory) Put(out, slot);
   }
   return out;
 }
 
-Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t cluster_size,
-                                           uint64_t total_blocks) {
+namespace {
+
+bool AllZero(const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return false;
+  return true;
+}
+
+bool ValidCompression(uint8_t algorithm, uint8_t level) {
+  if (algorithm == static_cast<uint8_t>(Compression::kZstd)) return level >= kZstdMinLevel && level <= kZstdMaxLevel;
+  return algorithm <= static_cast<uint8_t>(Compression::kLz4) && level == 0;
+}
+
+bool ValidDefaults(const format::PoolDefaults& d) {
+  return d.encrypt <= 1 && ValidCompression(d.compression, d.compression_level) &&
+         AllZero(d.reserved, sizeof d.reserved);
+}
+
+bool ValidAttributes(const format::VolumeAttributes& a) {
+  if (a.encrypted > 1 || !ValidCompression(a.compression, a.compression_level)) return false;
+  if (!AllZero(a.reserved, sizeof a.reserved)) return false;
+  return a.encrypted || AllZero(a.wrapped_key, sizeof a.wrapped_key);
+}
+
+}  // namespace
+
+Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t version,
+                                           uint32_t cluster_size, uint64_t total_blocks) {
   CheckpointContents contents;
   if (payload.empty()) return contents;  // a pool never checkpointed
   Reader in(payload);
@@ -76,6 +106,9 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
   if (!in.Get(&header)) return Corrupt("truncated header");
   if (header.volume_count > format::kMaxVolumes) return Corrupt("too many volumes");
   contents.next_volume_id = header.next_volume_id;
+  bool has_attributes = version >= 2;
+  if (has_attributes && (!in.Get(&contents.defaults) || !ValidDefaults(contents.defaults)))
+    return Corrupt("bad pool defaults");
   std::set<uint32_t> ids;
   std::set<std::string> names;
   for (uint32_t i = 0; i < header.volume_count; i++) {
@@ -89,6 +122,8 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
       return Corrupt("bad volume name");
     if (v.id == 0 || v.id >= header.next_volume_id || !ids.insert(v.id).second) return Corrupt("bad volume id");
     if (!names.insert(v.name).second) return Corrupt("duplicate volume name " + v.name);
+    if (has_attributes && (!in.Get(&v.attributes) || !ValidAttributes(v.attributes)))
+      return Corrupt("bad attributes of volume " + v.name);
     if (v.size == 0 || v.size > format::kMaxVolumeSize || v.size % 512 != 0) return Corrupt("bad size of volume " + v.name);
     uint64_t slots = (ClustersFor(v.size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
     if (e.directory_slots != slots || in.remaining() / sizeof(format::DirectorySlot) < slots)

@@ -18,18 +18,23 @@ struct VolumeRecord {
   uint32_t id = 0;
   std::string name;
   uint64_t size = 0;
+  format::VolumeAttributes attributes{};  // all zero: plain, uncompressed
   std::vector<format::DirectorySlot> directory;
 };
 
 struct CheckpointContents {
   uint32_t next_volume_id = 1;
+  format::PoolDefaults defaults{};
   std::vector<VolumeRecord> volumes;
 };
 
+// Always writes the current format version.
 std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents);
-// `cluster_size` and `total_blocks` bound the directory sizes and pointers.
-Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t cluster_size,
-                                           uint64_t total_blocks);
+// `version` is the label's format version (1 has no defaults or
+// attributes); `cluster_size` and `total_blocks` bound the directory sizes
+// and pointers.
+Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t version,
+                                           uint32_t cluster_size, uint64_t total_blocks);
 
 // Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or
 // '-', and without '@' (reserved for snapshots: VOL@SNAP).

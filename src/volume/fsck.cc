@@ -14,7 +14,7 @@ void VolumeSetImpl::FillReport(FsckReport* report) {
   report->used_blocks = pool_->used_blocks();
   for (auto& [name, volume] : volumes_) {
     VolumeInfo info = volume->Info();
-    report->mapped_clusters += info.allocated_bytes / pool_->geometry().cluster_size;
+    report->mapped_clusters += info.mapped_clusters;
     for (const auto& slot : volume->map().slots()) report->map_pages += slot.block != 0;
   }
 }

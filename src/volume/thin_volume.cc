@@ -1,6 +1,7 @@
 // ThinVolume: the asynchronous data path (read, aligned write) and its
-// completion. Discard, write-zeroes and unaligned writes are in
-// thin_volume_sync.cc; control operations in thin_volume_control.cc.
+// completion. Discard, write-zeroes, unaligned I/O and everything touching
+// compressed clusters are in thin_volume_sync.cc; control operations in
+// thin_volume_control.cc.
 #include "volume/thin_volume.h"
 
 #include <cassert>
@@ -23,10 +24,12 @@ struct ThinVolume::SubIo {
   uint64_t cluster;
   uint64_t phys_block;  // cluster's first block when submitted
   uint64_t written_mask;  // writes: blocks to mark written on success
+  uint64_t first_logical_block;  // encryption tweak of the first block
+  AlignedBuffer bounce;   // encrypted volumes' writes: the ciphertext
 };
 
 ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name,
-                       uint64_t size)
+                       uint64_t size, const format::VolumeAttributes& attributes)
     : set_(set),
       pool_(pool),
       id_(id),
@@ -34,7 +37,8 @@ ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, u
       cluster_size_(pool.geometry().cluster_size),
       cluster_blocks_(pool.geometry().cluster_size / kBlockSize),
       size_(size),
-      map_(pool, budget, ClustersFor(size, pool.geometry().cluster_size)) {}
+      map_(pool, budget, ClustersFor(size, pool.geometry().cluster_size)),
+      attributes_(attributes) {}
 
 namespace {
 
@@ -75,6 +79,9 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   if (!s.ok()) return Fail(io, s);
   {
     std::lock_guard lock(mu_);
+    if (!codec_)
+      return Fail(io, Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; unlock it with "
+                                     "`edgestor pool unlock` or serve with --keyfile"));
     inflight_ios_++;
   }
   // The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
@@ -84,15 +91,15 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   switch (io->op) {
     case VolumeOp::kRead:
       if (aligned) return SubmitRead(io, queue);
-      io->progress.error = ReadUnaligned(io->offset, io->length, io->buf).code();
+      io->progress.error = ReadSyncRange(io->offset, io->length, io->buf).code();
       return Complete(io);
     case VolumeOp::kWrite:
       if (aligned) return SubmitWrite(io, queue);
-      io->progress.error = WriteUnaligned(io->offset, io->length, io->buf).code();
+      io->progress.error = WriteSyncRange(io->offset, io->length, io->buf).code();
       return Complete(io);
     case VolumeOp::kDiscard:
     case VolumeOp::kWriteZeroes:
-      io->progress.error = ZeroRange(io->offset, io->length).code();
+      io->progress.error = WriteSyncRange(io->offset, io->length, nullptr).code();
       return Complete(io);
     case VolumeOp::kFlush:
       return Complete(io);  // Complete() commits: flush is fua with no data
@@ -126,6 +133,12 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
       return;
     }
     format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
+    if (format::IsCompressed(entry)) {
+      // Decompression needs the whole frame: read it here, synchronously.
+      Status read = ReadClusterBytes(entry, cluster, at, n, dst);
+      if (!read.ok()) io->progress.error = read.code();
+      return;
+    }
     // Walk the range, reading runs of written blocks and zero-filling the rest.
     uint64_t pos = at;
     while (pos < at + n) {
@@ -147,6 +160,7 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
         sub->page = page.value();
         sub->cluster = cluster;
         sub->phys_block = entry.phys_block;
+        sub->first_logical_block = FirstLogicalBlock(cluster) + pos / kBlockSize;
         sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
         sub->page->pins++;
         io->progress.pending++;
@@ -165,15 +179,36 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
     if (io->progress.error) return;
     const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
+    uint64_t offset = cluster * cluster_size_ + at;
     if (n == cluster_size_ && IsAllZero(src, n)) {
       // A whole cluster of zeros frees the cluster instead of storing zeros.
-      io->progress.error = ZeroRange(cluster * cluster_size_, n).code();
+      io->progress.error = WriteSyncRange(offset, n, nullptr).code();
       return;
+    }
+    if (codec_->compressing()) {
+      // Compression rewrites whole clusters: synchronous.
+      io->progress.error = WriteSyncRange(offset, n, src).code();
+      return;
+    }
+    AlignedBuffer bounce;
+    if (codec_->encrypted()) {
+      // Encrypt outside the lock; the tweak depends only on the position.
+      bounce = AllocateAligned(n);
+      Status s = codec_->Encrypt(FirstLogicalBlock(cluster) + at / kBlockSize, std::span(src, n), std::span(bounce.get(), n));
+      if (!s.ok()) {
+        io->progress.error = s.code();
+        return;
+      }
     }
     std::lock_guard lock(mu_);
     auto page = map_.Page(cluster, /*create=*/true);
     if (!page.ok()) {
       io->progress.error = page.status().code();
+      return;
+    }
+    if (format::IsCompressed(page.value()->entries[ThinMap::IndexInPage(cluster)])) {
+      // Written while compression was on: rewrite the whole cluster.
+      io->progress.error = WriteClusterBytes(page.value(), cluster, at, n, src).code();
       return;
     }
     auto entry = EnsureMapped(page.value(), cluster);
@@ -185,7 +220,8 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
     sub->req.op = IoOp::kWrite;
     sub->req.offset = (entry->phys_block & format::kPhysBlockMask) * kBlockSize + at;
     sub->req.length = static_cast<uint32_t>(n);
-    sub->req.buf = const_cast<uint8_t*>(src);
+    sub->req.buf = bounce ? bounce.get() : const_cast<uint8_t*>(src);
+    sub->bounce = std::move(bounce);
     sub->volume = this;
     sub->io = io;
     sub->page = page.value();
@@ -217,7 +253,11 @@ void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapE
   format::MapEntry& slot = page->entries[ThinMap::IndexInPage(cluster)];
   assert(entry.phys_block != 0 || entry.written_bits == 0);
   assert(cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0);
+  assert(!format::IsCompressed(entry) || format::StoredBlocks(entry, cluster_blocks_) < cluster_blocks_);
   allocated_clusters_ += (entry.phys_block != 0) - (slot.phys_block != 0);
+  compressed_clusters_ += format::IsCompressed(entry) - format::IsCompressed(slot);
+  if (slot.phys_block) stored_blocks_ -= format::StoredBlocks(slot, cluster_blocks_);
+  if (entry.phys_block) stored_blocks_ += format::StoredBlocks(entry, cluster_blocks_);
   written_blocks_ += __builtin_popcountll(entry.written_bits) - __builtin_popcountll(slot.written_bits);
   slot = entry;
   bool newly_dirty = !page->dirty;
@@ -260,6 +300,10 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
       SetEntry(sub->page, sub->cluster, entry, /*journal=*/true);
     }
   }
+  if (result == 0 && sub->req.op == IoOp::kRead) {
+    Status s = codec_->Decrypt(sub->first_logical_block, std::span(sub->req.buf, sub->req.length));
+    if (!s.ok()) result = -s.code();
+  }
   if (result < 0 && io->progress.error == 0) io->progress.error = -result;
   delete sub;
   ReleaseGuard(io);
@@ -274,7 +318,7 @@ static std::string DescribeError(int code) {
   switch (code) {
     case ENOSPC: return "pool is full; discard or delete data to free space (data already written is kept)";
     case EIO: return "device I/O error; check the pool's disk, then restart to recover";
-    case EUCLEAN: return "metadata is damaged; run `edgestor pool fsck` for a report";
+    case EUCLEAN: return "metadata or compressed data is damaged; run `edgestor pool fsck` for a report";
     default: return "I/O failed";
   }
 }

@@ -15,6 +15,7 @@
 
 #include "pool/pool.h"
 #include "volume/thin_map.h"
+#include "volume/volume_codec.h"
 #include "volume/volume.h"
 #include "volume/volume_set.h"
 
@@ -28,7 +29,10 @@ inline constexpr uint64_t kMaxIoBytes = 32ull << 20;
 
 class ThinVolume : public Volume {
  public:
-  ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name, uint64_t size);
+  // An encrypted volume starts locked (no codec): its I/O fails with EACCES
+  // until SetCodec gives it one.
+  ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name, uint64_t size,
+             const format::VolumeAttributes& attributes);
 
   uint32_t id() const override { return id_; }
   const std::string& name() const override { return name_; }
@@ -38,6 +42,13 @@ class ThinVolume : public Volume {
 
   // ---- For VolumeSetImpl (control path) ----
   std::mutex& mutex() { return mu_; }
+  // REQUIRES: mu_ held (or no I/O yet).
+  const format::VolumeAttributes& attributes() const { return attributes_; }
+  format::VolumeAttributes& mutable_attributes() { return attributes_; }
+  void SetCodec(std::unique_ptr<VolumeCodec> codec) { codec_ = std::move(codec); }
+  VolumeCodec* codec() { return codec_.get(); }
+  // REQUIRES: mu_ held. New writes use `setting`.
+  void SetCompression(const CompressionSetting& setting);
   ThinMap& map() { return map_; }  // REQUIRES: mu_ held or single-threaded recovery
   VolumeInfo Info();
   // Journal replay: sets an entry without journaling it. EUCLEAN if out of range.
@@ -51,15 +62,31 @@ class ThinVolume : public Volume {
   // REQUIRES: mu_ held. Appends all blocks of the volume to `frees`.
   Status ReleaseAllLocked(std::vector<BlockRun>* frees);
   uint64_t inflight() const { return inflight_ios_; }
+  // Checks an entry read from disk (journal or map page) for impossible values.
+  bool EntryIsWellFormed(const format::MapEntry& entry) const;
 
  private:
   struct SubIo;
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
-  Status ZeroRange(uint64_t offset, uint64_t length);
-  Status WriteUnaligned(uint64_t offset, uint64_t length, const uint8_t* data);
-  Status ReadUnaligned(uint64_t offset, uint64_t length, uint8_t* data);
-  Status ZeroSectors(const format::MapEntry& entry, uint64_t cluster_offset, uint64_t length);
+  // True when I/O must take the synchronous path: clusters are (or may
+  // become) compressed, which makes every write a read-modify-write of a
+  // whole cluster. REQUIRES: mu_ held.
+  bool RewritesClusters() const;
+
+  // ---- Synchronous path (thin_volume_sync.cc) ----
+  // Any sector-aligned range; `data` nullptr writes zeros (discard and
+  // write-zeroes: whole blocks become unwritten).
+  Status WriteSyncRange(uint64_t offset, uint64_t length, const uint8_t* data);
+  Status ReadSyncRange(uint64_t offset, uint64_t length, uint8_t* data);
+  // REQUIRES: mu_ held for these.
+  Status ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n, uint8_t* out);
+  Status LoadCluster(const format::MapEntry& entry, uint64_t cluster, uint8_t* out);
+  Status WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n, const uint8_t* data);
+  Status WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n, const uint8_t* data);
+  Status StoreRelocated(CachedPage* page, uint64_t cluster, const uint8_t* plaintext, uint64_t written_bits);
+  void FreeEntry(CachedPage* page, uint64_t cluster);
+  uint64_t FirstLogicalBlock(uint64_t cluster) const { return cluster * cluster_blocks_; }
   // REQUIRES: mu_ held. Changes one entry, keeping counters, page dirtiness
   // and (with `journal`) the journal in step; `frees` go with the record.
   void SetEntry(CachedPage* page, uint64_t cluster, const format::MapEntry& entry, bool journal,
@@ -83,7 +110,11 @@ class ThinVolume : public Volume {
 
   std::mutex mu_;
   ThinMap map_;                      // GUARDED_BY(mu_)
-  uint64_t allocated_clusters_ = 0;  // GUARDED_BY(mu_)
+  format::VolumeAttributes attributes_;  // GUARDED_BY(mu_)
+  std::unique_ptr<VolumeCodec> codec_;   // set before I/O; null: encrypted and locked
+  uint64_t allocated_clusters_ = 0;  // GUARDED_BY(mu_): mapped clusters
+  uint64_t stored_blocks_ = 0;       // GUARDED_BY(mu_): device blocks they occupy
+  uint64_t compressed_clusters_ = 0;  // GUARDED_BY(mu_)
   uint64_t written_blocks_ = 0;      // GUARDED_BY(mu_)
   uint64_t inflight_ios_ = 0;        // GUARDED_BY(mu_): VolumeIos not yet completed
 };

@@ -17,16 +17,29 @@ VolumeInfo ThinVolume::Info() {
   info.id = id_;
   info.name = name_;
   info.size = size();
-  info.allocated_bytes = allocated_clusters_ * cluster_size_;
+  info.allocated_bytes = stored_blocks_ * kBlockSize;
   info.written_bytes = written_blocks_ * kBlockSize;
+  info.mapped_clusters = allocated_clusters_;
+  info.compressed_clusters = compressed_clusters_;
+  info.encrypted = attributes_.encrypted;
+  info.locked = codec_ == nullptr;
+  info.compression = {static_cast<Compression>(attributes_.compression), attributes_.compression_level};
   return info;
+}
+
+bool ThinVolume::EntryIsWellFormed(const format::MapEntry& e) const {
+  bool bits_ok = cluster_blocks_ == 64 || (e.written_bits >> cluster_blocks_) == 0;
+  if (!bits_ok || (e.phys_block & format::kUnknownEntryBits)) return false;
+  if (e.phys_block == 0) return e.written_bits == 0;
+  if (!format::IsCompressed(e)) return (e.phys_block >> format::kStoredBlocksShift) == 0;
+  uint64_t stored = format::StoredBlocks(e, cluster_blocks_);
+  return stored >= 1 && stored < cluster_blocks_ && format::FirstBlock(e) != 0;
 }
 
 Status ThinVolume::ReplayMapSet(uint64_t cluster, const format::MapEntry& entry) {
   if (cluster >= map_.clusters())
     return Status(EUCLEAN, "journal maps cluster " + std::to_string(cluster) + " past the end of volume " + name_);
-  bool bits_ok = cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0;
-  if ((entry.phys_block == 0 && entry.written_bits != 0) || !bits_ok)
+  if (!EntryIsWellFormed(entry))
     return Status(EUCLEAN, "journal holds an impossible map entry for volume " + name_);
   ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/true));
   SetEntry(page, cluster, entry, /*journal=*/false);
@@ -37,6 +50,8 @@ Status ThinVolume::MarkReferencedSpace(const std::function<void(const std::strin
   std::lock_guard lock(mu_);
   allocated_clusters_ = 0;
   written_blocks_ = 0;
+  stored_blocks_ = 0;
+  compressed_clusters_ = 0;
   const uint64_t total = pool_.total_blocks();
   auto& slots = map_.slots();
   for (uint64_t s = 0; s < slots.size(); s++) {
@@ -55,12 +70,17 @@ Status ThinVolume::MarkReferencedSpace(const std::function<void(const std::strin
         if (e.written_bits) problem("volume " + name_ + ": cluster " + std::to_string(cluster) + " has written bits but no space");
         continue;
       }
-      uint64_t phys = e.phys_block & format::kPhysBlockMask;
+      uint64_t phys = format::FirstBlock(e);
+      uint64_t stored = format::StoredBlocks(e, cluster_blocks_);
+      bool aligned = format::IsCompressed(e) || phys % cluster_blocks_ == 0;
       std::string where = "volume " + name_ + ": cluster " + std::to_string(cluster);
       if (cluster >= map_.clusters()) problem(where + " is mapped past the end of the volume");
-      else if (phys % cluster_blocks_ || phys + cluster_blocks_ > total) problem(where + " points outside the pool");
-      else if (!pool_.MarkUsed(phys, cluster_blocks_)) problem(where + " shares space with other data or metadata");
+      else if (!EntryIsWellFormed(e)) problem(where + " has an impossible map entry");
+      else if (!aligned || phys + stored > total) problem(where + " points outside the pool");
+      else if (!pool_.MarkUsed(phys, stored)) problem(where + " shares space with other data or metadata");
       allocated_clusters_++;
+      stored_blocks_ += stored;
+      compressed_clusters_ += format::IsCompressed(e);
       written_blocks_ += __builtin_popcountll(e.written_bits);
     }
     map_.EvictIfOverBudget();
@@ -82,7 +102,7 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
       if (!page) continue;
       const format::MapEntry e = page->entries[ThinMap::IndexInPage(c)];
       if (e.phys_block == 0) continue;
-      frees->push_back({e.phys_block & format::kPhysBlockMask, cluster_blocks_});
+      frees->push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks_)});
       SetEntry(page, c, format::MapEntry{}, /*journal=*/false);
     }
     for (uint64_t s = ThinMap::SlotsFor(new_clusters); s < map_.slots().size(); s++)

@@ -1,7 +1,14 @@
-// ThinVolume: the synchronous paths. Discard, write-zeroes and writes not
-// aligned to 4 KiB change few bytes of data and mostly metadata; they run
-// under the volume's mutex with synchronous device I/O, which keeps a
-// read-modify-write of a 4 KiB block atomic with respect to the map.
+// ThinVolume: the synchronous paths. Discard, write-zeroes, I/O not aligned
+// to 4 KiB, and every write that compresses or touches a compressed cluster
+// run here, under the volume's mutex with synchronous device I/O: a
+// read-modify-write of a block or of a whole compressed cluster is then
+// atomic with respect to the map and to other requests.
+//
+// A compressed cluster is never changed in place: the new content is
+// compressed (or stored plain when it does not compress) to freshly
+// allocated space, the map entry is journaled after that data is written,
+// and the old space is freed with the journal record, so it is reused only
+// once the commit that stops referencing it is durable.
 #include <cassert>
 #include <cerrno>
 #include <cstring>
@@ -15,110 +22,200 @@ using format::kBlockSize;
 
 namespace {
 
-uint64_t PhysOffset(const format::MapEntry& entry) { return (entry.phys_block & format::kPhysBlockMask) * kBlockSize; }
+uint64_t PhysOffset(const format::MapEntry& entry) { return format::FirstBlock(entry) * kBlockSize; }
+
+// Blocks [first, end) as a mask within a cluster.
+uint64_t Mask(uint64_t first, uint64_t end) {
+  if (end <= first) return 0;
+  uint64_t count = end - first;
+  return (count == 64 ? ~0ull : (1ull << count) - 1) << first;
+}
+
+bool AllZero(const uint8_t* p, size_t len) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < len / 8; i++)
+    if (w[i]) return false;
+  return true;
+}
 
 }  // namespace
 
-// Zeroes the sectors [cluster_offset, +length) of a mapped cluster, where
-// they lie in written blocks (unwritten blocks already read as zeros).
-Status ThinVolume::ZeroSectors(const format::MapEntry& entry, uint64_t cluster_offset, uint64_t length) {
-  if (length == 0) return Status::Ok();
-  uint64_t block = cluster_offset / kBlockSize;
-  assert((cluster_offset + length - 1) / kBlockSize == block);  // within one block
-  if (!((entry.written_bits >> block) & 1)) return Status::Ok();
-  // Whole-block read-modify-write: devices with 4 KiB sectors refuse less.
-  AlignedBuffer buf = AllocateAligned(kBlockSize);
-  uint64_t block_offset = PhysOffset(entry) + block * kBlockSize;
-  ES_RETURN_IF_ERROR(pool_.device().ReadSync(block_offset, buf.get(), kBlockSize));
-  std::memset(buf.get() + cluster_offset % kBlockSize, 0, length);
-  return pool_.device().WriteSync(block_offset, buf.get(), kBlockSize);
+void ThinVolume::SetCompression(const CompressionSetting& setting) {
+  attributes_.compression = static_cast<uint8_t>(setting.algorithm);
+  attributes_.compression_level = static_cast<uint8_t>(setting.level);
+  if (codec_) codec_->set_compression(setting);
 }
 
-Status ThinVolume::ZeroRange(uint64_t offset, uint64_t length) {
-  Status result;
-  uint64_t end = offset + length;
-  for (uint64_t pos = offset; pos < end && result.ok();) {
+Status ThinVolume::WriteSyncRange(uint64_t offset, uint64_t length, const uint8_t* data) {
+  for (uint64_t pos = offset, end = offset + length; pos < end;) {
     uint64_t cluster = pos / cluster_size_;
     uint64_t at = pos % cluster_size_;
     uint64_t n = std::min<uint64_t>(end - pos, cluster_size_ - at);
-    pos += n;
-
     std::lock_guard lock(mu_);
-    auto page = map_.Page(cluster, /*create=*/false);
-    if (!page.ok()) return page.status();
-    if (!page.value()) continue;  // nothing stored: already zeros
-    uint32_t index = ThinMap::IndexInPage(cluster);
-    format::MapEntry entry = page.value()->entries[index];
-    if (entry.phys_block == 0) continue;
-
-    // Whole 4 KiB blocks lose their written bit; partial ones are zeroed.
-    uint64_t first_full = (at + kBlockSize - 1) / kBlockSize;
-    uint64_t end_full = (at + n) / kBlockSize;
-    uint64_t head_end = std::min(at + n, first_full * kBlockSize);
-    uint64_t tail_start = std::max(head_end, end_full * kBlockSize);
-    result = ZeroSectors(entry, at, head_end - at);
-    if (result.ok()) result = ZeroSectors(entry, tail_start, at + n - tail_start);
-    if (!result.ok() || first_full >= end_full) continue;
-    uint64_t mask = (end_full - first_full == 64 ? ~0ull : ((1ull << (end_full - first_full)) - 1)) << first_full;
-    format::MapEntry updated = {entry.phys_block, entry.written_bits & ~mask};
-    if (updated.written_bits == 0 && page.value()->inflight[index] == 0) {
-      // Nothing left in the cluster: free it once this record is durable.
-      BlockRun run{entry.phys_block & format::kPhysBlockMask, cluster_blocks_};
-      SetEntry(page.value(), cluster, format::MapEntry{}, /*journal=*/true, std::span(&run, 1));
-    } else if (updated.written_bits != entry.written_bits) {
-      SetEntry(page.value(), cluster, updated, /*journal=*/true);
-    }
-  }
-  return result;
-}
-
-Status ThinVolume::WriteUnaligned(uint64_t offset, uint64_t length, const uint8_t* data) {
-  AlignedBuffer block_buf = AllocateAligned(kBlockSize);
-  uint64_t end = offset + length;
-  std::lock_guard lock(mu_);
-  for (uint64_t pos = offset; pos < end;) {
-    uint64_t block_start = pos / kBlockSize * kBlockSize;
-    uint64_t n = std::min(end, block_start + kBlockSize) - pos;
-    uint64_t cluster = pos / cluster_size_;
-    uint64_t block_in_cluster = (pos % cluster_size_) / kBlockSize;
-    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/true));
-    ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
-    uint64_t phys = PhysOffset(entry) + block_in_cluster * kBlockSize;
-    bool written = (entry.written_bits >> block_in_cluster) & 1;
-    // Read-modify-write of one 4 KiB block; an unwritten block starts as zeros.
-    if (written) ES_RETURN_IF_ERROR(pool_.device().ReadSync(phys, block_buf.get(), kBlockSize));
-    else std::memset(block_buf.get(), 0, kBlockSize);
-    std::memcpy(block_buf.get() + (pos - block_start), data + (pos - offset), n);
-    ES_RETURN_IF_ERROR(pool_.device().WriteSync(phys, block_buf.get(), kBlockSize));
-    if (!written) {
-      entry.written_bits |= 1ull << block_in_cluster;
-      SetEntry(page, cluster, entry, /*journal=*/true);
-    }
+    // Zeroing a never-stored page changes nothing: do not create it.
+    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/data != nullptr));
+    if (page) ES_RETURN_IF_ERROR(WriteClusterBytes(page, cluster, at, n, data ? data + (pos - offset) : nullptr));
     pos += n;
   }
   return Status::Ok();
 }
 
-Status ThinVolume::ReadUnaligned(uint64_t offset, uint64_t length, uint8_t* data) {
-  AlignedBuffer block_buf = AllocateAligned(kBlockSize);
-  uint64_t end = offset + length;
-  std::lock_guard lock(mu_);
-  for (uint64_t pos = offset; pos < end;) {
-    uint64_t block_start = pos / kBlockSize * kBlockSize;
-    uint64_t n = std::min(end, block_start + kBlockSize) - pos;
+Status ThinVolume::ReadSyncRange(uint64_t offset, uint64_t length, uint8_t* data) {
+  for (uint64_t pos = offset, end = offset + length; pos < end;) {
     uint64_t cluster = pos / cluster_size_;
-    uint64_t block_in_cluster = (pos % cluster_size_) / kBlockSize;
+    uint64_t at = pos % cluster_size_;
+    uint64_t n = std::min<uint64_t>(end - pos, cluster_size_ - at);
+    std::lock_guard lock(mu_);
     ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/false));
     format::MapEntry entry = page ? page->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
-    if ((entry.written_bits >> block_in_cluster) & 1) {
-      ES_RETURN_IF_ERROR(
-          pool_.device().ReadSync(PhysOffset(entry) + block_in_cluster * kBlockSize, block_buf.get(), kBlockSize));
-      std::memcpy(data + (pos - offset), block_buf.get() + (pos - block_start), n);
-    } else {
-      std::memset(data + (pos - offset), 0, n);
-    }
+    ES_RETURN_IF_ERROR(ReadClusterBytes(entry, cluster, at, n, data + (pos - offset)));
     pos += n;
   }
+  return Status::Ok();
+}
+
+Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, uint8_t* out) {
+  if (entry.phys_block == 0) {
+    std::memset(out, 0, cluster_size_);
+    return Status::Ok();
+  }
+  if (!format::IsCompressed(entry)) return ReadClusterBytes(entry, cluster, 0, cluster_size_, out);
+  uint64_t stored = format::StoredBlocks(entry, cluster_blocks_) * kBlockSize;
+  AlignedBuffer frame = AllocateAligned(stored);
+  ES_RETURN_IF_ERROR(pool_.device().ReadSync(PhysOffset(entry), frame.get(), stored));
+  ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster), std::span(frame.get(), stored)));
+  return codec_->Decompress(std::span(frame.get(), stored), std::span(out, cluster_size_))
+      .WithContext("volume " + name_ + " cluster " + std::to_string(cluster));
+}
+
+Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n,
+                                    uint8_t* out) {
+  uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
+  if ((entry.written_bits & Mask(first, end)) == 0) {
+    std::memset(out, 0, n);  // nothing written here: zeros, no I/O
+    return Status::Ok();
+  }
+  if (format::IsCompressed(entry)) {
+    AlignedBuffer whole = AllocateAligned(cluster_size_);
+    ES_RETURN_IF_ERROR(LoadCluster(entry, cluster, whole.get()));
+    std::memcpy(out, whole.get() + at, n);
+    return Status::Ok();
+  }
+  uint64_t span = (end - first) * kBlockSize;
+  AlignedBuffer buf = AllocateAligned(span);
+  ES_RETURN_IF_ERROR(pool_.device().ReadSync(PhysOffset(entry) + first * kBlockSize, buf.get(), span));
+  ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster) + first, std::span(buf.get(), span)));
+  for (uint64_t b = first; b < end; b++)  // unwritten blocks hold stale bytes: they read as zeros
+    if (!((entry.written_bits >> b) & 1)) std::memset(buf.get() + (b - first) * kBlockSize, 0, kBlockSize);
+  std::memcpy(out, buf.get() + (at - first * kBlockSize), n);
+  return Status::Ok();
+}
+
+void ThinVolume::FreeEntry(CachedPage* page, uint64_t cluster) {
+  const format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
+  BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
+  SetEntry(page, cluster, format::MapEntry{}, /*journal=*/true, std::span(&run, 1));
+}
+
+Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n,
+                                     const uint8_t* data) {
+  uint32_t index = ThinMap::IndexInPage(cluster);
+  const format::MapEntry entry = page->entries[index];
+  const bool zeroing = data == nullptr;
+  if (zeroing && entry.phys_block == 0) return Status::Ok();  // already reads as zeros
+  uint64_t full = Mask((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
+  uint64_t touched = Mask(at / kBlockSize, (at + n + kBlockSize - 1) / kBlockSize);
+  uint64_t bits = zeroing ? entry.written_bits & ~full : entry.written_bits | touched;
+  // Space with an asynchronous read or write in flight is never freed or
+  // moved; such a cluster is changed in place (it cannot be compressed:
+  // compressed clusters only see this synchronous path).
+  bool busy = page->inflight[index] != 0;
+  if (bits == 0 && !busy) {
+    FreeEntry(page, cluster);
+    return Status::Ok();
+  }
+  bool whole = at == 0 && n == cluster_size_;
+  bool relocate = format::IsCompressed(entry) ||
+                  (codec_->compressing() && !busy && (entry.phys_block == 0 || whole));
+  if (!relocate) return WriteBlocksInPlace(page, cluster, at, n, data);
+
+  AlignedBuffer plaintext = AllocateAligned(cluster_size_);
+  if (!whole) ES_RETURN_IF_ERROR(LoadCluster(entry, cluster, plaintext.get()));
+  if (zeroing) std::memset(plaintext.get() + at, 0, n);
+  else std::memcpy(plaintext.get() + at, data, n);
+  if (AllZero(plaintext.get(), cluster_size_)) {
+    if (entry.phys_block != 0) FreeEntry(page, cluster);  // not busy (see `relocate`)
+    return Status::Ok();
+  }
+  return StoreRelocated(page, cluster, plaintext.get(), bits);
+}
+
+// Writes [at, at+n) of a plain cluster where it lies, reading back the
+// partial blocks at either end if they hold data.
+Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n,
+                                      const uint8_t* data) {
+  assert(!format::IsCompressed(page->entries[ThinMap::IndexInPage(cluster)]));
+  ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
+  uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
+  if (data == nullptr) {
+    // Zeroing: whole blocks just lose their written bit; partial blocks at
+    // the ends that hold data are rewritten with zeros in their range.
+    uint64_t full = Mask((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
+    for (uint64_t b : {first, end - 1}) {
+      if ((full >> b) & 1 || !((entry.written_bits >> b) & 1)) continue;
+      uint64_t lo = std::max(at, b * kBlockSize), hi = std::min(at + n, (b + 1) * kBlockSize);
+      ES_RETURN_IF_ERROR(WriteBlocksInPlace(page, cluster, lo, hi - lo, AllocateAligned(hi - lo).get()));
+      if (first == end - 1) break;
+    }
+    entry = page->entries[ThinMap::IndexInPage(cluster)];
+    format::MapEntry updated{entry.phys_block, entry.written_bits & ~full};
+    if (updated.written_bits != entry.written_bits) SetEntry(page, cluster, updated, /*journal=*/true);
+    return Status::Ok();
+  }
+  uint64_t span = (end - first) * kBlockSize;
+  AlignedBuffer buf = AllocateAligned(span);
+  bool partial_ends = at % kBlockSize != 0 || (at + n) % kBlockSize != 0;
+  if (partial_ends) ES_RETURN_IF_ERROR(ReadClusterBytes(entry, cluster, first * kBlockSize, span, buf.get()));
+  std::memcpy(buf.get() + (at - first * kBlockSize), data, n);
+  ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(cluster) + first, std::span(buf.get(), span),
+                                     std::span(buf.get(), span)));
+  ES_RETURN_IF_ERROR(pool_.device().WriteSync(PhysOffset(entry) + first * kBlockSize, buf.get(), span));
+  uint64_t bits = entry.written_bits | Mask(first, end);
+  if (bits != entry.written_bits) SetEntry(page, cluster, {entry.phys_block, bits}, /*journal=*/true);
+  return Status::Ok();
+}
+
+// Stores a cluster's new content in fresh space (compressed if that saves a
+// block), then journals the new entry with the old space as its free.
+Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint8_t* plaintext,
+                                  uint64_t written_bits) {
+  const format::MapEntry old = page->entries[ThinMap::IndexInPage(cluster)];
+  AlignedBuffer out = AllocateAligned(cluster_size_);
+  auto compressed = codec_->Compress(std::span(plaintext, cluster_size_), std::span(out.get(), cluster_size_));
+  if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
+  uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  if (!compressed.ok()) std::memcpy(out.get(), plaintext, cluster_size_);
+  if (!compressed.ok() && old.phys_block != 0 && !format::IsCompressed(old)) {
+    // Does not compress and already has a plain home: overwrite in place.
+    return WriteBlocksInPlace(page, cluster, 0, cluster_size_, plaintext);
+  }
+  uint64_t bytes = blocks * kBlockSize;
+  ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(cluster), std::span(out.get(), bytes), std::span(out.get(), bytes)));
+  auto block = compressed.ok() ? pool_.AllocateRun(blocks) : pool_.AllocateCluster();
+  if (!block.ok()) return block.status();
+  Status written = pool_.device().WriteSync(block.value() * kBlockSize, out.get(), bytes);
+  if (!written.ok()) {
+    pool_.FreeUnreferenced({block.value(), blocks});
+    return written;
+  }
+  format::MapEntry entry = compressed.ok() ? format::CompressedEntry(block.value(), blocks, written_bits)
+                                           : format::MapEntry{block.value(), written_bits};
+  if (old.phys_block == 0) {
+    SetEntry(page, cluster, entry, /*journal=*/true);
+    return Status::Ok();
+  }
+  BlockRun run{format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
+  SetEntry(page, cluster, entry, /*journal=*/true, std::span(&run, 1));
   return Status::Ok();
 }
 

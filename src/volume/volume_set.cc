@@ -33,9 +33,17 @@ VolumeSetImpl::~VolumeSetImpl() {
 
 Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> device, const PoolCreateOptions& options,
                                                      const PoolOpenOptions& open_options) {
+  ES_ASSIGN_OR_RETURN(auto keys, VolumeSetImpl::NewKeyProtection(options.secret, options.kdf));
+  if (options.encrypt_by_default && !keys.second)
+    return Status(EINVAL, "encrypting volumes by default needs a pool key (--keyfile or --passphrase-file)");
   ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool,
-                      Pool::Format(std::move(device), options.cluster_size, options.journal_bytes));
+                      Pool::Format(std::move(device), options.cluster_size, options.journal_bytes, keys.first));
   auto set = std::make_unique<VolumeSetImpl>(std::move(pool), open_options);
+  format::PoolDefaults defaults{};
+  defaults.encrypt = options.encrypt_by_default;
+  defaults.compression = static_cast<uint8_t>(options.compression.algorithm);
+  defaults.compression_level = static_cast<uint8_t>(options.compression.level);
+  set->SetCreatedState(std::move(keys.second), defaults);
   ES_RETURN_IF_ERROR(set->Recover(nullptr));
   return std::unique_ptr<VolumeSet>(std::move(set));
 }
@@ -43,7 +51,13 @@ Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> dev
 Result<std::unique_ptr<VolumeSet>> VolumeSet::Open(std::unique_ptr<Device> device, const PoolOpenOptions& options) {
   ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool, Pool::Open(std::move(device)));
   auto set = std::make_unique<VolumeSetImpl>(std::move(pool), options);
+  // A wrong key fails here, before recovery writes anything.
+  std::optional<PoolKey> key;
+  if (!options.secret.empty()) {
+    ES_ASSIGN_OR_RETURN(key, set->DeriveKey(options.secret));
+  }
   ES_RETURN_IF_ERROR(set->Recover(nullptr));
+  if (key) ES_RETURN_IF_ERROR(set->Unlock(options.secret));
   return std::unique_ptr<VolumeSet>(std::move(set));
 }
 
@@ -57,10 +71,15 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
 
   ES_ASSIGN_OR_RETURN(std::vector<uint8_t> payload, pool_->ReadCheckpointPayload());
   ES_ASSIGN_OR_RETURN(CheckpointContents contents,
-                      ParseCheckpoint(payload, pool_->geometry().cluster_size, pool_->total_blocks()));
+                      ParseCheckpoint(payload, pool_->format_version(), pool_->geometry().cluster_size,
+                                      pool_->total_blocks()));
   next_volume_id_ = contents.next_volume_id;
+  if (!payload.empty()) defaults_ = contents.defaults;  // a new pool keeps what Create set
   for (VolumeRecord& v : contents.volumes) {
-    auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, v.id, v.name, v.size);
+    auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, v.id, v.name, v.size, v.attributes);
+    if (v.attributes.encrypted && pool_->key_protection().source == format::kKeySourceNone)
+      problem("volume " + v.name + " is encrypted but the pool has no key");
+    else if (!v.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*volume, nullptr));
     for (size_t s = 0; s < v.directory.size(); s++) {
       volume->map().slots()[s].block = v.directory[s].block;
       volume->map().slots()[s].generation = v.directory[s].generation;
@@ -134,6 +153,13 @@ PoolInfo VolumeSetImpl::Info() {
   info.checkpoint_generation = pool_->checkpoint_gen();
   info.volume_count = static_cast<uint32_t>(volumes_.size());
   info.format_version = format::kVersion;
+  uint32_t source = pool_->key_protection().source;
+  info.key_source = source == format::kKeySourceNone      ? "none"
+                    : source == format::kKeySourceKeyFile ? "key file"
+                                                          : "passphrase";
+  info.locked = source != format::kKeySourceNone && !pool_key_;
+  info.encrypt_by_default = defaults_.encrypt;
+  info.default_compression = {static_cast<Compression>(defaults_.compression), defaults_.compression_level};
   info.cached_map_pages = budget_.cached_pages;
   info.map_cache_limit_pages = budget_.max_pages;
   return info;
@@ -166,7 +192,7 @@ static Status ValidateSize(uint64_t size) {
   return Status::Ok();
 }
 
-Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t size) {
+Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t size, const VolumeCreateOptions& options) {
   if (!IsValidVolumeName(name))
     return Status(EINVAL, "invalid volume name '" + name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
   ES_RETURN_IF_ERROR(ValidateSize(size));
@@ -174,7 +200,24 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
   ES_RETURN_IF_ERROR(CheckUsable());
   if (FindLocked(name)) return Status(EEXIST, "a volume named '" + name + "' already exists");
   if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
-  auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_++, name, size);
+  format::VolumeAttributes attributes{};
+  CompressionSetting compression = options.compression.value_or(
+      CompressionSetting{static_cast<Compression>(defaults_.compression), defaults_.compression_level});
+  attributes.compression = static_cast<uint8_t>(compression.algorithm);
+  attributes.compression_level = static_cast<uint8_t>(compression.level);
+  std::optional<DataKey> data_key;
+  if (options.encrypt.value_or(defaults_.encrypt)) {
+    if (pool_->key_protection().source == format::kKeySourceNone)
+      return Status(EINVAL, "pool has no key to encrypt with: create it with --keyfile or --passphrase-file, or add "
+                            "a key with `edgestor pool rekey`");
+    if (!pool_key_) return Status(EACCES, "pool is locked: unlock it to create encrypted volumes");
+    ES_ASSIGN_OR_RETURN(data_key, NewDataKey());
+    ES_ASSIGN_OR_RETURN(WrappedKey wrapped, WrapDataKey(*pool_key_, *data_key));
+    attributes.encrypted = 1;
+    std::memcpy(attributes.wrapped_key, wrapped.data(), wrapped.size());
+  }
+  auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_++, name, size, attributes);
+  ES_RETURN_IF_ERROR(GiveCodec(*volume, data_key ? &*data_key : nullptr));
   ThinVolume* raw = volume.get();
   volumes_.emplace(name, std::move(volume));
   Status s = CheckpointLocked({});
@@ -216,6 +259,18 @@ Status VolumeSetImpl::DeleteVolume(const std::string& name) {
   return CheckpointLocked(std::move(frees));
 }
 
+Status VolumeSetImpl::SetVolumeCompression(const std::string& name, const CompressionSetting& setting) {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  ThinVolume* volume = FindLocked(name);
+  if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+  {
+    std::lock_guard volume_lock(volume->mutex());
+    volume->SetCompression(setting);
+  }
+  return CheckpointLocked({});
+}
+
 Status VolumeSetImpl::Flush() {
   ES_RETURN_IF_ERROR(CheckUsable());
   if (pool_->JournalWantsCheckpoint()) return Checkpoint();
@@ -228,7 +283,7 @@ Status VolumeSetImpl::Checkpoint() {
   return CheckpointLocked({});
 }
 
-Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees) {
+Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys) {
   // Every volume is locked (in name order) so no map changes mid-checkpoint.
   std::vector<std::unique_lock<std::mutex>> locks;
   for (auto& [name, volume] : volumes_) locks.emplace_back(volume->mutex());
@@ -236,13 +291,14 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees) {
   Status s = pool_->device().FlushSync();
   CheckpointContents contents;
   contents.next_volume_id = next_volume_id_;
+  contents.defaults = defaults_;
   for (auto& [name, volume] : volumes_) {
     if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
-    VolumeRecord record{volume->id(), name, volume->size(), {}};
+    VolumeRecord record{volume->id(), name, volume->size(), volume->attributes(), {}};
     for (const auto& slot : volume->map().slots()) record.directory.push_back({slot.block, slot.generation});
     contents.volumes.push_back(std::move(record));
   }
-  if (s.ok()) s = pool_->WriteCheckpoint(EncodeCheckpoint(contents), std::move(frees));
+  if (s.ok()) s = pool_->WriteCheckpoint(EncodeCheckpoint(contents), std::move(frees), new_keys);
   if (!s.ok()) {
     failed_ = true;  // memory and disk may now disagree: only a reopen recovers
     return s.WithContext("checkpoint failed");
@@ -276,7 +332,8 @@ void VolumeSetImpl::UpdateMetadataReserve() {
   // directory slot and volume table entry.
   uint64_t dirty = budget_.dirty_pages;
   uint64_t table_bytes = directory_slots_ * sizeof(format::DirectorySlot) +
-                         format::kMaxVolumes * (sizeof(format::VolumeTableEntry) + format::kMaxVolumeNameLength);
+                         format::kMaxVolumes * (sizeof(format::VolumeTableEntry) + format::kMaxVolumeNameLength +
+                                                sizeof(format::VolumeAttributes));
   uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
   pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks);
 }

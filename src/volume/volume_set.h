@@ -14,18 +14,52 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/status.h"
+#include "codec/compressor.h"
+#include "codec/key_wrap.h"
+#include "codec/secret_bytes.h"
 #include "io/device.h"
 #include "volume/volume.h"
 
 namespace edgestor {
 
+// What unlocks a pool's key: the key itself (read from a key file), or a
+// passphrase the pool's stored scrypt settings turn into it. Never logged.
+struct PoolSecret {
+  PoolSecret() = default;
+  // Copies (options structs are passed by value); every copy wipes itself.
+  PoolSecret(const PoolSecret& other) : passphrase(other.passphrase) {
+    if (other.key) key.emplace(other.key->span());
+  }
+  PoolSecret& operator=(const PoolSecret& other) {
+    if (this == &other) return *this;
+    key.reset();
+    if (other.key) key.emplace(other.key->span());
+    passphrase = other.passphrase;
+    return *this;
+  }
+  PoolSecret(PoolSecret&&) = default;
+  PoolSecret& operator=(PoolSecret&&) = default;
+
+  std::optional<PoolKey> key;
+  std::string passphrase;  // used when `key` is empty
+  bool empty() const { return !key && passphrase.empty(); }
+};
+
 struct PoolCreateOptions {
   uint32_t cluster_size = 64 * 1024;  // power of two, 4 KiB .. 256 KiB
   uint64_t journal_bytes = 0;         // 0: chosen from the pool size (1%, 4..256 MiB)
+  // A pool key protects the data keys of encrypted volumes; without one the
+  // pool cannot hold encrypted volumes (until `Rekey` adds one).
+  PoolSecret secret;
+  ScryptParams kdf;  // for a passphrase
+  // Defaults for new volumes.
+  bool encrypt_by_default = false;
+  CompressionSetting compression;
 };
 
 struct PoolOpenOptions {
@@ -33,6 +67,14 @@ struct PoolOpenOptions {
   // are evicted (clean ones) and re-read on demand; dirty pages are cleaned by
   // a checkpoint when they reach half the budget.
   uint64_t map_cache_bytes = 64ull << 20;
+  // Empty: the pool opens locked (encrypted volumes refuse I/O until Unlock).
+  // A wrong secret fails the open with EACCES.
+  PoolSecret secret;
+};
+
+struct VolumeCreateOptions {
+  std::optional<bool> encrypt;                   // unset: the pool's default
+  std::optional<CompressionSetting> compression;  // unset: the pool's default
 };
 
 struct PoolInfo {
@@ -46,6 +88,10 @@ struct PoolInfo {
   uint64_t checkpoint_generation = 0;
   uint32_t volume_count = 0;
   uint32_t format_version = 0;
+  std::string key_source;  // "none", "key file" or "passphrase"
+  bool locked = false;     // has a key that was not given yet
+  bool encrypt_by_default = false;
+  CompressionSetting default_compression;
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
   uint64_t map_cache_limit_pages = 0;
 };
@@ -54,8 +100,13 @@ struct VolumeInfo {
   uint32_t id = 0;
   std::string name;
   uint64_t size = 0;             // virtual size in bytes
-  uint64_t allocated_bytes = 0;  // data clusters mapped to this volume
-  uint64_t written_bytes = 0;    // 4 KiB blocks ever written (and not discarded)
+  uint64_t allocated_bytes = 0;  // physical: device space its data occupies
+  uint64_t written_bytes = 0;    // logical: 4 KiB blocks written (and not discarded)
+  uint64_t mapped_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  bool encrypted = false;
+  bool locked = false;  // encrypted and the pool key not given yet
+  CompressionSetting compression;  // for new writes
 };
 
 class VolumeSet {
@@ -82,7 +133,9 @@ class VolumeSet {
 
   // Names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
   // Size: a positive multiple of 512 bytes (rounded up by the CLI).
-  virtual Result<Volume*> CreateVolume(const std::string& name, uint64_t size) = 0;
+  // Encryption needs an unlocked pool with a key (EACCES locked, EINVAL no key).
+  virtual Result<Volume*> CreateVolume(const std::string& name, uint64_t size,
+                                       const VolumeCreateOptions& options = {}) = 0;
   // Returns nullptr-free Result: ENOENT if there is no such volume.
   virtual Result<Volume*> FindVolume(const std::string& name) = 0;
   // Growing is always allowed; shrinking only with allow_shrink (data beyond
@@ -90,6 +143,18 @@ class VolumeSet {
   virtual Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) = 0;
   // Frees every cluster of the volume. REQUIRES: no I/O in flight on it.
   virtual Status DeleteVolume(const std::string& name) = 0;
+  // Compression of new writes; existing clusters stay as they are.
+  virtual Status SetVolumeCompression(const std::string& name, const CompressionSetting& setting) = 0;
+
+  // ---- Keys ----
+  // Checks the secret against the pool and unlocks every encrypted volume.
+  // EACCES for a wrong key or passphrase, EINVAL if the pool has no key or
+  // the secret is of the other kind. Nothing is written.
+  virtual Status Unlock(const PoolSecret& secret) = 0;
+  // Replaces the pool key (or gives a keyless pool one): every data key is
+  // rewrapped with the new key in one checkpoint; no data is rewritten.
+  // REQUIRES: unlocked (EACCES otherwise).
+  virtual Status Rekey(const PoolSecret& new_secret, const ScryptParams& kdf = {}) = 0;
 
   // Makes every completed write durable (same as a FLUSH on any volume).
   virtual Status Flush() = 0;

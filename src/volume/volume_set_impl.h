@@ -4,6 +4,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -29,10 +31,19 @@ class VolumeSetImpl : public VolumeSet {
   PoolInfo Info() override;
   std::vector<VolumeInfo> ListVolumes() override;
   Result<VolumeInfo> GetVolumeInfo(const std::string& name) override;
-  Result<Volume*> CreateVolume(const std::string& name, uint64_t size) override;
+  Result<Volume*> CreateVolume(const std::string& name, uint64_t size, const VolumeCreateOptions& options) override;
   Result<Volume*> FindVolume(const std::string& name) override;
   Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) override;
   Status DeleteVolume(const std::string& name) override;
+  Status SetVolumeCompression(const std::string& name, const CompressionSetting& setting) override;
+  Status Unlock(const PoolSecret& secret) override;
+  Status Rekey(const PoolSecret& new_secret, const ScryptParams& kdf) override;
+  // Pool creation: the key protection for the label and the key itself.
+  static Result<std::pair<KeyProtection, std::optional<PoolKey>>> NewKeyProtection(const PoolSecret& secret,
+                                                                                   const ScryptParams& kdf);
+  void SetCreatedState(std::optional<PoolKey> key, const format::PoolDefaults& defaults);
+  // The pool key the secret gives, checked against the label.
+  Result<PoolKey> DeriveKey(const PoolSecret& secret);
   Status Flush() override;
   Status Checkpoint() override;
   Device& device() override { return pool_->device(); }
@@ -48,7 +59,11 @@ class VolumeSetImpl : public VolumeSet {
   void FillReport(FsckReport* report);
 
  private:
-  Status CheckpointLocked(std::vector<BlockRun> frees);  // REQUIRES: mu_ held
+  // REQUIRES: mu_ held. With `new_keys`, the label changes to them.
+  Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr);
+  // ---- Keys (volume_set_keys.cc) ----
+  Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
+  Status GiveCodec(ThinVolume& volume, const DataKey* key);
   bool NeedsCheckpoint() const;
   ThinVolume* FindLocked(const std::string& name);
   ThinVolume* FindById(uint32_t id);
@@ -60,6 +75,8 @@ class VolumeSetImpl : public VolumeSet {
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<ThinVolume>> volumes_;  // GUARDED_BY(mu_)
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
+  format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
+  std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked
   std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
   std::atomic<bool> closed_{false};
