@@ -33,10 +33,38 @@ struct ModelVolume {
   bool fresh_if_present = false;  // if present, it is the recreated (zero) volume
 };
 
+// What the volumes store: plain, encrypted, compressed, or both.
+struct Codecs {
+  bool encrypt = false;
+  CompressionSetting compression;
+};
+
+PoolSecret TestKey() {
+  PoolSecret secret;
+  std::array<uint8_t, kPoolKeyBytes> bytes;
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(i * 7 + 1);
+  secret.key.emplace(bytes);
+  return secret;
+}
+
+PoolCreateOptions CreateOptions(uint32_t cluster_size, const Codecs& codecs) {
+  PoolCreateOptions options{.cluster_size = cluster_size};
+  if (codecs.encrypt) options.secret = TestKey();
+  options.encrypt_by_default = codecs.encrypt;
+  options.compression = codecs.compression;
+  return options;
+}
+
+PoolOpenOptions OpenOptions(const Codecs& codecs) {
+  PoolOpenOptions options;
+  if (codecs.encrypt) options.secret = TestKey();
+  return options;
+}
+
 class PowerCutHarness {
  public:
-  PowerCutHarness(uint64_t seed, uint32_t cluster_size)
-      : rng_(seed), pool_(16 * kMiB, PoolCreateOptions{.cluster_size = cluster_size}) {}
+  PowerCutHarness(uint64_t seed, uint32_t cluster_size, Codecs codecs)
+      : rng_(seed), codecs_(codecs), pool_(16 * kMiB, CreateOptions(cluster_size, codecs), OpenOptions(codecs)) {}
 
   // One round: arm the cut, run operations until the device dies or the
   // round ends, crash, recover, verify.
@@ -75,7 +103,8 @@ class PowerCutHarness {
       if (s.ok()) mv.model.Flush();
       return;
     }
-    if (dice < 90) return Note(pool_.set().Checkpoint());
+    if (dice < 88) return Note(pool_.set().Checkpoint());
+    if (dice < 90) return ToggleCompression(name);
     if (dice < 96) return Grow(name, mv);
     return Delete(name, mv);
   }
@@ -94,6 +123,13 @@ class PowerCutHarness {
     Note(s);
     ASSERT_TRUE(s.ok() || s.code() == EIO || s.code() == ENOSPC) << s.ToString();
     mv.model.Write(first, count, tag, s.ok() && fua);
+  }
+
+  // Compression changes apply to new writes; old clusters keep theirs.
+  void ToggleCompression(const std::string& name) {
+    if (codecs_.compression.algorithm == Compression::kOff) return;
+    compression_on_ = !compression_on_;
+    Note(pool_.set().SetVolumeCompression(name, compression_on_ ? codecs_.compression : CompressionSetting{}));
   }
 
   void Create(const std::string& name) {
@@ -139,6 +175,8 @@ class PowerCutHarness {
     ASSERT_TRUE(info->size == mv.size || (mv.other_size && info->size == mv.other_size))
         << name << " has size " << info->size << ", model " << mv.size;
     mv.size = info->size;
+    compressed_clusters_seen_ += info->compressed_clusters;
+    ASSERT_EQ(info->encrypted, codecs_.encrypt);
     mv.other_size = 0;
     mv.maybe_absent = false;
     mv.fresh_if_present = false;
@@ -156,15 +194,20 @@ class PowerCutHarness {
   }
 
   std::mt19937_64 rng_;
+  Codecs codecs_;
+  bool compression_on_ = true;
   TestPool pool_;
   std::map<std::string, ModelVolume> volumes_;
   uint64_t next_tag_ = 1;
   bool dead_ = false;
   uint64_t cuts_ = 0;
+
+ public:
+  uint64_t compressed_clusters_seen_ = 0;  // summed over verifications
 };
 
-void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds) {
-  PowerCutHarness harness(seed, cluster_size);
+void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {}) {
+  PowerCutHarness harness(seed, cluster_size, codecs);
   for (int i = 0; i < rounds; i++) {
     harness.Round();
     if (::testing::Test::HasFatalFailure()) {
@@ -172,13 +215,25 @@ void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds) {
       return;
     }
   }
-  std::printf("power cuts survived: %d (seed %llu, cluster %u)\n", rounds, static_cast<unsigned long long>(seed),
-              cluster_size);
+  // The workload must have reached what it tests.
+  if (codecs.compression.algorithm != Compression::kOff) {
+    EXPECT_GT(harness.compressed_clusters_seen_, 0u);
+  }
+  std::printf("power cuts survived: %d (seed %llu, cluster %u, %s, compression %s; compressed clusters verified: "
+              "%llu)\n",
+              rounds, static_cast<unsigned long long>(seed), cluster_size, codecs.encrypt ? "encrypted" : "plain",
+              FormatCompression(codecs.compression).c_str(),
+              static_cast<unsigned long long>(harness.compressed_clusters_seen_));
 }
 
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith16KiBClusters) { RunCuts(1, 16384, 600); }
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith64KiBClusters) { RunCuts(2, 65536, 400); }
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith4KiBClusters) { RunCuts(3, 4096, 200); }
+TEST(PowerCut, EncryptedVolumesSurviveCuts) { RunCuts(4, 65536, 300, {.encrypt = true}); }
+TEST(PowerCut, Lz4CompressedVolumesSurviveCuts) { RunCuts(5, 65536, 300, {.compression = {Compression::kLz4, 0}}); }
+TEST(PowerCut, ZstdCompressedEncryptedVolumesSurviveCuts) {
+  RunCuts(6, 16384, 300, {.encrypt = true, .compression = {Compression::kZstd, 3}});
+}
 
 }  // namespace
 }  // namespace edgestor

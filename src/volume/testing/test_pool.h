@@ -42,6 +42,17 @@ class TestPool {
     set_.reset();
     return Reopen();
   }
+  // Closes cleanly and reopens with other options (another key, none).
+  Status CloseAndReopenWith(PoolOpenOptions options) {
+    open_options_ = std::move(options);
+    return CloseAndReopen();
+  }
+  // Closes cleanly and leaves the pool closed (inspect device() then).
+  Status Close() {
+    Status s = set_ ? set_->Close() : Status::Ok();
+    set_.reset();
+    return s;
+  }
   Status Reopen() {
     queue_ = device_->CreateQueue(64);
     auto set = VolumeSet::Open(Borrow(*device_), open_options_);

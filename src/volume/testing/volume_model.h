@@ -22,9 +22,24 @@ inline void FillSector(uint8_t* sector, uint64_t tag, uint64_t sector_index) {
     std::memset(sector, 0, 512);
     return;
   }
-  for (int i = 0; i < 512; i += 16) {
-    std::memcpy(sector + i, &tag, 8);
-    std::memcpy(sector + i + 8, &sector_index, 8);
+  std::memcpy(sector, &tag, 8);
+  std::memcpy(sector + 8, &sector_index, 8);
+  // Odd tags repeat the header (compresses well), even tags continue with
+  // pseudo-random bytes (does not compress), so compressed volumes see
+  // clusters whose stored size changes from write to write.
+  uint64_t state = tag * 0x9e3779b97f4a7c15ull ^ sector_index;
+  for (int i = 16; i < 512; i += 8) {
+    uint64_t word;
+    if (tag & 1) {
+      std::memcpy(&word, sector + (i % 16), 8);
+    } else {
+      state += 0x9e3779b97f4a7c15ull;  // splitmix64
+      word = state;
+      word = (word ^ (word >> 30)) * 0xbf58476d1ce4e5b9ull;
+      word = (word ^ (word >> 27)) * 0x94d049bb133111ebull;
+      word ^= word >> 31;
+    }
+    std::memcpy(sector + i, &word, 8);
   }
 }
 

@@ -1,0 +1,301 @@
+// Encrypted and compressed volumes: what reaches the device, the key
+// hierarchy (unlock, wrong key, rekey) and space accounting.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "io/borrowed_device.h"
+#include "pool/pool.h"
+#include "volume/checkpoint_codec.h"
+#include "volume/testing/test_pool.h"
+
+namespace edgestor {
+namespace {
+
+using testing::TestPool;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+PoolSecret KeyFileSecret(uint8_t seed) {
+  std::array<uint8_t, kPoolKeyBytes> bytes;
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(seed + i * 13);
+  PoolSecret secret;
+  secret.key.emplace(bytes);
+  return secret;
+}
+
+PoolSecret PassphraseSecret(const std::string& passphrase) {
+  PoolSecret secret;
+  secret.passphrase = passphrase;
+  return secret;
+}
+
+PoolCreateOptions EncryptedPool(PoolSecret secret) {
+  PoolCreateOptions options;
+  options.secret = std::move(secret);
+  options.kdf.n = kScryptMinN;  // fast in tests; the default is 2^15
+  return options;
+}
+
+PoolOpenOptions OpenWith(PoolSecret secret) {
+  PoolOpenOptions options;
+  options.secret = std::move(secret);
+  return options;
+}
+
+// A recognizable plaintext: a phrase repeated, so any 16-byte window of it
+// would show up in a scan.
+std::vector<uint8_t> SecretText(size_t len) {
+  static const std::string kPhrase = "TOP-SECRET customer record 0042; ";
+  std::vector<uint8_t> out(len);
+  for (size_t i = 0; i < len; i++) out[i] = static_cast<uint8_t>(kPhrase[i % kPhrase.size()]);
+  return out;
+}
+
+std::vector<uint8_t> RandomBytes(size_t len, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint8_t> out(len);
+  for (auto& b : out) b = static_cast<uint8_t>(rng());
+  return out;
+}
+
+bool Contains(const std::vector<uint8_t>& haystack, std::span<const uint8_t> needle) {
+  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) != haystack.end();
+}
+
+// The data key of `volume`, recovered the way an attacker with the pool key
+// would: read the checkpoint, unwrap. Lets the test scan for the key itself.
+DataKey DataKeyOf(FaultDevice& device, const std::string& volume, const PoolKey& pool_key) {
+  auto pool = Pool::Open(Borrow(device));
+  EXPECT_TRUE(pool.ok());
+  auto payload = (*pool)->ReadCheckpointPayload();
+  EXPECT_TRUE(payload.ok());
+  auto contents = ParseCheckpoint(*payload, (*pool)->format_version(), (*pool)->geometry().cluster_size,
+                                  (*pool)->total_blocks());
+  EXPECT_TRUE(contents.ok());
+  for (const VolumeRecord& v : contents->volumes) {
+    if (v.name != volume) continue;
+    EXPECT_EQ(v.attributes.encrypted, 1);
+    auto key = UnwrapDataKey(pool_key, v.attributes.wrapped_key);
+    EXPECT_TRUE(key.ok());
+    return std::move(key).value();
+  }
+  ADD_FAILURE() << "no volume " << volume;
+  return DataKey();
+}
+
+TEST(EncryptedVolume, PlaintextAndDataKeyNeverReachTheDevice) {
+  for (bool compress : {false, true}) {
+    SCOPED_TRACE(compress ? "compressed" : "not compressed");
+    TestPool pool(64 * kMiB, EncryptedPool(KeyFileSecret(1)), OpenWith(KeyFileSecret(1)));
+    VolumeCreateOptions options{.encrypt = true};
+    if (compress) options.compression = CompressionSetting{Compression::kZstd, 3};
+    Volume* v = pool.set().CreateVolume("secret", 16 * kMiB, options).value();
+    auto text = SecretText(1 * kMiB);
+    ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+    // Unaligned and partial writes take the other path; cover them too.
+    auto tail = SecretText(3 * 512);
+    auto buf = AllocateAligned(tail.size());
+    std::memcpy(buf.get(), tail.data(), tail.size());
+    ASSERT_TRUE(pool.Io(*v, VolumeOp::kWrite, 5 * kMiB + 512, tail.size(), buf.get()).ok());
+    ASSERT_TRUE(pool.Close().ok());
+
+    std::vector<uint8_t> image = pool.device().durable_image();
+    EXPECT_FALSE(Contains(image, std::span(text.data(), 16))) << "plaintext found on the device";
+    EXPECT_FALSE(Contains(image, std::span(text.data() + 1000, 16)));
+    DataKey key = DataKeyOf(pool.device(), "secret", *KeyFileSecret(1).key);
+    EXPECT_FALSE(Contains(image, std::span(key.data(), 16))) << "data key found on the device";
+    EXPECT_FALSE(Contains(image, std::span(key.data() + 32, 16)));
+    EXPECT_FALSE(Contains(image, std::span(KeyFileSecret(1).key->data(), 16))) << "pool key found on the device";
+
+    // The right key reads it back after a restart.
+    ASSERT_TRUE(pool.Reopen().ok());
+    v = pool.Find("secret");
+    auto back = pool.Read(*v, 0, text.size());
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(back.value(), text);
+    auto back_tail = pool.Read(*v, 5 * kMiB + 512, tail.size());
+    ASSERT_TRUE(back_tail.ok());
+    EXPECT_EQ(back_tail.value(), tail);
+  }
+}
+
+TEST(EncryptedVolume, WrongKeyIsRefusedAndChangesNothing) {
+  TestPool pool(64 * kMiB, EncryptedPool(KeyFileSecret(1)), OpenWith(KeyFileSecret(1)));
+  Volume* v = pool.set().CreateVolume("secret", 4 * kMiB, {.encrypt = true}).value();
+  ASSERT_TRUE(pool.Write(*v, 0, SecretText(65536)).ok());
+  ASSERT_TRUE(pool.Close().ok());
+  std::vector<uint8_t> before = pool.device().durable_image();
+
+  auto opened = VolumeSet::Open(Borrow(pool.device()), OpenWith(KeyFileSecret(2)));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), EACCES);
+  EXPECT_NE(opened.status().message().find("wrong key"), std::string::npos) << opened.status().message();
+  // A passphrase for a key-file pool is the wrong kind of secret.
+  opened = VolumeSet::Open(Borrow(pool.device()), OpenWith(PassphraseSecret("guess")));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), EINVAL);
+  EXPECT_TRUE(pool.device().durable_image() == before) << "a refused open wrote to the pool";
+}
+
+TEST(EncryptedVolume, LockedPoolRefusesEncryptedIoUntilUnlocked) {
+  TestPool pool(64 * kMiB, EncryptedPool(KeyFileSecret(1)), OpenWith(KeyFileSecret(1)));
+  Volume* secret = pool.set().CreateVolume("secret", 4 * kMiB, {.encrypt = true}).value();
+  Volume* plain = pool.set().CreateVolume("plain", 4 * kMiB).value();
+  auto text = SecretText(8192);
+  ASSERT_TRUE(pool.Write(*secret, 0, text).ok());
+  ASSERT_TRUE(pool.Write(*plain, 0, text).ok());
+  ASSERT_TRUE(pool.CloseAndReopenWith({}).ok());  // no key: opens locked
+
+  EXPECT_TRUE(pool.set().Info().locked);
+  EXPECT_TRUE(pool.set().GetVolumeInfo("secret")->locked);
+  auto refused = pool.Read(*pool.Find("secret"), 0, 4096);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), EACCES);
+  EXPECT_EQ(pool.set().CreateVolume("another", kMiB, {.encrypt = true}).status().code(), EACCES);
+  EXPECT_EQ(pool.Read(*pool.Find("plain"), 0, 8192).value(), text);  // plain volumes work locked
+
+  EXPECT_EQ(pool.set().Unlock(KeyFileSecret(9)).code(), EACCES);
+  ASSERT_TRUE(pool.set().Unlock(KeyFileSecret(1)).ok());
+  EXPECT_FALSE(pool.set().Info().locked);
+  EXPECT_EQ(pool.Read(*pool.Find("secret"), 0, 8192).value(), text);
+}
+
+TEST(EncryptedVolume, PassphrasePoolUnlocksOnlyWithItsPassphrase) {
+  TestPool pool(64 * kMiB, EncryptedPool(PassphraseSecret("correct horse")), OpenWith(PassphraseSecret("correct horse")));
+  Volume* v = pool.set().CreateVolume("secret", 4 * kMiB, {.encrypt = true}).value();
+  auto text = SecretText(65536);
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  EXPECT_EQ(pool.set().Info().key_source, "passphrase");
+  ASSERT_TRUE(pool.Close().ok());
+  auto wrong = VolumeSet::Open(Borrow(pool.device()), OpenWith(PassphraseSecret("correct horse ")));
+  EXPECT_EQ(wrong.status().code(), EACCES);
+  ASSERT_TRUE(pool.Reopen().ok());
+  EXPECT_EQ(pool.Read(*pool.Find("secret"), 0, text.size()).value(), text);
+}
+
+TEST(EncryptedVolume, RekeyRewrapsWithoutRewritingData) {
+  TestPool pool(64 * kMiB, EncryptedPool(KeyFileSecret(1)), OpenWith(KeyFileSecret(1)));
+  Volume* v = pool.set().CreateVolume("secret", 8 * kMiB, {.encrypt = true}).value();
+  auto text = SecretText(4 * kMiB);
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  ASSERT_TRUE(pool.set().Checkpoint().ok());
+  std::vector<uint8_t> before = pool.device().durable_image();
+
+  ASSERT_TRUE(pool.set().Rekey(PassphraseSecret("new passphrase"), ScryptParams{.n = kScryptMinN}).ok());
+  std::vector<uint8_t> after = pool.device().durable_image();
+  uint64_t changed_blocks = 0;
+  for (size_t b = 0; b < before.size() / 4096; b++)
+    changed_blocks += std::memcmp(before.data() + b * 4096, after.data() + b * 4096, 4096) != 0;
+  // Labels (4) and the checkpoint chain; never the 4 MiB of data.
+  EXPECT_LE(changed_blocks, 8u);
+
+  ASSERT_TRUE(pool.CloseAndReopenWith(OpenWith(PassphraseSecret("new passphrase"))).ok());
+  EXPECT_EQ(pool.Read(*pool.Find("secret"), 0, text.size()).value(), text);
+  ASSERT_TRUE(pool.Close().ok());
+  EXPECT_EQ(VolumeSet::Open(Borrow(pool.device()), OpenWith(KeyFileSecret(1))).status().code(), EINVAL);
+}
+
+TEST(EncryptedVolume, PoolWithoutKeyCannotEncryptUntilRekeyed) {
+  TestPool pool(64 * kMiB);
+  auto refused = pool.set().CreateVolume("secret", kMiB, {.encrypt = true});
+  EXPECT_EQ(refused.status().code(), EINVAL);
+  ASSERT_TRUE(pool.set().Rekey(KeyFileSecret(3)).ok());
+  ASSERT_TRUE(pool.set().CreateVolume("secret", kMiB, {.encrypt = true}).ok());
+  EXPECT_EQ(pool.set().Info().key_source, "key file");
+}
+
+TEST(CompressedVolume, StoresCompressibleDataInFewerBlocksAndReadsItBack) {
+  TestPool pool(128 * kMiB);
+  Volume* v = pool.set().CreateVolume("c", 32 * kMiB, {.compression = CompressionSetting{Compression::kZstd, 3}}).value();
+  auto text = SecretText(8 * kMiB);
+  auto noise = RandomBytes(2 * kMiB, 7);
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  ASSERT_TRUE(pool.Write(*v, 16 * kMiB, noise).ok());
+  auto info = pool.set().GetVolumeInfo("c").value();
+  EXPECT_EQ(info.written_bytes, 10 * kMiB);
+  EXPECT_EQ(info.compressed_clusters, 8 * kMiB / 65536);  // text compresses, noise does not
+  EXPECT_LE(info.allocated_bytes, 2 * kMiB + kMiB / 2);   // text: one block per cluster
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  v = pool.Find("c");
+  EXPECT_EQ(pool.Read(*v, 0, text.size()).value(), text);
+  EXPECT_EQ(pool.Read(*v, 16 * kMiB, noise.size()).value(), noise);
+  // A 4 KiB read inside a compressed cluster.
+  auto piece = pool.Read(*v, 65536 + 8192, 4096).value();
+  EXPECT_TRUE(std::equal(piece.begin(), piece.end(), text.begin() + 65536 + 8192));
+}
+
+TEST(CompressedVolume, OverwritesChangeStoredSizeAndFreeTheOldSpace) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("c", 8 * kMiB, {.compression = CompressionSetting{Compression::kLz4, 0}}).value();
+  auto text = SecretText(65536);
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  uint64_t small = pool.set().GetVolumeInfo("c")->allocated_bytes;
+  // Half the cluster becomes noise: the cluster needs more blocks, elsewhere.
+  auto noise = RandomBytes(32768, 3);
+  ASSERT_TRUE(pool.Write(*v, 0, noise).ok());
+  uint64_t larger = pool.set().GetVolumeInfo("c")->allocated_bytes;
+  EXPECT_GT(larger, small);
+  EXPECT_LT(larger, 65536u);
+  std::vector<uint8_t> expect = noise;
+  expect.insert(expect.end(), text.begin() + 32768, text.end());
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expect);
+  // 512-byte write inside the compressed cluster: read-modify-write.
+  auto sector = AllocateAligned(512);
+  std::memset(sector.get(), 0xab, 512);
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kWrite, 40960 + 512, 512, sector.get()).ok());
+  std::memset(expect.data() + 40960 + 512, 0xab, 512);
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expect);
+  // Old space comes back once the commits are durable.
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  uint64_t free_before = pool.set().Info().free_bytes;
+  ASSERT_TRUE(pool.Io(*v, VolumeOp::kDiscard, 0, 65536).ok());
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  EXPECT_EQ(pool.set().Info().free_bytes - free_before, larger);
+  EXPECT_EQ(pool.set().GetVolumeInfo("c")->allocated_bytes, 0u);
+  ASSERT_TRUE(pool.Close().ok());
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok() && report->ok());
+}
+
+TEST(CompressedVolume, ChangingCompressionAppliesToNewWritesOnly) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("c", 8 * kMiB, {.compression = CompressionSetting{Compression::kLz4, 0}}).value();
+  auto text = SecretText(kMiB);
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  ASSERT_TRUE(pool.set().SetVolumeCompression("c", {}).ok());
+  ASSERT_TRUE(pool.Write(*v, 2 * kMiB, text).ok());  // stored plain now
+  auto info = pool.set().GetVolumeInfo("c").value();
+  EXPECT_EQ(info.compressed_clusters, kMiB / 65536);
+  EXPECT_EQ(info.compression.algorithm, Compression::kOff);
+  ASSERT_TRUE(pool.set().SetVolumeCompression("c", {Compression::kZstd, 9}).ok());
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  v = pool.Find("c");
+  EXPECT_EQ(pool.set().GetVolumeInfo("c")->compression.level, 9);
+  EXPECT_EQ(pool.Read(*v, 0, text.size()).value(), text);  // lz4 clusters still read
+  EXPECT_EQ(pool.Read(*v, 2 * kMiB, text.size()).value(), text);
+}
+
+TEST(CompressedVolume, DamagedCompressedDataIsAnErrorNotACrash) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("c", 4 * kMiB, {.compression = CompressionSetting{Compression::kLz4, 0}}).value();
+  ASSERT_TRUE(pool.Write(*v, 0, SecretText(65536)).ok());
+  ASSERT_TRUE(pool.Close().ok());
+  // Garble the compressed frame wherever it is: the only block holding the
+  // start of the phrase's lz4 literal run.
+  std::vector<uint8_t>& image = pool.device().durable_image();
+  static const std::string kPhrase = "TOP-SECRET";
+  auto at = std::search(image.begin(), image.end(), kPhrase.begin(), kPhrase.end());
+  ASSERT_NE(at, image.end());
+  size_t block = (at - image.begin()) / 4096;
+  for (size_t i = 0; i < 4096; i += 3) image[block * 4096 + i] ^= 0x5a;
+  ASSERT_TRUE(pool.Reopen().ok());
+  auto read = pool.Read(*pool.Find("c"), 0, 4096);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), EUCLEAN);
+}
+
+}  // namespace
+}  // namespace edgestor
