@@ -15,6 +15,8 @@
 #include <optional>
 #include <string>
 
+#include "cli/key_args.h"
+
 namespace edgestor::cli {
 
 struct PoolCreateArgs {
@@ -22,8 +24,15 @@ struct PoolCreateArgs {
   uint64_t size = 20ull << 30;  // for a new file; an existing file keeps its size
   uint32_t cluster_size = 64 * 1024;
   uint64_t journal_bytes = 0;  // 0: chosen by the engine
+  bool encrypt = false;        // new volumes encrypted by default (needs --keyfile/--passphrase-file)
+  std::string compress = "off";  // default compression of new volumes
 };
+// The pool key comes from the global --keyfile / --passphrase-file.
 void RunPoolCreate(const PoolCreateArgs& args);
+
+// Rotates the pool key (the current one from --keyfile/--passphrase-file,
+// if the pool has one) to `new_key`. Offline: the daemon must be stopped.
+void RunPoolRekey(const std::string& path, const KeyArgs& new_key);
 
 void RunPoolInfo(const std::string& path, bool json);
 
@@ -36,7 +45,16 @@ struct VolumeArgs {
   std::string control;  // daemon control socket (--control / $EDGESTOR_CONTROL); may be empty
   std::string name;
 };
-void RunVolumeCreate(const VolumeArgs& args, uint64_t size);
+struct VolumeCreateArgs {
+  uint64_t size = 0;
+  std::optional<bool> encrypt;          // unset: the pool's default
+  std::optional<std::string> compress;  // unset: the pool's default
+};
+void RunVolumeCreate(const VolumeArgs& args, const VolumeCreateArgs& create);
+// Compression of new writes: "off", "lz4", "zstd[:LEVEL]".
+void RunVolumeSetCompression(const VolumeArgs& args, const std::string& compress);
+// Gives a running daemon the pool key; without a daemon, checks the key.
+void RunPoolUnlock(const VolumeArgs& args);
 void RunVolumeList(const VolumeArgs& args, bool json);
 void RunVolumeInfo(const VolumeArgs& args, bool json);
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);
@@ -63,6 +81,7 @@ struct ServeArgs {
   std::string nbd_socket;      // default: beside the pool
   std::string nbd_listen;      // host:port; empty: no TCP
   uint64_t map_cache_bytes = 64ull << 20;
+  KeyArgs key;  // the pool key, if the pool has one (else encrypted volumes wait for `pool unlock`)
 };
 // Runs the daemon in the foreground until SIGINT/SIGTERM; then drains,
 // checkpoints and returns.

@@ -92,6 +92,7 @@ void SetUpLogging(bool verbose) {
 struct Globals {
   std::string pool;
   std::string control;
+  KeyArgs key;
   bool verbose = false;
 };
 
@@ -109,6 +110,9 @@ void AddPoolCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
       ->default_str("64K");
   create->add_option("--journal-size", c->journal_bytes, "metadata journal (default: 1% of the pool)")
       ->transform(SizeArg(JournalSizeProblem));
+  create->add_flag("--encrypt", c->encrypt, "encrypt new volumes by default (needs --keyfile or --passphrase-file)");
+  create->add_option("--compress", c->compress, "default compression of new volumes: off, lz4, zstd[:LEVEL]")
+      ->default_str("off");
   create->callback([c, &g, &action] {
     c->path = PoolPath(c->path, g.pool);
     action = [c] {
@@ -125,6 +129,28 @@ void AddPoolCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
     sub->add_option("PATH", *path, "pool file or block device");
     sub->add_flag("--json", *json, "print JSON");
   }
+  auto* rekey = pool->add_subcommand("rekey", "replace the pool key (rewraps data keys; no data is rewritten)");
+  auto new_key = std::make_shared<KeyArgs>();
+  rekey->add_option("PATH", *path, "pool file or block device");
+  rekey->add_option("--new-keyfile", new_key->keyfile, "the new key file (32 bytes, or 64 hex digits)");
+  rekey->add_option("--new-passphrase-file", new_key->passphrase_file, "file whose first line is the new passphrase");
+  rekey->callback([path, new_key, &g, &action] {
+    *path = PoolPath(*path, g.pool);
+    action = [path, new_key] {
+      RunPoolRekey(*path, *new_key);
+      return 0;
+    };
+  });
+  auto* unlock = pool->add_subcommand("unlock", "give a running daemon the pool key (--keyfile or --passphrase-file)");
+  unlock->callback([&g, &action] {
+    auto args = std::make_shared<VolumeArgs>();
+    args->control = g.control;
+    args->pool = g.control.empty() ? PoolPath("", g.pool) : g.pool;
+    action = [args] {
+      RunPoolUnlock(*args);
+      return 0;
+    };
+  });
   info->callback([path, json, &g, &action] {
     *path = PoolPath(*path, g.pool);
     action = [path, json] {
@@ -157,10 +183,31 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   auto* create = vol->add_subcommand("create", "create a thin volume (uses no space until written)");
   add_name(create);
   create->add_option("--size", *size, "virtual size")->required()->transform(volume_size);
+  auto encrypt = std::make_shared<bool>(false);
+  auto no_encrypt = std::make_shared<bool>(false);
+  auto compress = std::make_shared<std::string>();
+  CLI::Option* encrypt_opt = create->add_flag("--encrypt", *encrypt, "encrypt with AES-256-XTS (pool default otherwise)");
+  create->add_flag("--no-encrypt", *no_encrypt, "do not encrypt, whatever the pool default")->excludes(encrypt_opt);
+  CLI::Option* compress_opt =
+      create->add_option("--compress", *compress, "off, lz4, zstd or zstd:LEVEL (pool default otherwise)");
   create->callback([=, &action] {
     v->pool = pool_of();
+    VolumeCreateArgs args{.size = *size};
+    if (*encrypt || *no_encrypt) args.encrypt = *encrypt;
+    if (compress_opt->count() > 0) args.compress = *compress;
     action = [=] {
-      RunVolumeCreate(*v, *size);
+      RunVolumeCreate(*v, args);
+      return 0;
+    };
+  });
+
+  auto* set = vol->add_subcommand("set", "change a volume's settings");
+  add_name(set);
+  set->add_option("--compress", *compress, "compression of new writes: off, lz4, zstd or zstd:LEVEL")->required();
+  set->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeSetCompression(*v, *compress);
       return 0;
     };
   });
@@ -250,6 +297,7 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
   serve->callback([args, &g, &action] {
     args->pool = PoolPath("", g.pool);
     args->control_socket = g.control;  // --control: where to answer (default: beside the pool)
+    args->key = g.key;
     action = [args] {
       RunServe(*args);
       return 0;
@@ -269,12 +317,17 @@ int Main(int argc, char** argv) {
       "Examples:\n"
       "  edgestor pool create var/pool.img --size 20G\n"
       "  edgestor --pool var/pool.img vol create vol0 --size 8G\n"
+      "  edgestor pool create secure.img --size 20G --keyfile pool.key   (key: head -c 32 /dev/urandom)\n"
+      "  edgestor --pool secure.img --keyfile pool.key vol create db --size 8G --encrypt --compress zstd\n"
       "  edgestor --pool var/pool.img vol write vol0 --offset 1M --input data.bin\n"
       "  edgestor --pool var/pool.img vol read vol0 --offset 1M --length 4M > data.out\n");
   Globals g;
   app.add_option("--pool", g.pool, "pool file or block device")->envname("EDGESTOR_POOL");
   app.add_option("--control", g.control, "control socket of a daemon serving the pool (default: found beside the pool)")
       ->envname("EDGESTOR_CONTROL");
+  app.add_option("--keyfile", g.key.keyfile, "pool key file (32 bytes, or 64 hex digits)")->envname("EDGESTOR_KEYFILE");
+  app.add_option("--passphrase-file", g.key.passphrase_file, "file whose first line is the pool passphrase")
+      ->envname("EDGESTOR_PASSPHRASE_FILE");
   app.add_flag("-v,--verbose", g.verbose, "log debug messages");
 
   std::function<int()> action;
@@ -288,6 +341,7 @@ int Main(int argc, char** argv) {
   }
 
   SetUpLogging(g.verbose);
+  SetKeyArgs(g.key);
   std::signal(SIGPIPE, SIG_IGN);  // a closed stdout is an EPIPE, handled by vol read
   try {
     return action();

@@ -73,27 +73,47 @@ std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
       {"journal", SizeWithBytes(info.journal_bytes)},
       {"checkpoint", "generation " + std::to_string(info.checkpoint_generation)},
       {"volumes", std::to_string(info.volume_count)},
+      {"pool key", info.key_source == "none" ? "none" : info.key_source + (info.locked ? " (locked)" : " (unlocked)")},
+      {"new volumes", std::string(info.encrypt_by_default ? "encrypted" : "not encrypted") + ", compression " +
+                          FormatCompression(info.default_compression)},
   });
 }
 
-nlohmann::json VolumeInfoJson(const VolumeInfo& info) { return info; }
+nlohmann::json VolumeInfoJson(const VolumeInfo& info) {
+  nlohmann::json out = info;
+  out["compression_ratio"] = info.allocated_bytes ? static_cast<double>(info.written_bytes) / info.allocated_bytes : 1.0;
+  return out;
+}
+
+std::string CompressionRatio(const VolumeInfo& info) {
+  if (info.allocated_bytes == 0) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fx", static_cast<double>(info.written_bytes) / info.allocated_bytes);
+  return buf;
+}
 
 std::string VolumeInfoText(const VolumeInfo& info) {
   return RenderFields({
       {"name", info.name},
       {"id", std::to_string(info.id)},
       {"size", SizeWithBytes(info.size)},
-      {"allocated", SizeWithBytes(info.allocated_bytes) + ", " + Percent(info.allocated_bytes, info.size)},
-      {"written", SizeWithBytes(info.written_bytes)},
+      {"written", SizeWithBytes(info.written_bytes) + " (logical)"},
+      {"allocated", SizeWithBytes(info.allocated_bytes) + " (physical), " + Percent(info.allocated_bytes, info.size)},
+      {"ratio", CompressionRatio(info)},
+      {"encryption", info.encrypted ? (info.locked ? "aes-256-xts (locked)" : "aes-256-xts") : "off"},
+      {"compression", FormatCompression(info.compression) + " (" + std::to_string(info.compressed_clusters) + " of " +
+                          std::to_string(info.mapped_clusters) + " clusters compressed)"},
   });
 }
 
 std::string VolumeListText(const std::vector<VolumeInfo>& volumes) {
   if (volumes.empty()) return "no volumes\n";
-  std::vector<std::vector<std::string>> rows = {{"NAME", "ID", "SIZE", "ALLOCATED", "WRITTEN"}};
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "ID", "SIZE", "ALLOCATED", "WRITTEN", "RATIO", "ENCRYPTION", "COMPRESSION"}};
   for (const VolumeInfo& v : volumes) {
-    rows.push_back(
-        {v.name, std::to_string(v.id), FormatSize(v.size), FormatSize(v.allocated_bytes), FormatSize(v.written_bytes)});
+    rows.push_back({v.name, std::to_string(v.id), FormatSize(v.size), FormatSize(v.allocated_bytes),
+                    FormatSize(v.written_bytes), CompressionRatio(v), v.encrypted ? "aes-256-xts" : "off",
+                    FormatCompression(v.compression)});
   }
   return RenderTable(rows);
 }

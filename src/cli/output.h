@@ -24,6 +24,8 @@ nlohmann::json PoolInfoJson(const std::string& path, const PoolInfo& info);
 std::string PoolInfoText(const std::string& path, const PoolInfo& info);
 
 nlohmann::json VolumeInfoJson(const VolumeInfo& info);
+// Logical written bytes over physical allocated bytes, as "3.92x" ("-" if empty).
+std::string CompressionRatio(const VolumeInfo& info);
 std::string VolumeInfoText(const VolumeInfo& info);
 std::string VolumeListText(const std::vector<VolumeInfo>& volumes);
 

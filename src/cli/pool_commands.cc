@@ -11,6 +11,7 @@
 #include "base/size_parse.h"
 #include "cli/cli_error.h"
 #include "cli/commands.h"
+#include "cli/key_args.h"
 #include "cli/output.h"
 #include "cli/pool_session.h"
 
@@ -79,6 +80,9 @@ void RunPoolCreate(const PoolCreateArgs& args) {
   PoolCreateOptions options;
   options.cluster_size = args.cluster_size;
   options.journal_bytes = args.journal_bytes;
+  options.secret = LoadSecret(GetKeyArgs());
+  options.encrypt_by_default = args.encrypt;
+  options.compression = Unwrap(ParseCompression(args.compress), "bad --compress");
   Result<std::unique_ptr<VolumeSet>> created = VolumeSet::Create(std::move(device), options);
   if (!created.ok() && created.status().code() == EEXIST) {
     Fail(path + " is already an edgestor pool; refusing to format it again");
@@ -90,7 +94,19 @@ void RunPoolCreate(const PoolCreateArgs& args) {
   rollback.Dismiss();
 
   std::cout << "created pool " << path << ": " << FormatSize(info.device_bytes) << ", cluster size "
-            << FormatSize(info.cluster_size) << ", " << FormatSize(info.free_bytes) << " free\n";
+            << FormatSize(info.cluster_size) << ", " << FormatSize(info.free_bytes) << " free"
+            << (info.key_source != "none" ? ", pool key from a " + info.key_source : std::string()) << "\n";
+}
+
+void RunPoolRekey(const std::string& path, const KeyArgs& new_key) {
+  if (new_key.empty()) Fail("pool rekey needs --new-keyfile or --new-passphrase-file");
+  PoolSecret secret = LoadSecret(new_key);
+  std::unique_ptr<PoolSession> session = PoolSession::Open(path);  // unlocks with the current key
+  Check(session->pool().Rekey(secret), "cannot rekey pool " + path);
+  PoolInfo info = session->pool().Info();
+  session->Close();
+  std::cout << "pool " << path << " now opens with its new " << info.key_source
+            << "; data keys rewrapped, no data rewritten\n";
 }
 
 void RunPoolInfo(const std::string& path, bool json) {

@@ -1,5 +1,7 @@
 #include "cli/pool_session.h"
 
+#include "cli/key_args.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -35,7 +37,9 @@ PoolLock::~PoolLock() {
 std::unique_ptr<PoolSession> PoolSession::Open(const std::string& path) {
   PoolLock lock = PoolLock::Acquire(path, O_RDONLY);
   std::unique_ptr<Device> device = Unwrap(OpenFileDevice(path, FileDeviceOptions{}), "cannot open pool " + path);
-  std::unique_ptr<VolumeSet> pool = Unwrap(VolumeSet::Open(std::move(device)), "cannot open pool " + path);
+  PoolOpenOptions options;
+  options.secret = LoadSecret(GetKeyArgs());
+  std::unique_ptr<VolumeSet> pool = Unwrap(VolumeSet::Open(std::move(device), options), "cannot open pool " + path);
   return std::make_unique<PoolSession>(path, std::move(lock), std::move(pool));
 }
 

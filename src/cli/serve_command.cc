@@ -7,6 +7,7 @@
 
 #include "cli/cli_error.h"
 #include "cli/commands.h"
+#include "cli/key_args.h"
 #include "daemon/daemon.h"
 
 namespace edgestor::cli {
@@ -26,6 +27,7 @@ void RunServe(const ServeArgs& args) {
   options.nbd_socket = args.nbd_socket;
   options.nbd_listen = args.nbd_listen;
   options.map_cache_bytes = args.map_cache_bytes;
+  options.secret = LoadSecret(args.key);
   std::unique_ptr<Daemon> daemon = Unwrap(Daemon::Start(options), "cannot serve pool " + args.pool);
 
   std::cerr << "edgestor: serving pool " << args.pool << "\n"

@@ -48,16 +48,64 @@ bool IsValidVolumeName(const std::string& name) {
   return true;
 }
 
-void RunVolumeCreate(const VolumeArgs& args, uint64_t size) {
+static std::string Describe(const VolumeInfo& info) {
+  return FormatSize(info.size) + (info.encrypted ? ", encrypted" : "") +
+         (info.compression.algorithm != Compression::kOff ? ", compression " + FormatCompression(info.compression)
+                                                          : "");
+}
+
+void RunVolumeCreate(const VolumeArgs& args, const VolumeCreateArgs& create) {
+  VolumeCreateOptions options;
+  options.encrypt = create.encrypt;
+  if (create.compress) options.compression = Unwrap(ParseCompression(*create.compress), "bad --compress");
+  VolumeInfo info;
   if (auto socket = DaemonSocket(args)) {
-    Call(*socket, "vol.create", {{"name", args.name}, {"size", size}}, "cannot create volume " + args.name);
-    std::cout << "created volume " << args.name << ": " << FormatSize(size) << "\n";
+    nlohmann::json params = {{"name", args.name}, {"size", create.size}};
+    if (create.encrypt) params["encrypt"] = *create.encrypt;
+    if (create.compress) params["compress"] = *create.compress;
+    info = Call(*socket, "vol.create", params, "cannot create volume " + args.name).get<VolumeInfo>();
+  } else {
+    std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
+    Unwrap(session->pool().CreateVolume(args.name, create.size, options), "cannot create volume " + args.name);
+    info = session->GetVolumeInfo(args.name);
+    session->Close();
+  }
+  std::cout << "created volume " << args.name << ": " << Describe(info) << "\n";
+}
+
+void RunVolumeSetCompression(const VolumeArgs& args, const std::string& compress) {
+  CompressionSetting setting = Unwrap(ParseCompression(compress), "bad --compress");
+  if (auto socket = DaemonSocket(args)) {
+    Call(*socket, "vol.set", {{"name", args.name}, {"compress", compress}}, "cannot change volume " + args.name);
+  } else {
+    std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
+    Check(session->pool().SetVolumeCompression(args.name, setting), "cannot change volume " + args.name);
+    session->Close();
+  }
+  std::cout << "volume " << args.name << ": new writes use compression " << FormatCompression(setting) << "\n";
+}
+
+void RunPoolUnlock(const VolumeArgs& args) {
+  if (GetKeyArgs().empty()) Fail("pool unlock needs --keyfile or --passphrase-file");
+  PoolSecret secret = LoadSecret(GetKeyArgs());
+  if (auto socket = DaemonSocket(args)) {
+    nlohmann::json params = nlohmann::json::object();
+    if (secret.key) {
+      static const char* kHex = "0123456789abcdef";
+      std::string hex;
+      for (uint8_t byte : secret.key->span()) (hex += kHex[byte >> 4]) += kHex[byte & 15];
+      params["key"] = hex;
+    } else {
+      params["passphrase"] = secret.passphrase;
+    }
+    Call(*socket, "pool.unlock", params, "cannot unlock pool");
+    std::cout << "pool unlocked: encrypted volumes are readable\n";
     return;
   }
+  // No daemon: opening with the secret checks it (PoolSession fails on a wrong key).
   std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
-  Unwrap(session->pool().CreateVolume(args.name, size), "cannot create volume " + args.name);
   session->Close();
-  std::cout << "created volume " << args.name << ": " << FormatSize(size) << "\n";
+  std::cout << "the key is correct for pool " << args.pool << " (no daemon is serving it; nothing to unlock)\n";
 }
 
 static std::vector<VolumeInfo> ListVolumes(const VolumeArgs& args) {

@@ -48,7 +48,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
     ::close(lock_fd);
     return device.status().WithContext("cannot open pool " + options.pool_path);
   }
-  auto pool = VolumeSet::Open(std::move(device).value(), PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes});
+  auto pool = VolumeSet::Open(std::move(device).value(),
+                              PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes, .secret = options.secret});
   if (!pool.ok()) {
     ::close(lock_fd);
     return pool.status().WithContext("cannot open pool " + options.pool_path);

@@ -24,6 +24,7 @@ struct DaemonOptions {
   std::string nbd_socket;      // default: DefaultNbdSocket(pool_path)
   std::string nbd_listen;      // "host:port" for NBD over TCP; empty: unix socket only
   uint64_t map_cache_bytes = 64ull << 20;
+  PoolSecret secret;  // empty: encrypted volumes stay locked until pool.unlock
 };
 
 // Sockets live beside the pool: var/pool.img -> var/pool.control.sock,

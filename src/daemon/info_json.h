@@ -9,9 +9,19 @@
 
 namespace edgestor {
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VolumeInfo, id, name, size, allocated_bytes, written_bytes)
+// Compression settings travel as their command-line spelling: "zstd:3".
+inline void to_json(nlohmann::json& j, const CompressionSetting& c) { j = FormatCompression(c); }
+inline void from_json(const nlohmann::json& j, CompressionSetting& c) {
+  auto parsed = ParseCompression(j.get<std::string>());
+  if (!parsed.ok()) throw nlohmann::json::type_error::create(302, parsed.status().message(), &j);
+  c = parsed.value();
+}
+
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VolumeInfo, id, name, size, allocated_bytes, written_bytes, mapped_clusters,
+                                   compressed_clusters, encrypted, locked, compression)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PoolInfo, uuid, format_version, device_bytes, cluster_size, data_bytes,
                                    allocated_bytes, free_bytes, journal_bytes, checkpoint_generation, volume_count,
-                                   cached_map_pages, map_cache_limit_pages)
+                                   cached_map_pages, map_cache_limit_pages, key_source, locked, encrypt_by_default,
+                                   default_compression)
 
 }  // namespace edgestor

@@ -3,6 +3,7 @@
 
 #include "daemon/daemon.h"
 #include "daemon/info_json.h"
+#include "codec/key_wrap.h"
 
 namespace edgestor {
 
@@ -40,9 +41,43 @@ void Daemon::RegisterMethods() {
   control_.Register("vol.create", [this](const json& params) -> Result<json> {
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
     ES_ASSIGN_OR_RETURN(uint64_t size, SizeParam(params, "size"));
-    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->CreateVolume(name, size));
+    VolumeCreateOptions options;
+    if (params.contains("encrypt")) {
+      if (!params["encrypt"].is_boolean()) return Status(EINVAL, "parameter \"encrypt\" must be true or false");
+      options.encrypt = params["encrypt"].get<bool>();
+    }
+    if (params.contains("compress")) {
+      ES_ASSIGN_OR_RETURN(std::string compress, StringParam(params, "compress"));
+      ES_ASSIGN_OR_RETURN(options.compression, ParseCompression(compress));
+    }
+    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->CreateVolume(name, size, options));
     ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(volume->name()));
     return json(info);
+  });
+  control_.Register("vol.set", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    ES_ASSIGN_OR_RETURN(std::string compress, StringParam(params, "compress"));
+    ES_ASSIGN_OR_RETURN(CompressionSetting setting, ParseCompression(compress));
+    ES_RETURN_IF_ERROR(pool_->SetVolumeCompression(name, setting));
+    ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(name));
+    return json(info);
+  });
+  // The secret arrives as a parameter and is never logged or echoed.
+  control_.Register("pool.unlock", [this](const json& params) -> Result<json> {
+    PoolSecret secret;
+    if (params.contains("key")) {
+      ES_ASSIGN_OR_RETURN(std::string hex, StringParam(params, "key"));
+      auto key = ParsePoolKeyFile(std::span(reinterpret_cast<const uint8_t*>(hex.data()), hex.size()));
+      WipeSecret(hex.data(), hex.size());
+      if (!key.ok()) return Status(EINVAL, "parameter \"key\" must be 64 hex digits");
+      secret.key.emplace(key->span());
+    } else {
+      ES_ASSIGN_OR_RETURN(secret.passphrase, StringParam(params, "passphrase"));
+    }
+    Status s = pool_->Unlock(secret);
+    WipeSecret(secret.passphrase.data(), secret.passphrase.size());
+    ES_RETURN_IF_ERROR(s);
+    return json{{"locked", false}};
   });
   control_.Register("vol.resize", [this](const json& params) -> Result<json> {
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));

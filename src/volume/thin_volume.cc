@@ -80,8 +80,8 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   {
     std::lock_guard lock(mu_);
     if (!codec_)
-      return Fail(io, Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; unlock it with "
-                                     "`edgestor pool unlock` or serve with --keyfile"));
+      return Fail(io, Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; give the pool key "
+                                     "(--keyfile or --passphrase-file, or `edgestor pool unlock` for a daemon)"));
     inflight_ios_++;
   }
   // The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
