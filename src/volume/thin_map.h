@@ -33,6 +33,9 @@ struct CachedPage {
   // so its space cannot be reused under a request still using it.
   uint16_t inflight[format::kEntriesPerMapPage] = {};
   uint32_t pins = 0;  // sum of inflight: a pinned page is never evicted
+  // Bumped on every entry change: an asynchronous read of a compressed
+  // cluster that sees it moved knows its data may be stale.
+  uint32_t changes = 0;
   bool dirty = false;
 };
 

@@ -25,7 +25,12 @@ struct ThinVolume::SubIo {
   uint64_t phys_block;  // cluster's first block when submitted
   uint64_t written_mask;  // writes: blocks to mark written on success
   uint64_t first_logical_block;  // encryption tweak of the first block
-  AlignedBuffer bounce;   // encrypted volumes' writes: the ciphertext
+  AlignedBuffer bounce;   // encrypted writes: the ciphertext; compressed reads: the frame
+  // Compressed reads: where the requested bytes of the cluster go, and the
+  // page's change count when the frame's location was looked up.
+  uint8_t* compressed_out = nullptr;
+  uint64_t compressed_at = 0, compressed_length = 0;
+  uint32_t page_changes = 0;
 };
 
 ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name,
@@ -134,9 +139,7 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
     }
     format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
     if (format::IsCompressed(entry)) {
-      // Decompression needs the whole frame: read it here, synchronously.
-      Status read = ReadClusterBytes(entry, cluster, at, n, dst);
-      if (!read.ok()) io->progress.error = read.code();
+      if (SubIo* sub = NewCompressedRead(io, page.value(), cluster, entry, at, n, dst)) subs.push_back(sub);
       return;
     }
     // Walk the range, reading runs of written blocks and zero-filling the rest.
@@ -237,6 +240,50 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
   ReleaseGuard(io);
 }
 
+// Reads a compressed cluster's whole frame into a bounce buffer; the
+// completion decrypts, decompresses and copies out the requested bytes.
+// REQUIRES: mu_ held. Returns nullptr when nothing needs reading.
+ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page, uint64_t cluster,
+                                                 const format::MapEntry& entry, uint64_t at, uint64_t n, uint8_t* dst) {
+  uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
+  if ((entry.written_bits & BlockMask(first, end - first)) == 0) {
+    std::memset(dst, 0, n);  // never written: zeros without I/O
+    return nullptr;
+  }
+  uint64_t stored = format::StoredBlocks(entry, cluster_blocks_) * kBlockSize;
+  auto* sub = new SubIo{};
+  sub->bounce = AllocateAligned(stored);
+  sub->req.op = IoOp::kRead;
+  sub->req.offset = format::FirstBlock(entry) * kBlockSize;
+  sub->req.length = static_cast<uint32_t>(stored);
+  sub->req.buf = sub->bounce.get();
+  sub->volume = this;
+  sub->io = io;
+  sub->page = page;
+  sub->cluster = cluster;
+  sub->phys_block = entry.phys_block;
+  sub->first_logical_block = FirstLogicalBlock(cluster);
+  sub->compressed_out = dst;
+  sub->compressed_at = at;
+  sub->compressed_length = n;
+  sub->page_changes = page->changes;
+  page->inflight[ThinMap::IndexInPage(cluster)]++;
+  page->pins++;
+  io->progress.pending++;
+  return sub;
+}
+
+// Completion of a compressed read, outside the volume lock.
+Status ThinVolume::DecodeCompressedRead(SubIo* sub) {
+  std::span<uint8_t> frame(sub->bounce.get(), sub->req.length);
+  ES_RETURN_IF_ERROR(codec_->Decrypt(sub->first_logical_block, frame));
+  AlignedBuffer cluster = AllocateAligned(cluster_size_);
+  ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(cluster.get(), cluster_size_))
+                         .WithContext("volume " + name_ + " cluster " + std::to_string(sub->cluster)));
+  std::memcpy(sub->compressed_out, cluster.get() + sub->compressed_at, sub->compressed_length);
+  return Status::Ok();
+}
+
 Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t cluster) {
   format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
   if (entry.phys_block != 0) return entry;
@@ -260,6 +307,7 @@ void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapE
   if (entry.phys_block) stored_blocks_ += format::StoredBlocks(entry, cluster_blocks_);
   written_blocks_ += __builtin_popcountll(entry.written_bits) - __builtin_popcountll(slot.written_bits);
   slot = entry;
+  page->changes++;
   bool newly_dirty = !page->dirty;
   map_.MarkDirty(page);
   if (newly_dirty) set_.UpdateMetadataReserve();
@@ -285,6 +333,7 @@ void ThinVolume::OnSubIoDone(IoRequest* req, int result) {
 // `progress` needs no lock.
 void ThinVolume::FinishSubIo(SubIo* sub, int result) {
   VolumeIo* io = sub->io;
+  bool decoded = false;  // compressed read already served under the lock
   {
     std::lock_guard lock(mu_);
     uint32_t index = ThinMap::IndexInPage(sub->cluster);
@@ -292,6 +341,15 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     sub->page->inflight[index]--;
     sub->page->pins--;
     format::MapEntry entry = sub->page->entries[index];
+    if (sub->compressed_out && result == 0 && sub->page->changes != sub->page_changes) {
+      // The cluster may have moved while its frame was read (compressed
+      // clusters move on every write and their old space is freed): read
+      // the current content again, synchronously, under the lock.
+      Status again = ReadClusterBytes(entry, sub->cluster, sub->compressed_at, sub->compressed_length,
+                                      sub->compressed_out);
+      result = again.ok() ? 0 : -again.code();
+      decoded = true;
+    }
     // The data is on the device (not yet durable); the written bits follow
     // it into the journal, which the next commit writes after a flush.
     if (result == 0 && sub->req.op == IoOp::kWrite && entry.phys_block == sub->phys_block &&
@@ -300,8 +358,9 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
       SetEntry(sub->page, sub->cluster, entry, /*journal=*/true);
     }
   }
-  if (result == 0 && sub->req.op == IoOp::kRead) {
-    Status s = codec_->Decrypt(sub->first_logical_block, std::span(sub->req.buf, sub->req.length));
+  if (result == 0 && sub->req.op == IoOp::kRead && !decoded) {
+    Status s = sub->compressed_out ? DecodeCompressedRead(sub)
+                                   : codec_->Decrypt(sub->first_logical_block, std::span(sub->req.buf, sub->req.length));
     if (!s.ok()) result = -s.code();
   }
   if (result < 0 && io->progress.error == 0) io->progress.error = -result;

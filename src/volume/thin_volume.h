@@ -93,6 +93,9 @@ class ThinVolume : public Volume {
                 std::span<const BlockRun> frees = {});
   // REQUIRES: mu_ held. Maps `cluster` to a new cluster if unmapped.
   Result<format::MapEntry> EnsureMapped(CachedPage* page, uint64_t cluster);
+  SubIo* NewCompressedRead(VolumeIo* io, CachedPage* page, uint64_t cluster, const format::MapEntry& entry,
+                           uint64_t at, uint64_t n, uint8_t* dst);
+  Status DecodeCompressedRead(SubIo* sub);
   void SubmitSubIo(SubIo* sub, IoQueue& queue);
   static void OnSubIoDone(IoRequest* req, int result);
   void FinishSubIo(SubIo* sub, int result);

@@ -126,10 +126,11 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   uint64_t full = Mask((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
   uint64_t touched = Mask(at / kBlockSize, (at + n + kBlockSize - 1) / kBlockSize);
   uint64_t bits = zeroing ? entry.written_bits & ~full : entry.written_bits | touched;
-  // Space with an asynchronous read or write in flight is never freed or
-  // moved; such a cluster is changed in place (it cannot be compressed:
-  // compressed clusters only see this synchronous path).
-  bool busy = page->inflight[index] != 0;
+  // A plain cluster with asynchronous I/O in flight is never freed or moved:
+  // it is changed in place. Compressed clusters move regardless: their
+  // asynchronous readers check at completion whether the page changed and
+  // read again if so.
+  bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry);
   if (bits == 0 && !busy) {
     FreeEntry(page, cluster);
     return Status::Ok();
@@ -144,7 +145,7 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   if (zeroing) std::memset(plaintext.get() + at, 0, n);
   else std::memcpy(plaintext.get() + at, data, n);
   if (AllZero(plaintext.get(), cluster_size_)) {
-    if (entry.phys_block != 0) FreeEntry(page, cluster);  // not busy (see `relocate`)
+    if (entry.phys_block != 0) FreeEntry(page, cluster);  // compressed, or plain and not busy
     return Status::Ok();
   }
   return StoreRelocated(page, cluster, plaintext.get(), bits);
