@@ -286,6 +286,43 @@ err_has "missing.img"
 [[ ! -e missing.img ]] || fail "missing.img was created"
 pass
 
+check "encryption and compression options: clear errors, nothing created"
+es_fails 1 pool create "$WORK/e.img" --size 1G --encrypt
+err_has "needs a pool key"
+[[ ! -e $WORK/e.img ]] || fail "a refused pool create left a file"
+es_fails 1 --keyfile "$WORK/missing.key" pool create "$WORK/e.img" --size 1G
+err_has "cannot use key file"
+printf 'short' >"$WORK/bad.key"
+es_fails 1 --keyfile "$WORK/bad.key" pool create "$WORK/e.img" --size 1G
+[[ ! -e $WORK/e.img ]] || fail "a refused pool create left a file"
+es_fails 1 "${P[@]}" vol create z --size 1M --compress gzip
+err_has "unknown compression"
+es_fails 1 "${P[@]}" vol create z --size 1M --encrypt
+err_has "no key"
+es_fails 2 "${P[@]}" vol create z --size 1M --encrypt --no-encrypt
+pass
+
+check "an encrypted, compressed volume offline: key file, info, wrong key"
+head -c 32 /dev/urandom >"$WORK/k"
+chmod 600 "$WORK/k"
+es_ok --keyfile "$WORK/k" pool create "$WORK/e.img" --size 1G --compress lz4
+es_ok --pool "$WORK/e.img" --keyfile "$WORK/k" vol create s --size 8M --encrypt
+out_has "encrypted, compression lz4"
+yes "edgestor text" | head -c 1048576 >"$WORK/text" || true
+es_ok --pool "$WORK/e.img" --keyfile "$WORK/k" vol write s --input "$WORK/text"
+es_ok --pool "$WORK/e.img" vol info s --json
+json_true "d['encrypted'] and d['compression'] == 'lz4' and d['written_bytes'] == 1048576 and d['allocated_bytes'] < 1048576 // 4"
+es_ok --pool "$WORK/e.img" --keyfile "$WORK/k" vol read s --length 1M --output "$WORK/text.back"
+same_file "$WORK/text" "$WORK/text.back"
+es_fails 1 --pool "$WORK/e.img" vol read s --length 4K
+err_has "locked"
+head -c 32 /dev/urandom >"$WORK/k2"
+chmod 600 "$WORK/k2"
+es_fails 1 --pool "$WORK/e.img" --keyfile "$WORK/k2" vol read s --length 4K
+err_has "wrong key"
+! grep -q -a "edgestor text" "$WORK/e.img" || fail "plaintext found in the pool file"
+pass
+
 check "--version and --help"
 es_ok --version
 out_has "^edgestor [0-9]"

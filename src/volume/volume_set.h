@@ -44,6 +44,7 @@ struct PoolSecret {
   }
   PoolSecret(PoolSecret&&) = default;
   PoolSecret& operator=(PoolSecret&&) = default;
+  ~PoolSecret() { WipeSecret(passphrase.data(), passphrase.size()); }
 
   std::optional<PoolKey> key;
   std::string passphrase;  // used when `key` is empty
