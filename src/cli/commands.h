@@ -55,6 +55,16 @@ void RunVolumeCreate(const VolumeArgs& args, const VolumeCreateArgs& create);
 void RunVolumeSetCompression(const VolumeArgs& args, const std::string& compress);
 // Gives a running daemon the pool key; without a daemon, checks the key.
 void RunPoolUnlock(const VolumeArgs& args);
+
+// Exports at run time (through the daemon).
+struct VhostExportArgs {
+  std::string socket;
+  uint32_t queues = 1;
+  bool read_only = false;
+};
+void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost);
+void RunExportList(const VolumeArgs& args, bool json);
+void RunExportRemove(const VolumeArgs& args, const std::string& socket_path);
 void RunVolumeList(const VolumeArgs& args, bool json);
 void RunVolumeInfo(const VolumeArgs& args, bool json);
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);

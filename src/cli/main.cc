@@ -288,6 +288,48 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   });
 }
 
+void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  CLI::App* exp = app.add_subcommand("export", "export volumes at run time (through the daemon)")->require_subcommand(1);
+  auto v = std::make_shared<VolumeArgs>();
+  auto pool_of = [&g, v] {
+    v->control = g.control;
+    v->pool = g.control.empty() ? PoolPath("", g.pool) : g.pool;
+  };
+  auto vhost = std::make_shared<VhostExportArgs>();
+  auto* add = exp->add_subcommand("vhost", "serve a volume as a vhost-user-blk device on a unix socket (for QEMU)");
+  add->add_option("NAME", v->name, "volume name")->required()->check(kVolumeName);
+  add->add_option("--socket", vhost->socket, "unix socket QEMU connects to")->required();
+  add->add_option("--queues", vhost->queues, "virtqueues (1-16), served in parallel")->check(CLI::Range(1, 16))->default_str("1");
+  add->add_flag("--readonly", vhost->read_only, "refuse writes");
+  add->callback([=, &action] {
+    pool_of();
+    action = [=] {
+      RunExportVhost(*v, *vhost);
+      return 0;
+    };
+  });
+  auto json = std::make_shared<bool>(false);
+  auto* list = exp->add_subcommand("list", "list exports (NBD and vhost-user)");
+  list->add_flag("--json", *json, "print JSON");
+  list->callback([=, &action] {
+    pool_of();
+    action = [=] {
+      RunExportList(*v, *json);
+      return 0;
+    };
+  });
+  auto socket = std::make_shared<std::string>();
+  auto* remove = exp->add_subcommand("remove", "stop a vhost-user export (the guest's requests in flight finish)");
+  remove->add_option("--socket", *socket, "the export's socket")->required();
+  remove->callback([=, &action] {
+    pool_of();
+    action = [=] {
+      RunExportRemove(*v, *socket);
+      return 0;
+    };
+  });
+}
+
 void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
   auto args = std::make_shared<ServeArgs>();
   auto* serve = app.add_subcommand("serve", "serve every volume of a pool over NBD, with a control socket");
@@ -333,6 +375,7 @@ int Main(int argc, char** argv) {
   std::function<int()> action;
   AddPoolCommands(app, g, action);
   AddVolumeCommands(app, g, action);
+  AddExportCommands(app, g, action);
   AddServeCommand(app, g, action);
   try {
     app.parse(argc, argv);

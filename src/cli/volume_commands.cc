@@ -5,6 +5,7 @@
 #include "base/size_parse.h"
 #include "cli/cli_error.h"
 #include "cli/commands.h"
+#include "cli/daemon_client.h"
 #include "cli/output.h"
 #include "cli/pool_session.h"
 #include "daemon/control_server.h"
@@ -18,23 +19,6 @@ constexpr size_t kMaxVolumeNameLength = 64;
 
 bool IsNameChar(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-}
-
-// The control socket of a daemon serving the pool, if one does: the one
-// given with --control, else the default one beside the pool if a daemon
-// answers on it. Volume commands then go through the daemon, which holds
-// the pool.
-std::optional<std::string> DaemonSocket(const VolumeArgs& args) {
-  if (!args.control.empty()) return args.control;
-  if (args.pool.empty()) return std::nullopt;
-  std::string socket = DefaultControlSocket(args.pool);
-  if (CallControl(socket, "pool.info", nlohmann::json::object()).ok()) return socket;
-  return std::nullopt;
-}
-
-nlohmann::json Call(const std::string& socket, const std::string& method, const nlohmann::json& params,
-                    const std::string& what) {
-  return Unwrap(CallControl(socket, method, params), what + " (through the daemon at " + socket + ")");
 }
 
 }  // namespace

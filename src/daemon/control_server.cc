@@ -10,7 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "daemon/unix_socket.h"
+#include "base/unix_socket.h"
 
 namespace edgestor {
 

@@ -83,6 +83,12 @@ Status Daemon::Stop() {
   }
   control_.Stop();
   if (nbd_) nbd_->Stop();  // waits for in-flight requests to complete and reply
+  std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost;
+  {
+    std::lock_guard lock(mu_);
+    vhost.swap(vhost_exports_);
+  }
+  vhost.clear();  // each finishes its requests in flight
   Status s = pool_->Close();
   if (s.ok()) spdlog::info("pool {} closed cleanly", options_.pool_path);
   if (lock_fd_ >= 0) ::close(lock_fd_);
@@ -119,5 +125,44 @@ void Daemon::ReleaseExport(Volume* volume) {
 }
 
 std::unique_ptr<IoQueue> Daemon::CreateQueue(uint32_t depth) { return pool_->device().CreateQueue(depth); }
+
+std::string Daemon::SerialOf(const Volume& volume) {
+  std::string uuid = pool_->Info().uuid;
+  return "es" + uuid.substr(0, 8) + "-" + std::to_string(volume.id());  // at most 2+8+1+4 bytes
+}
+
+bool Daemon::HasVhostExport(const Volume* volume) const {
+  for (const auto& [socket, e] : vhost_exports_)
+    if (&e->volume() == volume) return true;
+  return false;
+}
+
+Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions options) {
+  std::lock_guard lock(mu_);
+  if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
+  ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+  options.socket_path = std::filesystem::absolute(options.socket_path).string();
+  if (vhost_exports_.count(options.socket_path)) return Status(EEXIST, "an export already uses " + options.socket_path);
+  if (options.serial.empty()) options.serial = SerialOf(*volume);
+  auto started = vhost::VhostBlkExport::Start(*volume, options, [this] { return CreateQueue(256); });
+  if (!started.ok()) return started.status().WithContext("cannot export " + name + " on " + options.socket_path);
+  vhost_exports_[options.socket_path] = std::move(started).value();
+  spdlog::info("exporting volume {} as vhost-user-blk on {} ({} queues{})", name, options.socket_path, options.queues,
+               options.read_only ? ", read-only" : "");
+  return Status::Ok();
+}
+
+Status Daemon::RemoveVhostExport(const std::string& socket_path) {
+  std::unique_ptr<vhost::VhostBlkExport> removed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = vhost_exports_.find(std::filesystem::absolute(socket_path).string());
+    if (it == vhost_exports_.end()) return Status(ENOENT, "no vhost-user export on " + socket_path);
+    removed = std::move(it->second);
+    vhost_exports_.erase(it);
+  }
+  removed->Stop();  // outside the lock: finishes the guest's requests in flight
+  return Status::Ok();
+}
 
 }  // namespace edgestor

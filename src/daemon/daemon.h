@@ -14,6 +14,7 @@
 
 #include "daemon/control_server.h"
 #include "frontend/nbd/nbd_server.h"
+#include "frontend/vhost/vhost_blk_export.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
@@ -50,6 +51,12 @@ class Daemon : public ExportProvider {
   void ReleaseExport(Volume* volume) override;
   std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override;
 
+  // vhost-user-blk exports, added and removed at run time (export.* RPCs).
+  Status AddVhostExport(const std::string& volume, vhost::VhostExportOptions options);
+  Status RemoveVhostExport(const std::string& socket_path);
+  // A stable serial for the guest: pool uuid prefix and volume id.
+  std::string SerialOf(const Volume& volume);
+
  private:
   Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool);
   void RegisterMethods();
@@ -61,6 +68,9 @@ class Daemon : public ExportProvider {
   ControlServer control_;
   std::mutex mu_;  // guards users_, and orders delete/shrink against new connections
   std::map<Volume*, uint32_t> users_;  // GUARDED_BY(mu_): NBD connections per volume
+  // GUARDED_BY(mu_): by socket path. A volume with one cannot be deleted or shrunk.
+  std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost_exports_;
+  bool HasVhostExport(const Volume* volume) const;  // REQUIRES: mu_
   bool stopped_ = false;
 };
 

@@ -1,5 +1,6 @@
 // The control API: one handler per JSON-RPC method (docs/CONTROL_API.md).
 #include <cerrno>
+#include <filesystem>
 
 #include "daemon/daemon.h"
 #include "daemon/info_json.h"
@@ -88,6 +89,8 @@ void Daemon::RegisterMethods() {
     if (size < volume->size() && users_.count(volume))
       return Status(EBUSY, "volume '" + name + "' is attached by " + std::to_string(users_[volume]) +
                                " NBD connection(s); disconnect them before shrinking");
+    if (size < volume->size() && HasVhostExport(volume))
+      return Status(EBUSY, "volume '" + name + "' is exported over vhost-user; remove the export before shrinking");
     ES_RETURN_IF_ERROR(pool_->ResizeVolume(name, size, force));
     ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(name));
     return json(info);
@@ -99,6 +102,9 @@ void Daemon::RegisterMethods() {
     if (users_.count(volume))
       return Status(EBUSY, "volume '" + name + "' is exported and attached by " + std::to_string(users_[volume]) +
                                " NBD connection(s); disconnect them first");
+    if (HasVhostExport(volume))
+      return Status(EBUSY, "volume '" + name + "' is exported over vhost-user; remove the export first "
+                           "(edgestor export remove --socket PATH)");
     ES_RETURN_IF_ERROR(pool_->DeleteVolume(name));
     return json{{"deleted", name}};
   });
@@ -111,7 +117,36 @@ void Daemon::RegisterMethods() {
       if (found.ok() && users_.count(found.value())) connections = users_[found.value()];
       exports.push_back({{"name", v.name}, {"protocol", "nbd"}, {"uri", NbdUri(v.name)}, {"connections", connections}});
     }
+    for (const auto& [socket, e] : vhost_exports_)
+      exports.push_back({{"name", e->volume().name()},
+                         {"protocol", "vhost-user-blk"},
+                         {"socket", socket},
+                         {"queues", e->options().queues},
+                         {"readonly", e->options().read_only},
+                         {"serial", e->options().serial},
+                         {"connections", e->connected() ? 1 : 0}});
     return json{{"exports", exports}};
+  });
+  control_.Register("export.add", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+    ES_ASSIGN_OR_RETURN(std::string protocol, StringParam(params, "protocol"));
+    if (protocol != "vhost-user-blk")
+      return Status(EINVAL, "protocol must be \"vhost-user-blk\" (every volume is always exported over NBD)");
+    vhost::VhostExportOptions options;
+    ES_ASSIGN_OR_RETURN(options.socket_path, StringParam(params, "socket"));
+    if (params.contains("queues")) {
+      if (!params["queues"].is_number_unsigned() || params["queues"].get<uint64_t>() > vhost::kMaxQueues)
+        return Status(EINVAL, "queues must be from 1 to " + std::to_string(vhost::kMaxQueues));
+      options.queues = static_cast<uint16_t>(params["queues"].get<uint64_t>());
+    }
+    options.read_only = params.value("readonly", false);
+    ES_RETURN_IF_ERROR(AddVhostExport(name, options));
+    return json{{"name", name}, {"socket", std::filesystem::absolute(options.socket_path).string()}};
+  });
+  control_.Register("export.remove", [this](const json& params) -> Result<json> {
+    ES_ASSIGN_OR_RETURN(std::string socket, StringParam(params, "socket"));
+    ES_RETURN_IF_ERROR(RemoveVhostExport(socket));
+    return json{{"removed", socket}};
   });
 }
 

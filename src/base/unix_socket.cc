@@ -1,4 +1,4 @@
-#include "daemon/unix_socket.h"
+#include "base/unix_socket.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -1,4 +1,5 @@
-// Small helpers for unix sockets shared by the daemon's servers and clients.
+// Small helpers for unix sockets: the daemon's control socket, the
+// vhost-user exports, and their clients.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,21 @@
+// Reaching a daemon that serves the pool, for commands that go through it.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+
+namespace edgestor::cli {
+
+// The control socket of a daemon serving the pool, if one does: the one
+// given with --control, else the default one beside the pool if a daemon
+// answers on it.
+std::optional<std::string> DaemonSocket(const VolumeArgs& args);
+// Calls `method`; throws CliError "<what> (through the daemon at SOCK): ...".
+nlohmann::json Call(const std::string& socket, const std::string& method, const nlohmann::json& params,
+                    const std::string& what);
+
+}  // namespace edgestor::cli

@@ -1,0 +1,67 @@
+// daemon_client helpers, and export vhost | list | remove (daemon only).
+#include <iostream>
+
+#include "cli/cli_error.h"
+#include "cli/commands.h"
+#include "cli/daemon_client.h"
+#include "cli/output.h"
+#include "daemon/control_server.h"
+#include "daemon/daemon.h"
+
+namespace edgestor::cli {
+
+std::optional<std::string> DaemonSocket(const VolumeArgs& args) {
+  if (!args.control.empty()) return args.control;
+  if (args.pool.empty()) return std::nullopt;
+  std::string socket = DefaultControlSocket(args.pool);
+  if (CallControl(socket, "pool.info", nlohmann::json::object()).ok()) return socket;
+  return std::nullopt;
+}
+
+nlohmann::json Call(const std::string& socket, const std::string& method, const nlohmann::json& params,
+                    const std::string& what) {
+  return Unwrap(CallControl(socket, method, params), what + " (through the daemon at " + socket + ")");
+}
+
+static std::string RequireDaemon(const VolumeArgs& args) {
+  auto socket = DaemonSocket(args);
+  if (!socket) Fail("exports are served by the daemon: start `edgestor serve --pool " + args.pool + "` first");
+  return *socket;
+}
+
+void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost) {
+  std::string socket = RequireDaemon(args);
+  nlohmann::json params = {{"name", args.name},     {"protocol", "vhost-user-blk"}, {"socket", vhost.socket},
+                           {"queues", vhost.queues}, {"readonly", vhost.read_only}};
+  nlohmann::json result = Call(socket, "export.add", params, "cannot export volume " + args.name);
+  std::cout << "exporting volume " << args.name << " over vhost-user-blk on " << result["socket"].get<std::string>()
+            << " (" << vhost.queues << (vhost.queues == 1 ? " queue" : " queues")
+            << (vhost.read_only ? ", read-only" : "") << ")\n"
+            << "attach with: qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=RAM,share=on "
+               "-numa node,memdev=mem -chardev socket,id=c0,path="
+            << result["socket"].get<std::string>() << " -device vhost-user-blk-pci,chardev=c0,num-queues=" << vhost.queues
+            << "\n";
+}
+
+void RunExportList(const VolumeArgs& args, bool json) {
+  nlohmann::json result = Call(RequireDaemon(args), "export.list", nlohmann::json::object(), "cannot list exports");
+  if (json) {
+    PrintJson(result);
+    return;
+  }
+  std::vector<std::vector<std::string>> rows = {{"VOLUME", "PROTOCOL", "WHERE", "CONNECTIONS"}};
+  for (const auto& e : result["exports"]) {
+    bool nbd = e["protocol"] == "nbd";
+    rows.push_back({e["name"].get<std::string>(), e["protocol"].get<std::string>(),
+                    nbd ? e["uri"].get<std::string>() : e["socket"].get<std::string>(),
+                    std::to_string(e["connections"].get<uint64_t>())});
+  }
+  std::cout << RenderTable(rows);
+}
+
+void RunExportRemove(const VolumeArgs& args, const std::string& socket_path) {
+  Call(RequireDaemon(args), "export.remove", {{"socket", socket_path}}, "cannot remove export " + socket_path);
+  std::cout << "removed export " << socket_path << "\n";
+}
+
+}  // namespace edgestor::cli

@@ -1,0 +1,247 @@
+#include "frontend/vhost/blk_queue.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "frontend/vhost/vhost_user_protocol.h"
+
+namespace edgestor::vhost {
+
+// One guest request in flight.
+struct BlkQueue::Request {
+  VolumeIo io;
+  BlkQueue* queue;
+  uint16_t head;
+  std::vector<Segment> in;   // device-writable buffers: data (reads), then the status byte
+  std::vector<Segment> out;  // device-readable buffers: header, then data (writes)
+  uint64_t in_bytes = 0;     // writable bytes, status byte included
+  uint64_t out_bytes = 0;
+  AlignedBuffer bounce;
+  uint32_t written = 0;      // bytes written into the guest's buffers, status included
+};
+
+namespace {
+
+// Copies `length` bytes starting `skip` bytes into the chain's buffers.
+void Gather(const std::vector<Segment>& segments, uint64_t skip, uint8_t* dst, uint64_t length) {
+  for (const Segment& s : segments) {
+    if (length == 0) return;
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
+    }
+    uint64_t n = std::min<uint64_t>(s.length - skip, length);
+    std::memcpy(dst, s.data + skip, n);
+    dst += n;
+    length -= n;
+    skip = 0;
+  }
+}
+
+void Scatter(const std::vector<Segment>& segments, const uint8_t* src, uint64_t length) {
+  for (const Segment& s : segments) {
+    if (length == 0) return;
+    uint64_t n = std::min<uint64_t>(s.length, length);
+    std::memcpy(s.data, src, n);
+    src += n;
+    length -= n;
+  }
+}
+
+uint8_t* StatusByte(const std::vector<Segment>& in) {
+  const Segment& last = in.back();
+  return last.data + last.length - 1;
+}
+
+}  // namespace
+
+BlkQueue::BlkQueue(const BlkSettings& settings, uint32_t index) : settings_(settings), index_(index) {}
+
+BlkQueue::~BlkQueue() { Stop(); }
+
+Status BlkQueue::Start(std::shared_ptr<const GuestMemory> memory, const Virtqueue::Layout& layout,
+                       uint16_t last_avail_idx, bool event_idx, int kick_fd) {
+  if (running()) return Status(EBUSY, "queue already running");
+  ES_RETURN_IF_ERROR(ring_.Start(std::move(memory), layout, last_avail_idx, event_idx));
+  stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
+  if (stop_fd_ < 0) return Status(errno, "eventfd failed");
+  io_queue_ = settings_.make_io_queue();
+  kick_fd_ = kick_fd;
+  stopping_ = false;
+  broken_ = false;
+  thread_ = std::thread(&BlkQueue::Run, this);
+  return Status::Ok();
+}
+
+uint16_t BlkQueue::Stop() {
+  if (!running()) return ring_.last_avail_idx();
+  stopping_ = true;
+  uint64_t one = 1;
+  (void)!::write(stop_fd_, &one, sizeof one);
+  thread_.join();
+  ::close(stop_fd_);
+  stop_fd_ = -1;
+  io_queue_.reset();
+  return ring_.last_avail_idx();
+}
+
+void BlkQueue::Run() {
+  while (!stopping_) {
+    bool took = !broken_ && TakeAvailable();
+    if (io_queue_->InFlight() > 0) {
+      io_queue_->Poll(/*wait=*/true);
+      Notify();
+      continue;
+    }
+    Notify();
+    if (took || (!broken_ && ring_.ArmKick())) continue;  // more may have come meanwhile
+    pollfd fds[2] = {{kick_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    uint64_t count;
+    if (fds[0].revents & POLLIN) (void)!::read(kick_fd_, &count, sizeof count);
+  }
+  // Stopping: requests already taken are finished and returned.
+  while (in_flight_ > 0 && io_queue_->InFlight() > 0) io_queue_->Poll(/*wait=*/true);
+  Notify();
+}
+
+bool BlkQueue::TakeAvailable() {
+  bool took = false;
+  // Bounded batch, so completions are reaped between batches.
+  for (int i = 0; i < 64; i++) {
+    auto head = ring_.Pop();
+    if (!head.ok()) {
+      spdlog::error("vhost-blk queue {}: {}; queue stopped until the guest resets it", index_, head.status().message());
+      broken_ = true;
+      return took;
+    }
+    if (!head.value()) break;
+    took = true;
+    Begin(*head.value());
+  }
+  return took;
+}
+
+void BlkQueue::Begin(uint16_t head) {
+  auto* r = new Request{};
+  r->queue = this;
+  r->head = head;
+  in_flight_++;
+  std::vector<Segment> chain;
+  Status walked = ring_.Walk(head, &chain);
+  bool writable_seen = false, layout_ok = true;
+  for (const Segment& s : chain) {
+    if (s.device_writable) {
+      writable_seen = true;
+      r->in.push_back(s);
+      r->in_bytes += s.length;
+    } else {
+      layout_ok &= !writable_seen;  // readable buffers come first
+      r->out.push_back(s);
+      r->out_bytes += s.length;
+    }
+  }
+  if (r->in_bytes == 0) {
+    // No status byte to report anything in: return the chain untouched.
+    spdlog::warn("vhost-blk queue {}: request without a status byte ({})", index_,
+                 walked.ok() ? "no writable buffer" : walked.message());
+    return Finish(r, kBlkStatusIoErr);
+  }
+  BlkOutHeader header;
+  if (!walked.ok() || !layout_ok || r->out_bytes < sizeof header) return Finish(r, kBlkStatusIoErr);
+  Gather(r->out, 0, reinterpret_cast<uint8_t*>(&header), sizeof header);
+
+  uint64_t data_in = r->in_bytes - 1, data_out = r->out_bytes - sizeof header;
+  VolumeIo& io = r->io;
+  io.context = r;
+  io.done = &BlkQueue::OnVolumeIoDone;
+  switch (header.type) {
+    case kBlkIn:
+    case kBlkOut: {
+      bool write = header.type == kBlkOut;
+      uint64_t length = write ? data_out : data_in;
+      if (write && settings_.read_only) return Finish(r, kBlkStatusIoErr);
+      if (length % 512 || length > kMaxRequestBytes || header.sector > (UINT64_MAX >> 9))
+        return Finish(r, kBlkStatusIoErr);
+      if (length == 0) return Finish(r, kBlkStatusOk);
+      r->bounce = AllocateAligned(length);
+      if (write) Gather(r->out, sizeof header, r->bounce.get(), length);
+      io.op = write ? VolumeOp::kWrite : VolumeOp::kRead;
+      io.offset = header.sector * 512;
+      io.length = length;
+      io.buf = r->bounce.get();
+      break;
+    }
+    case kBlkFlushCmd:
+      io.op = VolumeOp::kFlush;
+      break;
+    case kBlkGetId: {
+      uint8_t id[kBlkIdBytes] = {};
+      std::memcpy(id, settings_.serial.data(), std::min(settings_.serial.size(), kBlkIdBytes));
+      uint64_t n = std::min<uint64_t>(data_in, kBlkIdBytes);
+      Scatter(r->in, id, n);
+      r->written = static_cast<uint32_t>(n);
+      return Finish(r, kBlkStatusOk);
+    }
+    case kBlkDiscardCmd:
+    case kBlkWriteZeroesCmd: {
+      BlkDiscardWriteZeroes range;
+      if (settings_.read_only || data_out != sizeof range) return Finish(r, kBlkStatusIoErr);  // max_discard_seg = 1
+      Gather(r->out, sizeof header, reinterpret_cast<uint8_t*>(&range), sizeof range);
+      if (range.num_sectors > kMaxDiscardSectors || range.sector > (UINT64_MAX >> 9))
+        return Finish(r, kBlkStatusIoErr);
+      io.op = header.type == kBlkDiscardCmd ? VolumeOp::kDiscard : VolumeOp::kWriteZeroes;
+      io.offset = range.sector * 512;
+      io.length = uint64_t{range.num_sectors} * 512;
+      if (io.length == 0) return Finish(r, kBlkStatusOk);
+      break;
+    }
+    default:
+      return Finish(r, kBlkStatusUnsupported);
+  }
+  settings_.volume->Submit(&io, *io_queue_);
+}
+
+void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {
+  auto* r = static_cast<Request*>(io->context);
+  if (status.ok() && io->op == VolumeOp::kRead) {
+    Scatter(r->in, r->bounce.get(), io->length);
+    r->written = static_cast<uint32_t>(io->length);
+  }
+  r->queue->Finish(r, status.ok() ? kBlkStatusOk : kBlkStatusIoErr);
+}
+
+void BlkQueue::Finish(Request* r, uint8_t status) {
+  if (r->in_bytes > 0) {
+    *StatusByte(r->in) = status;
+    r->written++;
+  }
+  ring_.Push(r->head, r->written);
+  pushed_ = true;
+  in_flight_--;
+  delete r;
+}
+
+void BlkQueue::Notify() {
+  if (!pushed_) return;
+  pushed_ = false;
+  if (!ring_.ShouldNotify()) return;
+  std::lock_guard lock(call_mu_);
+  if (call_fd_ < 0) return;
+  uint64_t one = 1;
+  (void)!::write(call_fd_, &one, sizeof one);
+}
+
+int BlkQueue::ExchangeCallFd(int fd) {
+  std::lock_guard lock(call_mu_);
+  return std::exchange(call_fd_, fd);
+}
+
+}  // namespace edgestor::vhost

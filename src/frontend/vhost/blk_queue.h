@@ -1,0 +1,82 @@
+// BlkQueue: serves one virtqueue of a vhost-user-blk device on its own
+// thread with its own IoQueue: takes the guest's requests, runs them on the
+// volume, returns them and interrupts the guest.
+//
+// A request's data is copied between guest memory and an aligned bounce
+// buffer: guest buffers are neither aligned nor contiguous, and a copy
+// taken once cannot be changed by the guest under our feet. A malformed
+// request (bad header, buffers outside guest memory, a loop) completes with
+// an error status when it has a status byte to carry one, and never stops
+// the queue; a ring the guest broke (impossible indices) stops that queue
+// only.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "frontend/vhost/virtqueue.h"
+#include "io/device.h"
+#include "volume/volume.h"
+
+namespace edgestor::vhost {
+
+struct BlkSettings {
+  Volume* volume = nullptr;
+  bool read_only = false;
+  std::string serial;  // GET_ID, at most 20 bytes
+  std::function<std::unique_ptr<IoQueue>()> make_io_queue;
+};
+
+// The virtio-blk limits we advertise and enforce.
+inline constexpr uint32_t kSegMax = 126;
+inline constexpr uint32_t kMaxRequestBytes = 32u << 20;  // the engine's kMaxIoBytes
+inline constexpr uint32_t kMaxDiscardSectors = (32u << 20) / 512;
+
+class BlkQueue {
+ public:
+  BlkQueue(const BlkSettings& settings, uint32_t index);
+  ~BlkQueue();  // stops
+  BlkQueue(const BlkQueue&) = delete;
+  BlkQueue& operator=(const BlkQueue&) = delete;
+
+  // Starts the worker. The queue owns neither descriptor.
+  Status Start(std::shared_ptr<const GuestMemory> memory, const Virtqueue::Layout& layout, uint16_t last_avail_idx,
+               bool event_idx, int kick_fd);
+  // Waits for requests in flight, stops the worker and returns where the
+  // guest's ring stands (for GET_VRING_BASE). No-op if not running.
+  uint16_t Stop();
+  bool running() const { return thread_.joinable(); }
+  // Replaces the descriptor interrupts go to; returns the old one for the
+  // caller to close (never while the worker may be writing to it).
+  int ExchangeCallFd(int fd);
+
+ private:
+  struct Request;
+  void Run();
+  bool TakeAvailable();  // false if the ring is broken
+  void Begin(uint16_t head);
+  void Finish(Request* request, uint8_t status);
+  static void OnVolumeIoDone(VolumeIo* io, const Status& status);
+  void Notify();
+
+  const BlkSettings settings_;
+  const uint32_t index_;
+  Virtqueue ring_;
+  std::unique_ptr<IoQueue> io_queue_;
+  int kick_fd_ = -1;
+  int stop_fd_ = -1;  // eventfd: wakes the worker to stop
+  std::mutex call_mu_;  // guards call_fd_ against a close while signalling
+  int call_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  uint32_t in_flight_ = 0;  // requests taken and not yet returned
+  bool broken_ = false;     // the guest broke the ring; wait to be stopped
+  bool pushed_ = false;     // used entries since the last Notify
+  std::thread thread_;
+};
+
+}  // namespace edgestor::vhost

@@ -1,0 +1,51 @@
+// VhostBlkExport: one volume served as a vhost-user-blk device on a unix
+// socket. A front-end (QEMU) connects, negotiates, shares guest memory and
+// its virtqueues; each queue is then served by its own thread (BlkQueue).
+// The export outlives the front-end: when it disconnects, the export
+// waits for the next connection (a guest reboot or a QEMU restart).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "io/device.h"
+#include "volume/volume.h"
+
+namespace edgestor::vhost {
+
+struct VhostExportOptions {
+  std::string socket_path;
+  uint16_t queues = 1;       // virtqueues offered (1..16)
+  bool read_only = false;
+  std::string serial;        // GET_ID (guest: /dev/disk/by-id/virtio-SERIAL), at most 20 bytes
+};
+
+inline constexpr uint16_t kMaxQueues = 16;
+
+class VhostBlkExport {
+ public:
+  // Creates and listens on the socket (EADDRINUSE if something is there
+  // already: a stale socket file is removed only if nobody answers on it).
+  static Result<std::unique_ptr<VhostBlkExport>> Start(Volume& volume, VhostExportOptions options,
+                                                       std::function<std::unique_ptr<IoQueue>()> make_io_queue);
+  ~VhostBlkExport();  // Stop()
+  // Disconnects the front-end, finishing requests in flight, and removes
+  // the socket. Idempotent.
+  void Stop();
+
+  const VhostExportOptions& options() const { return options_; }
+  Volume& volume() const { return volume_; }
+  bool connected() const;
+
+ private:
+  class Impl;
+  VhostBlkExport(Volume& volume, VhostExportOptions options, std::unique_ptr<Impl> impl);
+  Volume& volume_;
+  VhostExportOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace edgestor::vhost

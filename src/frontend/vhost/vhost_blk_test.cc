@@ -1,0 +1,250 @@
+// The vhost-user-blk back-end driven by a test front-end: negotiation,
+// configuration, data round trips on several queues, reconnection, and
+// what a hostile guest can send.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "frontend/vhost/testing/test_front_end.h"
+#include "frontend/vhost/vhost_blk_export.h"
+#include "volume/testing/test_pool.h"
+
+namespace edgestor::vhost {
+namespace {
+
+using edgestor::testing::TestPool;
+using testing::TestFrontEnd;
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kVolumeBytes = 16 * kMiB;
+constexpr uint8_t kOk = 0, kIoErr = 1, kUnsupported = 2;
+
+class VhostBlkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    volume_ = pool_.set().CreateVolume("vol", kVolumeBytes).value();
+    socket_ = (std::filesystem::temp_directory_path() /
+               ("edgestor-vhost-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++) + ".sock"))
+                  .string();
+  }
+  void StartExport(uint16_t queues = 1, bool read_only = false) {
+    VhostExportOptions options{socket_, queues, read_only, "test-serial-01"};
+    auto started = VhostBlkExport::Start(*volume_, options, [this] { return pool_.device().CreateQueue(64); });
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    export_ = std::move(started).value();
+  }
+  // Runs one request of `type` on queue `q` and returns its status byte
+  // (0xff if it never completed).
+  uint8_t Run(TestFrontEnd& fe, uint32_t q, uint32_t type, uint64_t sector, uint8_t* data, uint32_t length,
+              bool writable) {
+    uint8_t* status = fe.BuildRequest(q, 0, type, sector, data, length, writable);
+    fe.Publish(q, 0);
+    auto used = fe.WaitUsed(q);
+    if (!used) return 0xff;
+    EXPECT_EQ(used->first, 0u);
+    return *status;
+  }
+
+  static inline int counter_ = 0;
+  TestPool pool_{128 * kMiB};
+  Volume* volume_ = nullptr;
+  std::string socket_;
+  std::unique_ptr<VhostBlkExport> export_;
+};
+
+TEST_F(VhostBlkTest, NegotiatesAndReportsTheDiskGeometry) {
+  StartExport(2);
+  TestFrontEnd fe(socket_, 2);
+  uint64_t features = fe.Negotiate();
+  EXPECT_TRUE(features & (1ull << 32));  // VERSION_1
+  EXPECT_TRUE(features & (1ull << 12));  // MQ
+  EXPECT_TRUE(features & (1ull << 13));  // DISCARD
+  EXPECT_TRUE(features & (1ull << 28));  // INDIRECT_DESC
+  EXPECT_FALSE(features & (1ull << 5));  // not read-only
+  EXPECT_EQ(fe.CallU64(17).value_or(0), 2u);  // GET_QUEUE_NUM
+  uint32_t request[3] = {0, 60, 0};
+  ASSERT_TRUE(fe.Send(24, request, sizeof request));  // GET_CONFIG
+  auto config = fe.Receive(24);
+  ASSERT_TRUE(config && config->size() == 12 + 60);
+  uint64_t capacity;
+  std::memcpy(&capacity, config->data() + 12, 8);
+  EXPECT_EQ(capacity, kVolumeBytes / 512);
+  uint16_t queues;
+  std::memcpy(&queues, config->data() + 12 + 34, 2);
+  EXPECT_EQ(queues, 2);
+}
+
+TEST_F(VhostBlkTest, WritesAndReadsBackOnEveryQueue) {
+  StartExport(2);
+  TestFrontEnd fe(socket_, 2);
+  fe.Negotiate();
+  for (uint32_t q = 0; q < 2; q++) {
+    uint8_t* out = fe.Allocate(8192);
+    for (int i = 0; i < 8192; i++) out[i] = static_cast<uint8_t>(i * 3 + q);
+    EXPECT_EQ(Run(fe, q, 1, 100 + q * 64, out, 8192, false), kOk);
+    uint8_t* in = fe.Allocate(8192);
+    EXPECT_EQ(Run(fe, q, 0, 100 + q * 64, in, 8192, true), kOk);
+    EXPECT_EQ(std::memcmp(in, out, 8192), 0);
+    EXPECT_EQ(Run(fe, q, 4, 0, nullptr, 0, false), kOk);  // FLUSH
+  }
+  // What the guest wrote is in the volume.
+  auto data = pool_.Read(*volume_, 100 * 512, 8192);
+  ASSERT_TRUE(data.ok());
+  EXPECT_EQ(data.value()[1], static_cast<uint8_t>(3));
+}
+
+TEST_F(VhostBlkTest, GetIdDiscardAndUnknownRequests) {
+  StartExport();
+  TestFrontEnd fe(socket_);
+  fe.Negotiate();
+  uint8_t* id = fe.Allocate(20);
+  EXPECT_EQ(Run(fe, 0, 8, 0, id, 20, true), kOk);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(id), 14), "test-serial-01");
+  ASSERT_TRUE(pool_.Write(*volume_, 0, std::vector<uint8_t>(65536, 0x77)).ok());
+  uint8_t* range = fe.Allocate(16);
+  uint64_t sector = 0;
+  uint32_t sectors = 128;
+  std::memcpy(range, &sector, 8);
+  std::memcpy(range + 8, &sectors, 4);
+  EXPECT_EQ(Run(fe, 0, 11, 0, range, 16, false), kOk);  // DISCARD
+  EXPECT_EQ(pool_.Read(*volume_, 0, 65536).value(), std::vector<uint8_t>(65536, 0));
+  EXPECT_EQ(Run(fe, 0, 99, 0, nullptr, 0, false), kUnsupported);
+}
+
+TEST_F(VhostBlkTest, HostileRequestsFailAloneAndTheQueueGoesOn) {
+  StartExport();
+  TestFrontEnd fe(socket_);
+  fe.Negotiate();
+  uint8_t* buf = fe.Allocate(4096);
+  // Past the end of the volume.
+  EXPECT_EQ(Run(fe, 0, 0, kVolumeBytes / 512 - 4, buf, 4096, true), kIoErr);
+  // Not a multiple of 512 bytes.
+  EXPECT_EQ(Run(fe, 0, 0, 0, buf, 1000, true), kIoErr);
+  // Data descriptor pointing outside guest memory: the chain cannot be
+  // trusted past it, so it is returned without touching its status byte.
+  uint8_t* status = fe.BuildRequest(0, 0, 0, 0, buf, 4096, true);
+  fe.Desc(0)[1].addr = testing::kGuestMemoryBytes - 100;
+  fe.Publish(0, 0);
+  auto used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->second, 0u);
+  EXPECT_NE(*status, kOk);
+  // A header of 8 bytes instead of 16.
+  status = fe.BuildRequest(0, 0, 0, 0, buf, 4096, true);
+  fe.Desc(0)[0].len = 8;
+  fe.Publish(0, 0);
+  ASSERT_TRUE(fe.WaitUsed(0));
+  EXPECT_EQ(*status, kIoErr);
+  // A loop: the data descriptor points back at the header.
+  status = fe.BuildRequest(0, 0, 0, 0, buf, 4096, true);
+  fe.Desc(0)[1].next = 0;
+  fe.Publish(0, 0);
+  ASSERT_TRUE(fe.WaitUsed(0));
+  // A writable buffer before a readable one (bad layout).
+  status = fe.BuildRequest(0, 0, 1, 0, buf, 4096, false);
+  uint8_t* extra_status = fe.Allocate(1);
+  fe.Desc(0)[2] = {fe.Gpa(extra_status), 1, 2 | 1, 3};
+  fe.Desc(0)[3] = {fe.Gpa(buf), 512, 1, 0};  // readable after writable
+  fe.Publish(0, 0);
+  ASSERT_TRUE(fe.WaitUsed(0));
+  // An indirect table that is not whole descriptors, and one that nests.
+  uint8_t* table = fe.Allocate(64);
+  fe.Desc(0)[0] = {fe.Gpa(table), 20, 4, 0};
+  fe.Publish(0, 0);
+  ASSERT_TRUE(fe.WaitUsed(0));
+  auto* entries = reinterpret_cast<testing::TestDesc*>(table);
+  entries[0] = {fe.Gpa(table), 32, 4, 0};
+  fe.Desc(0)[0] = {fe.Gpa(table), 32, 4, 0};
+  fe.Publish(0, 0);
+  ASSERT_TRUE(fe.WaitUsed(0));
+  // Descriptor index out of the ring in the available ring.
+  fe.memory();
+  // After all that, a normal request still works.
+  uint8_t* out = fe.Allocate(4096);
+  std::memset(out, 0x42, 4096);
+  EXPECT_EQ(Run(fe, 0, 1, 8, out, 4096, false), kOk);
+  uint8_t* in = fe.Allocate(4096);
+  EXPECT_EQ(Run(fe, 0, 0, 8, in, 4096, true), kOk);
+  EXPECT_EQ(std::memcmp(in, out, 4096), 0);
+}
+
+TEST_F(VhostBlkTest, IndirectDescriptorsWork) {
+  StartExport();
+  TestFrontEnd fe(socket_);
+  fe.Negotiate();
+  uint8_t* header = fe.Allocate(16);
+  uint32_t type = 1;
+  uint64_t sector = 16;
+  std::memcpy(header, &type, 4);
+  std::memcpy(header + 8, &sector, 8);
+  uint8_t* data = fe.Allocate(4096);
+  std::memset(data, 0x5a, 4096);
+  uint8_t* status = fe.Allocate(1);
+  uint8_t* table = fe.Allocate(48);
+  auto* t = reinterpret_cast<testing::TestDesc*>(table);
+  t[0] = {fe.Gpa(header), 16, 1, 1};
+  t[1] = {fe.Gpa(data), 4096, 1, 2};
+  t[2] = {fe.Gpa(status), 1, 2, 0};
+  fe.Desc(0)[5] = {fe.Gpa(table), 48, 4, 0};
+  fe.Publish(0, 5);
+  auto used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->first, 5u);
+  EXPECT_EQ(*status, kOk);
+  EXPECT_EQ(pool_.Read(*volume_, 16 * 512, 4096).value(), std::vector<uint8_t>(4096, 0x5a));
+}
+
+TEST_F(VhostBlkTest, ABrokenRingStopsOnlyThatQueue) {
+  StartExport(2);
+  TestFrontEnd fe(socket_, 2);
+  fe.Negotiate();
+  fe.SetAvailIdx(0, 1000);  // more than the ring holds
+  fe.Kick(0);
+  uint8_t* in = fe.Allocate(4096);
+  EXPECT_EQ(Run(fe, 1, 0, 0, in, 4096, true), kOk);
+}
+
+TEST_F(VhostBlkTest, ReadOnlyExportRefusesWrites) {
+  StartExport(1, /*read_only=*/true);
+  TestFrontEnd fe(socket_);
+  EXPECT_TRUE(fe.Negotiate() & (1ull << 5));  // RO
+  uint8_t* out = fe.Allocate(4096);
+  EXPECT_EQ(Run(fe, 0, 1, 0, out, 4096, false), kIoErr);
+  EXPECT_EQ(Run(fe, 0, 0, 0, out, 4096, true), kOk);
+}
+
+TEST_F(VhostBlkTest, ExportSurvivesTheFrontEndReconnecting) {
+  StartExport();
+  {
+    TestFrontEnd fe(socket_);
+    fe.Negotiate();
+    uint8_t* out = fe.Allocate(4096);
+    std::memset(out, 0x31, 4096);
+    EXPECT_EQ(Run(fe, 0, 1, 0, out, 4096, false), kOk);
+  }  // disconnects
+  TestFrontEnd again(socket_);
+  again.Negotiate();
+  uint8_t* in = again.Allocate(4096);
+  EXPECT_EQ(Run(again, 0, 0, 0, in, 4096, true), kOk);
+  EXPECT_EQ(in[100], 0x31);
+}
+
+TEST_F(VhostBlkTest, GarbageMessagesDisconnectOnlyThatFrontEnd) {
+  StartExport();
+  {
+    TestFrontEnd fe(socket_);
+    uint8_t junk[64];
+    std::memset(junk, 0xee, sizeof junk);
+    EXPECT_TRUE(fe.Send(0xdead, junk, sizeof junk));
+    uint32_t huge = 1u << 20;
+    EXPECT_TRUE(fe.Send(5, &huge, 4));  // SET_MEM_TABLE without a table or descriptor
+  }
+  TestFrontEnd fe(socket_);
+  fe.Negotiate();
+  uint8_t* in = fe.Allocate(4096);
+  EXPECT_EQ(Run(fe, 0, 0, 0, in, 4096, true), kOk);
+}
+
+}  // namespace
+}  // namespace edgestor::vhost
