@@ -139,7 +139,8 @@ Result<size_t> Compressor::CompressZstd(int level, std::span<const uint8_t> in, 
   return r;
 }
 
-Status Compressor::Decompress(Compression algorithm, std::span<const uint8_t> in, std::span<uint8_t> out) {
+Status Compressor::Decompress(Compression algorithm, std::span<const uint8_t> in, std::span<uint8_t> out,
+                              size_t needed) {
   if (algorithm != Compression::kLz4 && algorithm != Compression::kZstd) {
     return Status(EINVAL, "cannot decompress with compression off");
   }
@@ -149,6 +150,16 @@ Status Compressor::Decompress(Compression algorithm, std::span<const uint8_t> in
   std::span<const uint8_t> payload = Payload(algorithm, in, out.size());
   if (payload.empty()) return Damaged("bad frame header");
 
+  if (needed > out.size()) return Status(EINVAL, "needed more bytes than the cluster has");
+  if (algorithm == Compression::kLz4 && needed != 0 && needed < out.size()) {
+    // Decodes at least `needed` bytes; reads only `payload`, writes at most out.size().
+    int n = LZ4_decompress_safe_partial(reinterpret_cast<const char*>(payload.data()), reinterpret_cast<char*>(out.data()),
+                                        static_cast<int>(payload.size()), static_cast<int>(needed),
+                                        static_cast<int>(out.size()));
+    if (n < 0) return Damaged("lz4 block does not decode");
+    if (static_cast<size_t>(n) < needed) return Damaged("lz4 block is too short");
+    return Status::Ok();
+  }
   if (algorithm == Compression::kLz4) {
     // Reads only `payload`, writes at most out.size() bytes, whatever the input.
     int n = LZ4_decompress_safe(reinterpret_cast<const char*>(payload.data()), reinterpret_cast<char*>(out.data()),

@@ -89,7 +89,10 @@ class Compressor {
   // another algorithm, or does not decompress to exactly out.size() bytes;
   // `out` is then undefined. EINVAL for kOff, or an `out` of 8 bytes or
   // less or larger than kMaxCompressionInput.
-  Status Decompress(Compression algorithm, std::span<const uint8_t> in, std::span<uint8_t> out);
+  // With `needed` (1..out.size()), only out[0, needed) must be right: lz4
+  // stops decoding there (a 4 KiB read early in a cluster costs a fraction
+  // of a full decode), and the length check is then on `needed` only.
+  Status Decompress(Compression algorithm, std::span<const uint8_t> in, std::span<uint8_t> out, size_t needed = 0);
 
  private:
   Compressor(ZSTD_CCtx_s* cctx, ZSTD_DCtx_s* dctx) : cctx_(cctx), dctx_(dctx) {}

@@ -83,6 +83,24 @@ TEST(ParseCompression, RefusesEverythingElse) {
   }
 }
 
+TEST_F(CompressorTest, PartialDecodeGivesTheRequestedPrefix) {
+  const Bytes cluster = TextLike(kCluster, 4);
+  for (Compression algorithm : {Compression::kLz4, Compression::kZstd}) {
+    Bytes frame = Frame(algorithm, algorithm == Compression::kZstd ? 3 : 0, cluster);
+    ASSERT_FALSE(frame.empty());
+    for (size_t needed : {size_t{1}, size_t{4096}, size_t{12288}, kCluster - 1, kCluster}) {
+      Bytes back(kCluster, 0xee);
+      ASSERT_TRUE(c_->Decompress(algorithm, frame, back, needed).ok()) << needed;
+      EXPECT_TRUE(std::equal(back.begin(), back.begin() + needed, cluster.begin())) << needed;
+    }
+    Bytes back(kCluster);
+    EXPECT_EQ(c_->Decompress(algorithm, frame, back, kCluster + 1).code(), EINVAL);
+    // A frame cut short cannot give a prefix it does not hold.
+    Bytes cut(frame.begin(), frame.begin() + frame.size() / 2);
+    EXPECT_EQ(c_->Decompress(algorithm, cut, back, kCluster - 1).code(), EUCLEAN);
+  }
+}
+
 TEST_F(CompressorTest, TextRoundTripsWithBothAlgorithms) {
   const Bytes cluster = TextLike(kCluster, 1);
   for (auto [algorithm, level] : {std::pair{Compression::kLz4, 0}, std::pair{Compression::kZstd, 1},

@@ -278,7 +278,8 @@ Status ThinVolume::DecodeCompressedRead(SubIo* sub) {
   std::span<uint8_t> frame(sub->bounce.get(), sub->req.length);
   ES_RETURN_IF_ERROR(codec_->Decrypt(sub->first_logical_block, frame));
   AlignedBuffer cluster = AllocateAligned(cluster_size_);
-  ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(cluster.get(), cluster_size_))
+  ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(cluster.get(), cluster_size_),
+                                        sub->compressed_at + sub->compressed_length)
                          .WithContext("volume " + name_ + " cluster " + std::to_string(sub->cluster)));
   std::memcpy(sub->compressed_out, cluster.get() + sub->compressed_at, sub->compressed_length);
   return Status::Ok();

@@ -108,7 +108,7 @@ Result<uint32_t> VolumeCodec::Compress(std::span<const uint8_t> cluster, std::sp
   return static_cast<uint32_t>(padded / kBlockSize);
 }
 
-Status VolumeCodec::Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster) {
+Status VolumeCodec::Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster, size_t needed) {
   if (stored.size() < kCompressedFrameHeaderBytes) return Status(EUCLEAN, "compressed data is damaged (short frame)");
   // Byte 4 of the frame names the algorithm (see codec/compressor.h).
   uint8_t algorithm = stored[4];
@@ -116,7 +116,7 @@ Status VolumeCodec::Decompress(std::span<const uint8_t> stored, std::span<uint8_
     return Status(EUCLEAN, "compressed data is damaged (unknown algorithm)");
   ES_ASSIGN_OR_RETURN(auto compressor, TakeCompressor());
   Loan loan(std::move(compressor), compressors_);
-  return loan->Decompress(static_cast<Compression>(algorithm), stored, cluster);
+  return loan->Decompress(static_cast<Compression>(algorithm), stored, cluster, needed);
 }
 
 }  // namespace edgestor

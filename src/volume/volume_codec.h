@@ -54,7 +54,8 @@ class VolumeCodec {
   // exactly cluster.size() bytes. The algorithm is read from the frame, so
   // clusters written before a change of setting still read. EUCLEAN if the
   // frame is damaged.
-  Status Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster);
+  // With `needed`, only cluster[0, needed) must be right (see Compressor).
+  Status Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster, size_t needed = 0);
 
  private:
   VolumeCodec(std::unique_ptr<SectorCipher> cipher, CompressionSetting compression);
