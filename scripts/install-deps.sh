@@ -11,6 +11,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   fio qemu-utils nbdkit libnbd-bin
   python3  # tests/cli_test.sh parses --json output with it
+  # tests/guest: a QEMU guest booting Debian's kernel with an initramfs of
+  # busybox-static and e2fsprogs (scripts/build-guest.sh)
+  qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs xz-utils
 )
 
 missing=()
