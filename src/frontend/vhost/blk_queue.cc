@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -67,9 +68,17 @@ BlkQueue::BlkQueue(const BlkSettings& settings, uint32_t index) : settings_(sett
 BlkQueue::~BlkQueue() { Stop(); }
 
 Status BlkQueue::Start(std::shared_ptr<const GuestMemory> memory, const Virtqueue::Layout& layout,
-                       uint16_t last_avail_idx, bool event_idx, int kick_fd) {
+                       uint16_t last_avail_idx, bool event_idx, int kick_fd, InflightQueueHeader* inflight,
+                       std::shared_ptr<void> inflight_owner) {
   if (running()) return Status(EBUSY, "queue already running");
   ES_RETURN_IF_ERROR(ring_.Start(std::move(memory), layout, last_avail_idx, event_idx));
+  inflight_ = inflight;
+  inflight_owner_ = std::move(inflight_owner);
+  resubmit_.clear();
+  if (inflight_) {
+    if (inflight_->desc_num != layout.size) return Status(EINVAL, "inflight region is for another queue size");
+    resubmit_ = RecoverInflight();
+  }
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (stop_fd_ < 0) return Status(errno, "eventfd failed");
   io_queue_ = settings_.make_io_queue();
@@ -92,7 +101,37 @@ uint16_t BlkQueue::Stop() {
   return ring_.last_avail_idx();
 }
 
+std::vector<uint16_t> BlkQueue::RecoverInflight() {
+  InflightQueueHeader& h = *inflight_;
+  if (h.version == 0) {  // fresh region
+    h.version = 1;
+    h.used_idx = ring_.used_idx();
+    return {};
+  }
+  if (h.used_idx != ring_.used_idx()) {
+    // Stopped between returning last_batch_head and recording it.
+    if (h.last_batch_head < h.desc_num) TrackedDesc(h.last_batch_head)->inflight = 0;
+    h.used_idx = ring_.used_idx();
+  }
+  std::vector<std::pair<uint64_t, uint16_t>> taken;
+  for (uint16_t i = 0; i < h.desc_num; i++)
+    if (TrackedDesc(i)->inflight == 1) taken.emplace_back(TrackedDesc(i)->counter, i);
+  std::sort(taken.begin(), taken.end());
+  std::vector<uint16_t> heads;
+  for (auto& [counter, head] : taken) {
+    heads.push_back(head);
+    inflight_counter_ = std::max(inflight_counter_, counter);
+  }
+  // Every head taken is either returned or still in flight.
+  ring_.set_last_avail_idx(static_cast<uint16_t>(ring_.used_idx() + heads.size()));
+  if (!heads.empty())
+    spdlog::info("vhost-blk queue {}: running {} request(s) a previous back-end left in flight", index_, heads.size());
+  return heads;
+}
+
 void BlkQueue::Run() {
+  for (uint16_t head : resubmit_) Begin(head);
+  resubmit_.clear();
   while (!stopping_) {
     bool took = !broken_ && TakeAvailable();
     if (io_queue_->InFlight() > 0) {
@@ -134,6 +173,11 @@ void BlkQueue::Begin(uint16_t head) {
   r->queue = this;
   r->head = head;
   in_flight_++;
+  if (inflight_) {
+    TrackedDesc(head)->counter = ++inflight_counter_;
+    std::atomic_thread_fence(std::memory_order_release);
+    TrackedDesc(head)->inflight = 1;
+  }
   std::vector<Segment> chain;
   Status walked = ring_.Walk(head, &chain);
   bool writable_seen = false, layout_ok = true;
@@ -223,7 +267,13 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
     *StatusByte(r->in) = status;
     r->written++;
   }
+  if (inflight_) inflight_->last_batch_head = r->head;
   ring_.Push(r->head, r->written);
+  if (inflight_) {
+    TrackedDesc(r->head)->inflight = 0;
+    std::atomic_thread_fence(std::memory_order_release);
+    inflight_->used_idx = ring_.used_idx();
+  }
   pushed_ = true;
   in_flight_--;
   delete r;

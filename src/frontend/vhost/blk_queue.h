@@ -45,8 +45,12 @@ class BlkQueue {
   BlkQueue& operator=(const BlkQueue&) = delete;
 
   // Starts the worker. The queue owns neither descriptor.
+  // With `inflight` (INFLIGHT_SHMFD: this queue's region, kept alive by
+  // `inflight_owner`), requests are tracked there, and requests a previous
+  // back-end left in flight are run again first.
   Status Start(std::shared_ptr<const GuestMemory> memory, const Virtqueue::Layout& layout, uint16_t last_avail_idx,
-               bool event_idx, int kick_fd);
+               bool event_idx, int kick_fd, InflightQueueHeader* inflight = nullptr,
+               std::shared_ptr<void> inflight_owner = nullptr);
   // Waits for requests in flight, stops the worker and returns where the
   // guest's ring stands (for GET_VRING_BASE). No-op if not running.
   uint16_t Stop();
@@ -63,6 +67,10 @@ class BlkQueue {
   void Finish(Request* request, uint8_t status);
   static void OnVolumeIoDone(VolumeIo* io, const Status& status);
   void Notify();
+  // Inflight region: the heads to run again, oldest first; fixes up a
+  // return that was interrupted half-way.
+  std::vector<uint16_t> RecoverInflight();
+  InflightDesc* TrackedDesc(uint16_t head) { return reinterpret_cast<InflightDesc*>(inflight_ + 1) + head; }
 
   const BlkSettings settings_;
   const uint32_t index_;
@@ -76,6 +84,10 @@ class BlkQueue {
   uint32_t in_flight_ = 0;  // requests taken and not yet returned
   bool broken_ = false;     // the guest broke the ring; wait to be stopped
   bool pushed_ = false;     // used entries since the last Notify
+  InflightQueueHeader* inflight_ = nullptr;  // null: no tracking
+  std::shared_ptr<void> inflight_owner_;
+  uint64_t inflight_counter_ = 0;
+  std::vector<uint16_t> resubmit_;
   std::thread thread_;
 };
 

@@ -4,6 +4,7 @@
 #include "frontend/vhost/vhost_blk_export.h"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -101,13 +102,55 @@ Result<Message> ReadMessage(int fd) {
   return m;
 }
 
-Status SendReply(int fd, uint32_t request, const void* payload, uint32_t size) {
+Status SendReply(int fd, uint32_t request, const void* payload, uint32_t size, int send_fd = -1) {
   MessageHeader header{request, kFlagVersion | kFlagReply, size};
   std::vector<uint8_t> out(sizeof header + size);
   std::memcpy(out.data(), &header, sizeof header);
   if (size) std::memcpy(out.data() + sizeof header, payload, size);
-  return WriteAll(fd, out.data(), out.size());
+  if (send_fd < 0) return WriteAll(fd, out.data(), out.size());
+  iovec iov{out.data(), out.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &send_fd, sizeof(int));
+  if (::sendmsg(fd, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) return Status(EPIPE, "sending a reply failed");
+  return Status::Ok();
 }
+
+// The inflight tracking memory (INFLIGHT_SHMFD), shared with the front-end,
+// which keeps it across our restarts.
+class InflightRegion {
+ public:
+  static Result<std::shared_ptr<InflightRegion>> Map(int fd, uint64_t offset, uint64_t size, uint16_t queues,
+                                                     uint16_t queue_size) {
+    if (queues == 0 || queue_size == 0 || queue_size > kMaxQueueSize || size < queues * InflightQueueBytes(queue_size) ||
+        size > (64ull << 20))
+      return Status(EINVAL, "inflight region has impossible dimensions");
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
+    if (base == MAP_FAILED) return Status(errno, "cannot map the inflight region");
+    return std::shared_ptr<InflightRegion>(new InflightRegion(base, size, queues, queue_size));
+  }
+  ~InflightRegion() { ::munmap(base_, size_); }
+  // Null for a queue beyond the region or of another size.
+  InflightQueueHeader* Queue(uint32_t index, uint16_t queue_size) {
+    if (index >= queues_ || queue_size != queue_size_) return nullptr;
+    return reinterpret_cast<InflightQueueHeader*>(static_cast<uint8_t*>(base_) + index * InflightQueueBytes(queue_size_));
+  }
+
+ private:
+  InflightRegion(void* base, uint64_t size, uint16_t queues, uint16_t queue_size)
+      : base_(base), size_(size), queues_(queues), queue_size_(queue_size) {}
+  void* base_;
+  uint64_t size_;
+  uint16_t queues_, queue_size_;
+};
 
 uint64_t OfferedFeatures(bool read_only) {
   uint64_t f = kFeatureVersion1 | kFeatureIndirectDesc | kFeatureEventIdx | kFeatureProtocolFeatures | kBlkSegMax |
@@ -115,7 +158,7 @@ uint64_t OfferedFeatures(bool read_only) {
   return read_only ? f | kBlkRo : f;
 }
 
-constexpr uint64_t kOfferedProtocolFeatures = kProtocolMq | kProtocolReplyAck | kProtocolConfig;
+constexpr uint64_t kOfferedProtocolFeatures = kProtocolMq | kProtocolReplyAck | kProtocolConfig | kProtocolInflightShmfd;
 
 // One front-end connection: its negotiated state and its queues.
 class Session {
@@ -240,6 +283,8 @@ class Session {
         return MaybeStart(*ring);
       }
       case kGetConfig: return GetConfig(m);
+      case kGetInflightFd: return GetInflightFd(m);
+      case kSetInflightFd: return SetInflightFd(m);
       case kSetConfig: return Status::Ok();  // writeback is fixed; nothing else is writable
       default: return Status(ENOTSUP, "unsupported vhost-user request " + std::to_string(m.header.request));
     }
@@ -292,7 +337,37 @@ class Session {
 
   Status MaybeStart(Ring& ring) {
     if (!memory_ || ring.kick.get() < 0 || !ring.enabled || ring.queue->running()) return Status::Ok();
-    return ring.queue->Start(memory_, ring.layout, ring.base, (features_ & kFeatureEventIdx) != 0, ring.kick.get());
+    uint32_t index = static_cast<uint32_t>(&ring - rings_.data());
+    InflightQueueHeader* tracking = inflight_ ? inflight_->Queue(index, ring.layout.size) : nullptr;
+    return ring.queue->Start(memory_, ring.layout, ring.base, (features_ & kFeatureEventIdx) != 0, ring.kick.get(),
+                             tracking, inflight_);
+  }
+
+  // A new tracking region for the front-end to keep: zeroed (a fresh memfd).
+  Status GetInflightFd(const Message& m) {
+    InflightDescription d;
+    if (!m.Get(&d)) return Status(EPROTO, "short GET_INFLIGHT_FD");
+    if (d.num_queues == 0 || d.num_queues > rings_.size() || d.queue_size == 0 || d.queue_size > kMaxQueueSize)
+      return Status(EINVAL, "GET_INFLIGHT_FD for impossible queues");
+    uint64_t size = d.num_queues * InflightQueueBytes(d.queue_size);
+    Fd fd(::memfd_create("edgestor-inflight", MFD_CLOEXEC));
+    if (fd.get() < 0 || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0)
+      return Status(errno, "cannot create the inflight region");
+    ES_ASSIGN_OR_RETURN(inflight_, InflightRegion::Map(fd.get(), 0, size, d.num_queues, d.queue_size));
+    for (uint16_t q = 0; q < d.num_queues; q++) inflight_->Queue(q, d.queue_size)->desc_num = d.queue_size;
+    InflightDescription reply{size, 0, d.num_queues, d.queue_size};
+    replied_ = true;
+    return SendReply(fd_, m.header.request, &reply, sizeof reply, fd.get());
+  }
+
+  // The region a previous back-end used: requests left in it run again.
+  Status SetInflightFd(const Message& m) {
+    InflightDescription d;
+    if (!m.Get(&d) || m.fds.size() != 1) return Status(EPROTO, "SET_INFLIGHT_FD without its description or descriptor");
+    if (d.num_queues > rings_.size()) return Status(EINVAL, "SET_INFLIGHT_FD for more queues than we have");
+    ES_ASSIGN_OR_RETURN(inflight_, InflightRegion::Map(m.fds[0].get(), d.mmap_offset, d.mmap_size, d.num_queues,
+                                                       d.queue_size));
+    return Status::Ok();
   }
 
   Status GetConfig(const Message& m) {
@@ -340,6 +415,7 @@ class Session {
   uint64_t protocol_features_ = 0;
   bool replied_ = false;  // the current message got its reply
   std::shared_ptr<GuestMemory> memory_;
+  std::shared_ptr<InflightRegion> inflight_;
   std::vector<Ring> rings_;
 };
 

@@ -3,6 +3,8 @@
 // what a hostile guest can send.
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+
 #include <filesystem>
 #include <thread>
 
@@ -244,6 +246,86 @@ TEST_F(VhostBlkTest, GarbageMessagesDisconnectOnlyThatFrontEnd) {
   fe.Negotiate();
   uint8_t* in = fe.Allocate(4096);
   EXPECT_EQ(Run(fe, 0, 0, 0, in, 4096, true), kOk);
+}
+
+// INFLIGHT_SHMFD: requests are tracked in memory the front-end keeps.
+TEST_F(VhostBlkTest, TracksRequestsInTheInflightRegion) {
+  StartExport();
+  TestFrontEnd fe(socket_);
+  fe.NegotiateFeatures(true, /*inflight=*/true);
+  auto [fd, size] = fe.GetInflightFd();
+  ASSERT_GE(fd, 0);
+  ASSERT_GE(size, 16u + 16u * testing::kRingSize);
+  auto* region = static_cast<uint8_t*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  ASSERT_NE(region, MAP_FAILED);
+  fe.SetMemTable();
+  fe.SetUpRing(0);
+  uint8_t* out = fe.Allocate(4096);
+  EXPECT_EQ(Run(fe, 0, 1, 0, out, 4096, false), kOk);
+  uint16_t version, used_idx;
+  std::memcpy(&version, region + 8, 2);
+  std::memcpy(&used_idx, region + 14, 2);
+  EXPECT_EQ(version, 1);
+  EXPECT_EQ(used_idx, 1);
+  EXPECT_EQ(region[16 + 0 * 16], 0);  // head 0 returned: not in flight
+  ::munmap(region, size);
+  ::close(fd);
+}
+
+// A back-end that died with requests in flight left them marked in the
+// region; the next one runs them again, oldest first, and takes nothing
+// twice from the ring.
+TEST_F(VhostBlkTest, RunsAgainWhatAPreviousBackEndLeftInFlight) {
+  StartExport();
+  TestFrontEnd fe(socket_);
+  fe.NegotiateFeatures(true, /*inflight=*/true);
+  int fd = ::memfd_create("inflight", MFD_CLOEXEC);
+  uint64_t size = 4096;
+  ASSERT_EQ(::ftruncate(fd, size), 0);
+  auto* region = static_cast<uint8_t*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  // Two writes taken (avail index 2), none returned (used index 0): heads 3
+  // (taken first) and 0.
+  uint8_t* a = fe.Allocate(4096);
+  std::memset(a, 0xa1, 4096);
+  uint8_t* b = fe.Allocate(4096);
+  std::memset(b, 0xb2, 4096);
+  uint8_t* status_a = fe.BuildRequest(0, 3, 1, 8, a, 4096, false);
+  uint8_t* status_b = fe.BuildRequest(0, 0, 1, 16, b, 4096, false);
+  uint16_t version = 1, desc_num = testing::kRingSize;
+  std::memcpy(region + 8, &version, 2);
+  std::memcpy(region + 10, &desc_num, 2);
+  auto mark = [&](uint16_t head, uint64_t counter) {
+    region[16 + head * 16] = 1;
+    std::memcpy(region + 16 + head * 16 + 8, &counter, 8);
+  };
+  mark(3, 7);
+  mark(0, 9);
+  fe.Avail(0)[2] = 3;
+  fe.Avail(0)[3] = 0;
+  fe.SetAvailIdx(0, 2);
+  fe.SetInflightFd(fd, size);
+  fe.SetMemTable();
+  fe.SetUpRing(0);  // base 0: the used index, as QEMU sends after a crash
+  auto first = fe.WaitUsed(0);
+  auto second = fe.WaitUsed(0);
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->first, 3u);
+  EXPECT_EQ(second->first, 0u);
+  EXPECT_EQ(*status_a, kOk);
+  EXPECT_EQ(*status_b, kOk);
+  EXPECT_EQ(pool_.Read(*volume_, 8 * 512, 4096).value(), std::vector<uint8_t>(4096, 0xa1));
+  EXPECT_EQ(pool_.Read(*volume_, 16 * 512, 4096).value(), std::vector<uint8_t>(4096, 0xb2));
+  // A new request is the only thing taken next: nothing ran twice.
+  uint8_t* in = fe.Allocate(4096);
+  uint8_t* status_c = fe.BuildRequest(0, 6, 0, 8, in, 4096, true);
+  fe.Publish(0, 6);
+  auto third = fe.WaitUsed(0);
+  ASSERT_TRUE(third);
+  EXPECT_EQ(third->first, 6u);
+  EXPECT_EQ(*status_c, kOk);
+  EXPECT_FALSE(fe.WaitUsed(0, 300));
+  ::munmap(region, size);
+  ::close(fd);
 }
 
 }  // namespace

@@ -101,6 +101,28 @@ struct InflightDescription {
 };
 static_assert(sizeof(InflightDescription) == 24);
 
+// Inflight tracking region (INFLIGHT_SHMFD), one per queue: memory the
+// front-end keeps across a back-end restart. Layout as libvhost-user's, for
+// split rings: a header, then one entry per descriptor.
+struct InflightQueueHeader {
+  uint64_t features;
+  uint16_t version;          // 1 once initialized
+  uint16_t desc_num;         // queue size
+  uint16_t last_batch_head;  // head being returned when we last wrote
+  uint16_t used_idx;         // used index once that head was returned
+};
+static_assert(sizeof(InflightQueueHeader) == 16);
+struct InflightDesc {
+  uint8_t inflight;  // 1: taken from the ring and not yet returned
+  uint8_t padding[5];
+  uint16_t next;
+  uint64_t counter;  // order taken, to resubmit in order
+};
+static_assert(sizeof(InflightDesc) == 16);
+inline constexpr uint64_t InflightQueueBytes(uint16_t queue_size) {
+  return (sizeof(InflightQueueHeader) + sizeof(InflightDesc) * queue_size + 63) / 64 * 64;
+}
+
 // SET_VRING_KICK/CALL/ERR payload: queue index in bits 0..7; bit 8 set
 // means no file descriptor came with it.
 inline constexpr uint64_t kVringIndexMask = 0xff;

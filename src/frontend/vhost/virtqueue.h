@@ -54,6 +54,11 @@ class Virtqueue {
   // True if the guest asked to be interrupted for what was pushed since the
   // last call (honours EVENT_IDX or the no-interrupt flag).
   bool ShouldNotify();
+  // The index the guest sees in the used ring (after a restart, what was
+  // returned before it).
+  uint16_t used_idx() const { return used_idx_; }
+  // Overrides where taking resumes (inflight recovery).
+  void set_last_avail_idx(uint16_t idx) { last_avail_idx_ = idx; }
   // With EVENT_IDX: asks for a kick when anything beyond what we took
   // arrives; returns true if something already did (check again before sleeping).
   bool ArmKick();

@@ -123,19 +123,56 @@ class TestFrontEnd {
 
   // The usual QEMU sequence: features, memory, then every ring, enabled.
   uint64_t Negotiate(bool event_idx = true) {
-    uint64_t offered = CallU64(1).value_or(0);  // GET_FEATURES
-    EXPECT_TRUE(offered & (1ull << 30));          // PROTOCOL_FEATURES
-    uint64_t protocol = CallU64(15).value_or(0);  // GET_PROTOCOL_FEATURES
-    EXPECT_TRUE(protocol & (1ull << 3));          // REPLY_ACK
-    protocol &= (1ull << 0) | (1ull << 3) | (1ull << 9);
-    Send(16, &protocol, 8);                        // SET_PROTOCOL_FEATURES
-    uint64_t features = offered & ~(event_idx ? 0 : 1ull << 29);
-    EXPECT_EQ(SendAcked(2, &features, 8), 0u);     // SET_FEATURES
-    EXPECT_EQ(SendAcked(3, nullptr, 0), 0u);       // SET_OWNER
+    uint64_t offered = NegotiateFeatures(event_idx, /*inflight=*/false);
     SetMemTable();
     for (uint32_t q = 0; q < queues_; q++) SetUpRing(q);
     return offered;
   }
+  uint64_t NegotiateFeatures(bool event_idx, bool inflight) {
+    uint64_t offered = CallU64(1).value_or(0);  // GET_FEATURES
+    EXPECT_TRUE(offered & (1ull << 30));          // PROTOCOL_FEATURES
+    uint64_t protocol = CallU64(15).value_or(0);  // GET_PROTOCOL_FEATURES
+    EXPECT_TRUE(protocol & (1ull << 3));          // REPLY_ACK
+    EXPECT_TRUE(protocol & (1ull << 12));         // INFLIGHT_SHMFD
+    protocol &= (1ull << 0) | (1ull << 3) | (1ull << 9) | (inflight ? 1ull << 12 : 0);
+    Send(16, &protocol, 8);                        // SET_PROTOCOL_FEATURES
+    uint64_t features = offered & ~(event_idx ? 0 : 1ull << 29);
+    EXPECT_EQ(SendAcked(2, &features, 8), 0u);     // SET_FEATURES
+    EXPECT_EQ(SendAcked(3, nullptr, 0), 0u);       // SET_OWNER
+    return offered;
+  }
+  // GET_INFLIGHT_FD: the region's descriptor and size (-1 on failure).
+  std::pair<int, uint64_t> GetInflightFd() {
+    uint64_t request[3] = {0, 0, 0};
+    uint16_t dims[2] = {static_cast<uint16_t>(queues_), kRingSize};
+    std::memcpy(&request[2], dims, 4);
+    if (!Send(31, request, 24)) return {-1, 0};
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, kTimeoutMs) != 1) return {-1, 0};
+    uint8_t buf[12 + 24];
+    iovec iov{buf, sizeof buf};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    if (::recvmsg(fd_, &msg, MSG_WAITALL) != sizeof buf) return {-1, 0};
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS) return {-1, 0};
+    int fd;
+    std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    uint64_t size;
+    std::memcpy(&size, buf + 12, 8);
+    return {fd, size};
+  }
+  void SetInflightFd(int fd, uint64_t size) {
+    uint64_t request[3] = {size, 0, 0};
+    uint16_t dims[2] = {static_cast<uint16_t>(queues_), kRingSize};
+    std::memcpy(&request[2], dims, 4);
+    EXPECT_EQ(SendAcked(32, request, 24, fd), 0u);
+  }
+  uint32_t queues() const { return queues_; }
   void SetMemTable() {
     uint8_t table[8 + 32] = {};
     uint32_t one = 1;
