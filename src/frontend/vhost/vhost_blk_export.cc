@@ -388,8 +388,8 @@ class Session {
     config.max_write_zeroes_sectors = kMaxDiscardSectors;
     config.max_write_zeroes_seg = 1;
     config.write_zeroes_may_unmap = 1;
-    std::vector<uint8_t> out(sizeof(ConfigSpace) + request.size, 0);
     if (request.size > kMaxPayload - sizeof(ConfigSpace)) return Status(EPROTO, "GET_CONFIG too large");
+    std::vector<uint8_t> out(sizeof(ConfigSpace) + request.size, 0);
     std::memcpy(out.data(), &request, sizeof request);
     if (request.offset < sizeof config) {
       size_t n = std::min<size_t>(request.size, sizeof config - request.offset);
