@@ -121,6 +121,21 @@ attached_delete_refused() {
   return $rc
 }
 check "deleting an attached volume is refused" attached_delete_refused
+vsock=$work/vol1.vhost.sock
+check "export vhost adds a vhost-user-blk export" "$EDGESTOR" --pool "$pool" export vhost vol1 --socket "$vsock" --queues 2
+check "export list shows it with its serial" bash -c "'$EDGESTOR' --pool '$pool' export list --json | python3 -c '
+import json, sys
+e = [x for x in json.load(sys.stdin)[\"exports\"] if x[\"protocol\"] == \"vhost-user-blk\"]
+assert len(e) == 1 and e[0][\"name\"] == \"vol1\" and e[0][\"queues\"] == 2 and e[0][\"serial\"].startswith(\"es\"), e'"
+check "a second export on the same socket is refused" refuses "$EDGESTOR" --pool "$pool" export vhost vol0 --socket "$vsock"
+vhost_delete_refused() {
+  local out
+  out=$("$EDGESTOR" --pool "$pool" vol delete vol1 2>&1) && return 1
+  grep -q "vhost-user" <<<"$out"
+}
+check "deleting a vhost-exported volume is refused, saying why" vhost_delete_refused
+check "export remove" "$EDGESTOR" --pool "$pool" export remove --socket "$vsock"
+check "the socket is gone" test ! -e "$vsock"
 check "SIGTERM drains and exits 0" stop_daemon
 check "fsck is clean after the daemon stopped" "$EDGESTOR" pool fsck "$pool"
 
