@@ -8,6 +8,12 @@
 # Writes OUTDIR/vmlinuz (a link to the kernel), OUTDIR/initramfs.cpio.gz and
 # OUTDIR/kernel-version. Does nothing when its inputs did not change, so
 # tests can call it every time; concurrent calls wait for each other.
+# With fio installed (Debian package fio) it also writes
+# OUTDIR/initramfs-fio.cpio.gz: the same image plus /usr/bin/fio and its
+# shared libraries, for bench/vhost-vs-qsd.sh. fio's libraries (ceph,
+# gluster, ICU...) are about 80 MiB, so they are a second archive appended
+# to the first (the kernel unpacks concatenated archives in order) rather
+# than part of the image every guest test boots.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,7 +95,18 @@ for module in "${module_paths[@]}"; do
   esac
 done
 
-libraries=$(ldd "${e2fs_tools[@]}" | awk '/=> \// {print $3} /^\t\/[^ ]+ \(/ {print $1}' | sort -u)
+shared_libraries() { ldd "$@" | awk '/=> \// {print $3} /^\t\/[^ ]+ \(/ {print $1}' | sort -u; }
+libraries=$(shared_libraries "${e2fs_tools[@]}")
+
+# Optional: without fio only the bench's image is missing, not the tests'.
+fio_bin=/usr/bin/fio
+fio_libraries=
+if [[ -x $fio_bin ]]; then
+  # Those the base image does not have already (libc and the loader do).
+  fio_libraries=$(comm -23 <(shared_libraries "$fio_bin") <(echo "$libraries"))
+else
+  fio_bin=
+fi
 
 # Everything the image is made of, so an unchanged image is not rebuilt.
 stamp=$(
@@ -98,13 +115,16 @@ stamp=$(
     sha256sum "${BASH_SOURCE[0]}" "$guest_src/init.sh" "$guest_src/pattern.awk"
     # shellcheck disable=SC2086  # $libraries: one path a word
     stat -L -c '%n %s %Y' "$kernel" "$busybox" "${e2fs_tools[@]}" /etc/mke2fs.conf $libraries "${module_paths[@]}"
+    # shellcheck disable=SC2086  # one path a word
+    [[ -z $fio_bin ]] || stat -L -c '%n %s %Y' "$fio_bin" $fio_libraries
   } | sha256sum | cut -d' ' -f1
 )
 
 mkdir -p "$out"
 exec 9>"$out/.lock"
 flock 9
-if [[ -f $out/initramfs.cpio.gz && -f $out/stamp && $(cat "$out/stamp") == "$stamp" ]]; then
+if [[ -f $out/initramfs.cpio.gz && -f $out/stamp && $(cat "$out/stamp") == "$stamp" &&
+  (-z $fio_bin || -f $out/initramfs-fio.cpio.gz) ]]; then
   echo "build-guest: $out is up to date (kernel $kver)"
   exit 0
 fi
@@ -157,10 +177,12 @@ cp "$guest_src/pattern.awk" "$root/etc/pattern.awk"
 # character device (the kernel opens it for /init's stdio before anything
 # can mount devtmpfs), which cpio(1) could only copy from a real node made
 # as root; fixed owners and times also keep the image reproducible.
-python3 - "$root" "$out/initramfs.cpio.gz.tmp" <<'PY'
+write_cpio() {  # write_cpio ROOT TARGET [console]: ROOT's tree as a gzipped newc archive
+  python3 - "$@" <<'PY'
 import gzip, os, stat, sys
 
 root, target = sys.argv[1], sys.argv[2]
+console = sys.argv[3:] == ["console"]
 inode = 0
 
 def entry(out, name, mode, data=b"", rdev=(0, 0)):
@@ -188,12 +210,36 @@ with gzip.GzipFile(target, "wb", compresslevel=6, mtime=0) as out:
             else:
                 with open(path, "rb") as f:
                     entry(out, rel, st.st_mode, f.read())
-    entry(out, "dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+    if console:
+        entry(out, "dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     entry(out, "TRAILER!!!", 0)
 PY
+}
+write_cpio "$root" "$out/initramfs.cpio.gz.tmp" console
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+
+if [[ -n $fio_bin ]]; then
+  # Only new files: directories the base archive made already are skipped
+  # by the kernel's unpacker (mkdir fails with EEXIST, which it ignores).
+  fio_root=$out/root-fio
+  rm -rf "$fio_root"
+  mkdir -p "$fio_root/usr/bin"
+  cp "$fio_bin" "$fio_root/usr/bin/fio"
+  for lib in $fio_libraries; do
+    mkdir -p "$fio_root/$(dirname "$lib")"
+    cp -L "$lib" "$fio_root/$lib"
+  done
+  write_cpio "$fio_root" "$out/fio.cpio.gz.tmp"
+  cat "$out/initramfs.cpio.gz" "$out/fio.cpio.gz.tmp" >"$out/initramfs-fio.cpio.gz.tmp"
+  mv "$out/initramfs-fio.cpio.gz.tmp" "$out/initramfs-fio.cpio.gz"
+  rm -rf "$fio_root" "$out/fio.cpio.gz.tmp"
+else
+  rm -f "$out/initramfs-fio.cpio.gz"  # stale: would not match this image
+  echo "build-guest: fio is not installed (Debian package fio): no initramfs-fio.cpio.gz"
+fi
 ln -sfn "$kernel" "$out/vmlinuz"
 echo "$kver" >"$out/kernel-version"
 echo "$stamp" >"$out/stamp"
 rm -rf "$root"
-echo "build-guest: done ($(du -h "$out/initramfs.cpio.gz" | cut -f1), $(wc -l <<<"$modules") modules)"
+echo "build-guest: done ($(du -h "$out/initramfs.cpio.gz" | cut -f1), $(wc -l <<<"$modules") modules$(
+  [[ -z $fio_bin ]] || echo "; with fio: $(du -h "$out/initramfs-fio.cpio.gz" | cut -f1)"))"
