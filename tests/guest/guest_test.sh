@@ -23,6 +23,13 @@
 #   --guest-dir DIR         kernel + initramfs (default var/guest, $EDGESTOR_GUEST_DIR)
 #   --size MIB              volume size in MiB (default 64)
 #   --timeout SECONDS       for the guest run (default 600)
+#   --restart-backend       vhost only: while the guest reads its pattern back
+#                           (written and flushed), kill -9 the daemon, start
+#                           it again and re-export; QEMU reconnects and the
+#                           new back-end runs again the requests left in
+#                           flight (INFLIGHT_SHMFD). Not during writes: a
+#                           write acknowledged but not yet flushed is lost
+#                           with the back-end, and the guest cannot know.
 #   --kill                  stop the daemon with kill -9 instead of SIGTERM:
 #                           the guest's flushes alone must have made its
 #                           data durable (checked after recovery)
@@ -44,6 +51,7 @@ guest_dir=${EDGESTOR_GUEST_DIR:-$repo/var/guest}
 size_mib=64
 guest_timeout=600
 kill_daemon=0
+restart_backend=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --transport) transport=${2:?}; shift 2 ;;
@@ -54,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --size) size_mib=${2:?}; shift 2 ;;
     --timeout) guest_timeout=${2:?}; shift 2 ;;
     --kill) kill_daemon=1; shift ;;
+    --restart-backend) restart_backend=1; shift ;;
     *) usage ;;
   esac
 done
@@ -122,7 +131,7 @@ PY
 }
 # Started means answering on its control socket (as in tests/daemon_test.sh).
 start_daemon() {
-  "$EDGESTOR" serve --pool "$pool" "${serve_args[@]//@WORK@/$work}" 2>>"$work/daemon.log" &
+  "$EDGESTOR" $( ((restart_backend)) && echo -v) serve --pool "$pool" "${serve_args[@]//@WORK@/$work}" 2>>"$work/daemon.log" &
   daemon_pid=$!
   for _ in $(seq 300); do
     rpc pool.info >/dev/null 2>&1 && return 0
@@ -162,7 +171,8 @@ case $transport in
     # vhost-user shares guest memory with the backend: it must be a shared
     # memfd, attached to the guest through a NUMA node.
     machine_args=(-object "memory-backend-memfd,id=mem,size=$ram,share=on" -numa "node,memdev=mem")
-    disk_args=(-chardev "socket,id=c0,path=$vhost_socket" -device "vhost-user-blk-pci,chardev=c0,num-queues=2")
+    # reconnect=1: QEMU reconnects to a restarted back-end (--restart-backend).
+    disk_args=(-chardev "socket,id=c0,path=$vhost_socket,reconnect=1" -device "vhost-user-blk-pci,chardev=c0,num-queues=2")
     # The back-end answers GET_ID with the volume's stable serial: the
     # guest must find its disk by it (/sys/block/vdX/serial).
     serial=$("$EDGESTOR" --pool "$pool" export list --json |
@@ -225,12 +235,41 @@ choose_accel() {
 }
 choose_accel
 
+guest_args="edgestor.test=disk edgestor.size=$size edgestor.serial=$serial edgestor.seed=$seed edgestor.discard=$discard_offset:$discard_length edgestor.fs=1"
+restarter=
+if ((restart_backend)); then
+  [[ $transport == vhost ]] || fail "--restart-backend needs --transport vhost"
+  # Once the pattern is written and flushed, the guest reads it all back
+  # (seconds under TCG): kill the back-end during that and bring it back on
+  # the same socket; the new daemon's pid goes to a file.
+  (
+    for _ in $(seq 6000); do grep -q "pattern written" "$work/serial.log" 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    kill -9 "$daemon_pid"
+    echo "restart: killed the daemon (pid $daemon_pid) at $(tr -d '\r' <"$work/serial.log" | grep -a '^GUEST: ' | tail -n 1)"
+    start_daemon
+    echo "$daemon_pid" >"$work/daemon.pid"
+    "$EDGESTOR" --pool "$pool" export vhost "$vol" --socket "$vhost_socket" --queues 2 >/dev/null
+    echo "restart: daemon $daemon_pid serving $vhost_socket again"
+  ) &
+  restarter=$!
+fi
+
 echo "booting the guest ($accel, timeout ${guest_timeout} s)"
 started=$SECONDS
-boot "$accel" "$guest_timeout" "$work/serial.log" \
-  "edgestor.test=disk edgestor.size=$size edgestor.serial=$serial edgestor.seed=$seed edgestor.discard=$discard_offset:$discard_length edgestor.fs=1" \
-  "${machine_args[@]}" "${disk_args[@]}"
+boot "$accel" "$guest_timeout" "$work/serial.log" "$guest_args" "${machine_args[@]}" "${disk_args[@]}"
 rc=$?
+if [[ -n $restarter ]]; then
+  wait "$restarter"
+  [[ -s $work/daemon.pid ]] || fail "the back-end was not restarted during the guest run"
+  daemon_pid=$(cat "$work/daemon.pid")
+  # The new back-end must have been handed QEMU's inflight region; what it
+  # found there (often nothing: a request is in our hands only briefly).
+  grep -q "front-end handed back its inflight region" "$work/daemon.log" ||
+    fail "the restarted back-end was not given the inflight region"
+  grep -a "inflight region:\|left in flight" "$work/daemon.log" | sed 's/^/  /'
+  echo "ok: QEMU reconnected to the restarted back-end and handed back its inflight region"
+fi
 result=$(guest_result "$work/serial.log")
 if [[ $result != PASS ]]; then
   print_serial "$work/serial.log"
@@ -263,8 +302,15 @@ if ((kill_daemon)); then
   echo "ok: the daemon was killed with -9 and fsck is clean"
 else
   kill -TERM "$daemon_pid"
-  wait "$daemon_pid"
-  rc=$?
+  if ((restart_backend)); then
+    # Started by the restarter's subshell: not our child, so no exit status.
+    for _ in $(seq 600); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 "$daemon_pid" 2>/dev/null || fail "the restarted daemon did not stop on SIGTERM"
+    rc=0
+  else
+    wait "$daemon_pid"
+    rc=$?
+  fi
   daemon_pid=
   ((rc == 0)) || fail "the daemon exited with $rc on SIGTERM"
   "$EDGESTOR" pool fsck "$pool" >"$work/fsck.log" 2>&1 || { cat "$work/fsck.log"; fail "pool fsck after the guest run"; }

@@ -124,8 +124,10 @@ std::vector<uint16_t> BlkQueue::RecoverInflight() {
   }
   // Every head taken is either returned or still in flight.
   ring_.set_last_avail_idx(static_cast<uint16_t>(ring_.used_idx() + heads.size()));
+  spdlog::debug("vhost-blk queue {}: inflight region: used index {}, {} request(s) in flight", index_, h.used_idx,
+                heads.size());
   if (!heads.empty())
-    spdlog::info("vhost-blk queue {}: running {} request(s) a previous back-end left in flight", index_, heads.size());
+    spdlog::warn("vhost-blk queue {}: running {} request(s) a previous back-end left in flight", index_, heads.size());
   return heads;
 }
 

@@ -355,6 +355,8 @@ class Session {
       return Status(errno, "cannot create the inflight region");
     ES_ASSIGN_OR_RETURN(inflight_, InflightRegion::Map(fd.get(), 0, size, d.num_queues, d.queue_size));
     for (uint16_t q = 0; q < d.num_queues; q++) inflight_->Queue(q, d.queue_size)->desc_num = d.queue_size;
+    spdlog::info("vhost-blk {}: inflight tracking for {} queue(s) of {}", options_.socket_path, d.num_queues,
+                 d.queue_size);
     InflightDescription reply{size, 0, d.num_queues, d.queue_size};
     replied_ = true;
     return SendReply(fd_, m.header.request, &reply, sizeof reply, fd.get());
@@ -367,6 +369,8 @@ class Session {
     if (d.num_queues > rings_.size()) return Status(EINVAL, "SET_INFLIGHT_FD for more queues than we have");
     ES_ASSIGN_OR_RETURN(inflight_, InflightRegion::Map(m.fds[0].get(), d.mmap_offset, d.mmap_size, d.num_queues,
                                                        d.queue_size));
+    spdlog::info("vhost-blk {}: front-end handed back its inflight region ({} queue(s))", options_.socket_path,
+                 d.num_queues);
     return Status::Ok();
   }
 
