@@ -45,8 +45,10 @@ es() { "$EDGESTOR" --pool "$pool" "$@"; }
 start_daemon() {  # start_daemon [global options...]
   "$EDGESTOR" "$@" serve --pool "$pool" 2>>"$work/daemon.log" &
   daemon_pid=$!
+  # Through the control socket only: an offline `vol list` would take the
+  # pool's lock and make the starting daemon fail to take it.
   for _ in $(seq 300); do
-    es vol list >/dev/null 2>&1 && return 0
+    "$EDGESTOR" --control "$work/pool.control.sock" vol list >/dev/null 2>&1 && return 0
     kill -0 "$daemon_pid" 2>/dev/null || break
     sleep 0.1
   done
