@@ -8,9 +8,6 @@ EDGESTOR=$(realpath "$1")
 work=$(mktemp -d /tmp/edgestor-daemon-test.XXXXXX)
 pool=$work/pool.img
 sock=$work/pool.nbd.sock
-passed=0
-failed=0
-daemon_pid=
 
 cleanup() {
   [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null
@@ -18,54 +15,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-check() {  # check "what" command...
-  local what=$1
-  shift
-  if "$@" >"$work/out" 2>&1; then
-    echo "ok: $what"
-    passed=$((passed + 1))
-  else
-    echo "FAIL: $what"
-    sed 's/^/    /' "$work/out" | tail -n 20
-    failed=$((failed + 1))
-  fi
-}
-refuses() { ! "$@"; }
+# shellcheck source=tests/lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 need() { command -v "$1" >/dev/null || { echo "skip: $1 is not installed"; return 1; }; }
 
-rpc() {  # rpc METHOD: the result of a control call, as JSON
-  python3 - "$work/pool.control.sock" "$1" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
-reply = b""
-while not reply.endswith(b"\n"):
-    reply += s.recv(65536)
-print(json.dumps(json.loads(reply)["result"]))
-PY
-}
-# Started means answering on its control socket: a stale socket file from a
-# killed daemon, or an offline CLI call that takes the pool lock first, must
-# not count (the latter would even make the new daemon fail to lock).
-start_daemon() {
-  "$EDGESTOR" serve --pool "$pool" 2>>"$work/daemon.log" &
-  daemon_pid=$!
-  for _ in $(seq 300); do
-    rpc pool.info >/dev/null 2>&1 && return 0
-    kill -0 "$daemon_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "daemon did not start:"; cat "$work/daemon.log"
-  return 1
-}
-stop_daemon() {  # SIGTERM: drain, checkpoint, exit 0
-  kill -TERM "$daemon_pid"
-  wait "$daemon_pid"
-  local rc=$?
-  daemon_pid=
-  return $rc
-}
 uri() { echo "nbd+unix:///$1?socket=$sock"; }
 
 "$EDGESTOR" pool create "$pool" --size 4G >/dev/null || exit 1

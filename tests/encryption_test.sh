@@ -10,9 +10,6 @@ EDGESTOR=$(realpath "$1")
 work=$(mktemp -d /tmp/edgestor-encryption-test.XXXXXX)
 pool=$work/pool.img
 sock=$work/pool.nbd.sock
-passed=0
-failed=0
-daemon_pid=
 
 cleanup() {
   [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null
@@ -20,48 +17,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-check() {  # check "what" command...
-  local what=$1
-  shift
-  if "$@" >"$work/out" 2>&1; then
-    echo "ok: $what"
-    passed=$((passed + 1))
-  else
-    echo "FAIL: $what"
-    sed 's/^/    /' "$work/out" | tail -n 20
-    failed=$((failed + 1))
-  fi
-}
-refuses() { ! "$@"; }
-# refuses_saying PATTERN command...: fails, and says PATTERN on stderr/stdout.
-refuses_saying() {
-  local pattern=$1 out
-  shift
-  if out=$("$@" 2>&1); then echo "unexpectedly succeeded: $out"; return 1; fi
-  grep -q -- "$pattern" <<<"$out" || { echo "error does not say '$pattern': $out"; return 1; }
-}
+# shellcheck source=tests/lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 es() { "$EDGESTOR" --pool "$pool" "$@"; }
 
-start_daemon() {  # start_daemon [global options...]
-  "$EDGESTOR" "$@" serve --pool "$pool" 2>>"$work/daemon.log" &
-  daemon_pid=$!
-  # Through the control socket only: an offline `vol list` would take the
-  # pool's lock and make the starting daemon fail to take it.
-  for _ in $(seq 300); do
-    "$EDGESTOR" --control "$work/pool.control.sock" vol list >/dev/null 2>&1 && return 0
-    kill -0 "$daemon_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "daemon did not start:"; cat "$work/daemon.log"
-  return 1
-}
-stop_daemon() {
-  kill -TERM "$daemon_pid"
-  wait "$daemon_pid"
-  local rc=$?
-  daemon_pid=
-  return $rc
-}
 uri() { echo "nbd+unix:///$1?socket=$sock"; }
 json_field() {  # json_field VOLUME FIELD: from `vol info --json`
   es vol info "$1" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"
@@ -89,10 +48,16 @@ check "encrypted + zstd volume created offline" es --keyfile "$key" vol create s
 check "encrypted volume refused without the key" refuses_saying "locked" es vol create other --size 1M --encrypt
 
 start_daemon || exit 1
-check "daemon without a key reports the pool locked" bash -c "'$EDGESTOR' --pool '$pool' pool info --json 2>/dev/null || true"
-check "a locked encrypted volume refuses NBD reads" refuses qemu-io -f raw -c 'read 0 4k' "$(uri secret)"
+pool_is_locked() {
+  rpc pool.info | python3 -c "import json,sys; d = json.load(sys.stdin); assert d['locked'] and d['key_source'] == 'key file', d" &&
+    rpc vol.info '{"name": "secret"}' | python3 -c "import json,sys; d = json.load(sys.stdin); assert d['locked'] and d['encrypted'], d"
+}
+check "daemon without a key reports the pool and the volume locked" pool_is_locked
+check "a locked encrypted volume is refused to NBD clients, saying how to unlock" refuses_saying "pool unlock" qemu-io -f raw -c "read 0 4k" "$(uri secret)"
+check "and to a vhost-user export" refuses_saying "pool unlock" es export vhost secret --socket "$work/secret.vhost.sock"
 check "unlock with the wrong key is refused" refuses_saying "wrong key" es --keyfile "$wrong" pool unlock
 check "unlock with the right key" es --keyfile "$key" pool unlock
+check "and the pool reports itself unlocked" refuses pool_is_locked
 check "nbdcopy writes text into the encrypted volume" nbdcopy "$work/text4m" "$(uri secret)"
 check "qemu-io writes and reads a pattern" qemu-io -f raw -c 'write -P 0x5c 8M 1M' -c 'read -P 0x5c 8M 1M' -c flush "$(uri secret)"
 check "compressed volume through the daemon" es vol create packed --size 64M --compress lz4 --no-encrypt

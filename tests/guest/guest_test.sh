@@ -117,32 +117,14 @@ echo "transport $transport, volume $vol of $size_mib MiB, seed $seed"
 bash "$repo/scripts/build-guest.sh" "$guest_dir" || fail "could not build the guest (scripts/build-guest.sh)"
 
 # --- the daemon ---------------------------------------------------------------
-rpc() {  # rpc METHOD: the result of a control call, as JSON
-  python3 - "$work/pool.control.sock" "$1" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
-reply = b""
-while not reply.endswith(b"\n"):
-    reply += s.recv(65536)
-print(json.dumps(json.loads(reply)["result"]))
-PY
-}
-# Started means answering on its control socket (as in tests/daemon_test.sh).
-start_daemon() {
-  "$EDGESTOR" $( ((restart_backend)) && echo -v) serve --pool "$pool" "${serve_args[@]//@WORK@/$work}" 2>>"$work/daemon.log" &
-  daemon_pid=$!
-  for _ in $(seq 300); do
-    rpc pool.info >/dev/null 2>&1 && return 0
-    kill -0 "$daemon_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  fail "the daemon did not start"
-}
+# shellcheck source=tests/lib/daemon.sh
+source "$repo/tests/lib/daemon.sh"
+# -v for the back-end restart test: its log shows the inflight recovery.
+daemon_options() { ((restart_backend)) && echo -v; }
 "$EDGESTOR" pool create "$pool" --size 1G >/dev/null || fail "pool create"
 "$EDGESTOR" --pool "$pool" vol create "$vol" --size "$size" >/dev/null || fail "vol create"
-start_daemon
+# shellcheck disable=SC2046  # daemon_options: zero or one word
+start_daemon $(daemon_options) -- "${serve_args[@]//@WORK@/$work}" || fail "the daemon did not start"
 uri="nbd+unix:///$vol?socket=$work/pool.nbd.sock"
 
 # --- how QEMU attaches the volume ----------------------------------------------
@@ -247,7 +229,8 @@ if ((restart_backend)); then
     sleep 1
     kill -9 "$daemon_pid"
     echo "restart: killed the daemon (pid $daemon_pid) at $(tr -d '\r' <"$work/serial.log" | grep -a '^GUEST: ' | tail -n 1)"
-    start_daemon
+    # shellcheck disable=SC2046  # daemon_options: zero or one word
+    start_daemon $(daemon_options) -- "${serve_args[@]//@WORK@/$work}" || exit 1
     echo "$daemon_pid" >"$work/daemon.pid"
     "$EDGESTOR" --pool "$pool" export vhost "$vol" --socket "$vhost_socket" --queues 2 >/dev/null
     echo "restart: daemon $daemon_pid serving $vhost_socket again"
