@@ -109,10 +109,25 @@ std::vector<std::string> Daemon::ListExports() {
   return names;
 }
 
+namespace {
+
+// An encrypted volume of a locked pool would fail every I/O: refuse to
+// attach it, saying how to unlock, rather than hand out an EIO disk.
+Status CheckUnlocked(VolumeSet& pool, const std::string& name) {
+  ES_ASSIGN_OR_RETURN(VolumeInfo info, pool.GetVolumeInfo(name));
+  if (info.locked)
+    return Status(EACCES, "volume '" + name + "' is encrypted and the pool is locked; unlock it with "
+                          "`edgestor pool unlock --keyfile KEY` (or --passphrase-file)");
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<Volume*> Daemon::AcquireExport(const std::string& name) {
   std::lock_guard lock(mu_);
   if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
   ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+  ES_RETURN_IF_ERROR(CheckUnlocked(*pool_, name));
   users_[volume]++;
   return volume;
 }
@@ -141,6 +156,7 @@ Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions
   std::lock_guard lock(mu_);
   if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
   ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+  ES_RETURN_IF_ERROR(CheckUnlocked(*pool_, name));
   options.socket_path = std::filesystem::absolute(options.socket_path).string();
   if (vhost_exports_.count(options.socket_path)) return Status(EEXIST, "an export already uses " + options.socket_path);
   if (options.serial.empty()) options.serial = SerialOf(*volume);

@@ -11,16 +11,34 @@ namespace edgestor {
 
 void AlignedDeleter::operator()(uint8_t* p) const { std::free(p); }
 
-AlignedBuffer AllocateAligned(size_t len) {
-  // Round up so that a whole-buffer O_DIRECT transfer is always legal, and so
-  // that a zero-length request still yields a usable, unique pointer.
-  size_t rounded = len == 0 ? kIoAlignment : (len + kIoAlignment - 1) / kIoAlignment * kIoAlignment;
-  assert(rounded >= len && rounded % kIoAlignment == 0);
+namespace {
+
+// Round up so that a whole-buffer O_DIRECT transfer is always legal, and so
+// that a zero-length request still yields a usable, unique pointer.
+size_t Rounded(size_t len) {
+  return len == 0 ? kIoAlignment : (len + kIoAlignment - 1) / kIoAlignment * kIoAlignment;
+}
+
+}  // namespace
+
+AlignedBuffer TryAllocateUninitialized(size_t len) {
+  size_t rounded = Rounded(len);
   void* p = nullptr;
-  if (posix_memalign(&p, kIoAlignment, rounded) != 0) throw std::bad_alloc();
+  if (rounded < len || posix_memalign(&p, kIoAlignment, rounded) != 0) return nullptr;
   assert(reinterpret_cast<uintptr_t>(p) % kIoAlignment == 0);
-  std::memset(p, 0, rounded);
   return AlignedBuffer(static_cast<uint8_t*>(p));
+}
+
+AlignedBuffer TryAllocateAligned(size_t len) {
+  AlignedBuffer buffer = TryAllocateUninitialized(len);
+  if (buffer) std::memset(buffer.get(), 0, Rounded(len));
+  return buffer;
+}
+
+AlignedBuffer AllocateAligned(size_t len) {
+  AlignedBuffer buffer = TryAllocateAligned(len);
+  if (!buffer) throw std::bad_alloc();
+  return buffer;
 }
 
 }  // namespace edgestor

@@ -100,6 +100,13 @@ struct AlignedDeleter {
 };
 using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedDeleter>;
 // Returns a zero-filled buffer of `len` bytes aligned to kIoAlignment.
+// Throws std::bad_alloc: for the control path, where sizes are ours.
 AlignedBuffer AllocateAligned(size_t len);
+// The same without the exception (nullptr when memory is short): for sizes
+// a client or guest chose, which must get ENOMEM, not a dead daemon.
+AlignedBuffer TryAllocateAligned(size_t len);
+// Not zero-filled, nullptr when memory is short: for the data path's
+// bounce buffers, which are wholly overwritten before anything reads them.
+AlignedBuffer TryAllocateUninitialized(size_t len);
 
 }  // namespace edgestor

@@ -196,7 +196,11 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
     AlignedBuffer bounce;
     if (codec_->encrypted()) {
       // Encrypt outside the lock; the tweak depends only on the position.
-      bounce = AllocateAligned(n);
+      bounce = TryAllocateUninitialized(n);  // wholly overwritten by the ciphertext
+      if (!bounce) {
+        io->progress.error = ENOMEM;
+        return;
+      }
       Status s = codec_->Encrypt(FirstLogicalBlock(cluster) + at / kBlockSize, std::span(src, n), std::span(bounce.get(), n));
       if (!s.ok()) {
         io->progress.error = s.code();
@@ -251,8 +255,13 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
     return nullptr;
   }
   uint64_t stored = format::StoredBlocks(entry, cluster_blocks_) * kBlockSize;
+  AlignedBuffer frame = TryAllocateUninitialized(stored);  // wholly overwritten by the read
+  if (!frame) {
+    io->progress.error = ENOMEM;
+    return nullptr;
+  }
   auto* sub = new SubIo{};
-  sub->bounce = AllocateAligned(stored);
+  sub->bounce = std::move(frame);
   sub->req.op = IoOp::kRead;
   sub->req.offset = format::FirstBlock(entry) * kBlockSize;
   sub->req.length = static_cast<uint32_t>(stored);
@@ -277,7 +286,9 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
 Status ThinVolume::DecodeCompressedRead(SubIo* sub) {
   std::span<uint8_t> frame(sub->bounce.get(), sub->req.length);
   ES_RETURN_IF_ERROR(codec_->Decrypt(sub->first_logical_block, frame));
-  AlignedBuffer cluster = AllocateAligned(cluster_size_);
+  // Decompression writes at least the bytes copied out below.
+  AlignedBuffer cluster = TryAllocateUninitialized(cluster_size_);
+  if (!cluster) return Status(ENOMEM, "out of memory decompressing a cluster");
   ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(cluster.get(), cluster_size_),
                                         sub->compressed_at + sub->compressed_length)
                          .WithContext("volume " + name_ + " cluster " + std::to_string(sub->cluster)));
@@ -377,6 +388,7 @@ void ThinVolume::ReleaseGuard(VolumeIo* io) {
 static std::string DescribeError(int code) {
   switch (code) {
     case ENOSPC: return "pool is full; discard or delete data to free space (data already written is kept)";
+    case ENOMEM: return "out of memory; the request was not done, retry it";
     case EIO: return "device I/O error; check the pool's disk, then restart to recover";
     case EUCLEAN: return "metadata or compressed data is damaged; run `edgestor pool fsck` for a report";
     default: return "I/O failed";

@@ -210,7 +210,9 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
     if (pool_->key_protection().source == format::kKeySourceNone)
       return Status(EINVAL, "pool has no key to encrypt with: create it with --keyfile or --passphrase-file, or add "
                             "a key with `edgestor pool rekey`");
-    if (!pool_key_) return Status(EACCES, "pool is locked: unlock it to create encrypted volumes");
+    if (!pool_key_)
+      return Status(EACCES, "pool is locked: give its key (--keyfile or --passphrase-file; `edgestor pool unlock` "
+                            "for a running daemon) to create encrypted volumes");
     ES_ASSIGN_OR_RETURN(data_key, NewDataKey());
     ES_ASSIGN_OR_RETURN(WrappedKey wrapped, WrapDataKey(*pool_key_, *data_key));
     attributes.encrypted = 1;

@@ -92,7 +92,7 @@ Status VolumeSetImpl::Rekey(const PoolSecret& new_secret, const ScryptParams& kd
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   if (pool_->key_protection().source != format::kKeySourceNone && !pool_key_)
-    return Status(EACCES, "pool is locked: give the current key to rekey it");
+    return Status(EACCES, "pool is locked: give its current key (--keyfile or --passphrase-file) to rekey it");
   ES_ASSIGN_OR_RETURN(auto created, NewKeyProtection(new_secret, kdf));
   auto& [keys, new_key] = created;
   // Rewrap every data key; nothing changes until the checkpoint commits the

@@ -57,17 +57,6 @@ uint32_t NbdError(int code) {
   }
 }
 
-// AllocateAligned without the exception: a client asking for more memory
-// than the machine has gets ENOMEM, not a dead daemon. Zero-filled, so no
-// old heap contents can ever reach a client.
-AlignedBuffer TryAllocateAligned(size_t len) {
-  size_t rounded = (len + kIoAlignment - 1) / kIoAlignment * kIoAlignment;
-  void* p = nullptr;
-  if (rounded == 0 || ::posix_memalign(&p, kIoAlignment, rounded) != 0) return nullptr;
-  std::memset(p, 0, rounded);
-  return AlignedBuffer(static_cast<uint8_t*>(p));
-}
-
 VolumeOp OpFor(uint16_t type) {
   switch (type) {
     case kCmdRead: return VolumeOp::kRead;
@@ -294,7 +283,7 @@ NbdTransmission::Slot* NbdTransmission::AcquireSlot(const Request& request) {
   if (bytes > slot->capacity) {
     slot->buffer.reset();  // never hold the old and the new one at once
     slot->capacity = 0;
-    slot->buffer = TryAllocateAligned(bytes);
+    slot->buffer = TryAllocateAligned(bytes);  // zeroed: a failed read never sends old heap contents
     if (!slot->buffer) return nullptr;
     slot->capacity = bytes;
   }

@@ -194,14 +194,17 @@ void BlkQueue::Begin(uint16_t head) {
       r->out_bytes += s.length;
     }
   }
-  if (r->in_bytes == 0) {
-    // No status byte to report anything in: return the chain untouched.
-    spdlog::warn("vhost-blk queue {}: request without a status byte ({})", index_,
-                 walked.ok() ? "no writable buffer" : walked.message());
+  if (!walked.ok() || r->in_bytes == 0) {
+    // A chain we could not walk (or without a status byte) is returned
+    // untouched: which of its buffers is the status byte cannot be trusted.
+    spdlog::warn("vhost-blk queue {}: request returned unanswered: {}", index_,
+                 walked.ok() ? "no writable buffer for the status" : walked.message());
+    r->in.clear();
+    r->in_bytes = 0;
     return Finish(r, kBlkStatusIoErr);
   }
   BlkOutHeader header;
-  if (!walked.ok() || !layout_ok || r->out_bytes < sizeof header) return Finish(r, kBlkStatusIoErr);
+  if (!layout_ok || r->out_bytes < sizeof header) return Finish(r, kBlkStatusIoErr);
   Gather(r->out, 0, reinterpret_cast<uint8_t*>(&header), sizeof header);
 
   uint64_t data_in = r->in_bytes - 1, data_out = r->out_bytes - sizeof header;
@@ -217,7 +220,11 @@ void BlkQueue::Begin(uint16_t head) {
       if (length % 512 || length > kMaxRequestBytes || header.sector > (UINT64_MAX >> 9))
         return Finish(r, kBlkStatusIoErr);
       if (length == 0) return Finish(r, kBlkStatusOk);
-      r->bounce = AllocateAligned(length);
+      r->bounce = TakeBounce(length);
+      if (!r->bounce) {
+        spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, length);
+        return Finish(r, kBlkStatusIoErr);
+      }
       if (write) Gather(r->out, sizeof header, r->bounce.get(), length);
       io.op = write ? VolumeOp::kWrite : VolumeOp::kRead;
       io.offset = header.sector * 512;
@@ -270,6 +277,7 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
     r->written++;
   }
   if (inflight_) inflight_->last_batch_head = r->head;
+  if (r->bounce) GiveBackBounce(std::move(r->bounce), r->io.length);
   ring_.Push(r->head, r->written);
   if (inflight_) {
     TrackedDesc(r->head)->inflight = 0;
@@ -279,6 +287,19 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
   pushed_ = true;
   in_flight_--;
   delete r;
+}
+
+AlignedBuffer BlkQueue::TakeBounce(uint64_t length) {
+  if (length > kPooledBounceBytes) return TryAllocateUninitialized(length);
+  if (spare_bounces_.empty()) return TryAllocateUninitialized(kPooledBounceBytes);
+  AlignedBuffer buffer = std::move(spare_bounces_.back());
+  spare_bounces_.pop_back();
+  return buffer;
+}
+
+void BlkQueue::GiveBackBounce(AlignedBuffer buffer, uint64_t length) {
+  if (length <= kPooledBounceBytes && spare_bounces_.size() < kMaxSpareBounces)
+    spare_bounces_.push_back(std::move(buffer));
 }
 
 void BlkQueue::Notify() {

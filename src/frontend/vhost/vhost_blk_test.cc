@@ -136,32 +136,45 @@ TEST_F(VhostBlkTest, HostileRequestsFailAloneAndTheQueueGoesOn) {
   status = fe.BuildRequest(0, 0, 0, 0, buf, 4096, true);
   fe.Desc(0)[0].len = 8;
   fe.Publish(0, 0);
-  ASSERT_TRUE(fe.WaitUsed(0));
+  used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
   EXPECT_EQ(*status, kIoErr);
-  // A loop: the data descriptor points back at the header.
+  EXPECT_EQ(used->second, 1u);
+  // A loop: the data descriptor points back at the header. Returned
+  // unanswered, and nothing written into its buffers.
   status = fe.BuildRequest(0, 0, 0, 0, buf, 4096, true);
   fe.Desc(0)[1].next = 0;
+  std::memset(buf, 0x66, 4096);
   fe.Publish(0, 0);
-  ASSERT_TRUE(fe.WaitUsed(0));
+  used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->second, 0u);
+  EXPECT_EQ(buf[4095], 0x66);
+  EXPECT_EQ(*status, 0xff);
   // A writable buffer before a readable one (bad layout).
   status = fe.BuildRequest(0, 0, 1, 0, buf, 4096, false);
   uint8_t* extra_status = fe.Allocate(1);
   fe.Desc(0)[2] = {fe.Gpa(extra_status), 1, 2 | 1, 3};
-  fe.Desc(0)[3] = {fe.Gpa(buf), 512, 1, 0};  // readable after writable
+  fe.Desc(0)[3] = {fe.Gpa(buf), 512, 0, 0};  // readable, after a writable one
   fe.Publish(0, 0);
-  ASSERT_TRUE(fe.WaitUsed(0));
+  used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(*extra_status, kIoErr);  // the only writable byte: the status
+  EXPECT_EQ(used->second, 1u);
   // An indirect table that is not whole descriptors, and one that nests.
   uint8_t* table = fe.Allocate(64);
   fe.Desc(0)[0] = {fe.Gpa(table), 20, 4, 0};
   fe.Publish(0, 0);
-  ASSERT_TRUE(fe.WaitUsed(0));
+  used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->second, 0u);
   auto* entries = reinterpret_cast<testing::TestDesc*>(table);
   entries[0] = {fe.Gpa(table), 32, 4, 0};
   fe.Desc(0)[0] = {fe.Gpa(table), 32, 4, 0};
   fe.Publish(0, 0);
-  ASSERT_TRUE(fe.WaitUsed(0));
-  // Descriptor index out of the ring in the available ring.
-  fe.memory();
+  used = fe.WaitUsed(0);
+  ASSERT_TRUE(used);
+  EXPECT_EQ(used->second, 0u);
   // After all that, a normal request still works.
   uint8_t* out = fe.Allocate(4096);
   std::memset(out, 0x42, 4096);
