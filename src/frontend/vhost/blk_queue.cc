@@ -220,7 +220,7 @@ void BlkQueue::Begin(uint16_t head) {
       if (length % 512 || length > kMaxRequestBytes || header.sector > (UINT64_MAX >> 9))
         return Finish(r, kBlkStatusIoErr);
       if (length == 0) return Finish(r, kBlkStatusOk);
-      r->bounce = TakeBounce(length);
+      r->bounce = TryAllocateUninitialized(length);  // wholly overwritten before use
       if (!r->bounce) {
         spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, length);
         return Finish(r, kBlkStatusIoErr);
@@ -277,7 +277,6 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
     r->written++;
   }
   if (inflight_) inflight_->last_batch_head = r->head;
-  if (r->bounce) GiveBackBounce(std::move(r->bounce), r->io.length);
   ring_.Push(r->head, r->written);
   if (inflight_) {
     TrackedDesc(r->head)->inflight = 0;
@@ -287,19 +286,6 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
   pushed_ = true;
   in_flight_--;
   delete r;
-}
-
-AlignedBuffer BlkQueue::TakeBounce(uint64_t length) {
-  if (length > kPooledBounceBytes) return TryAllocateUninitialized(length);
-  if (spare_bounces_.empty()) return TryAllocateUninitialized(kPooledBounceBytes);
-  AlignedBuffer buffer = std::move(spare_bounces_.back());
-  spare_bounces_.pop_back();
-  return buffer;
-}
-
-void BlkQueue::GiveBackBounce(AlignedBuffer buffer, uint64_t length) {
-  if (length <= kPooledBounceBytes && spare_bounces_.size() < kMaxSpareBounces)
-    spare_bounces_.push_back(std::move(buffer));
 }
 
 void BlkQueue::Notify() {

@@ -36,8 +36,6 @@ struct BlkSettings {
 inline constexpr uint32_t kSegMax = 126;
 inline constexpr uint32_t kMaxRequestBytes = 32u << 20;  // the engine's kMaxIoBytes
 inline constexpr uint32_t kMaxDiscardSectors = (32u << 20) / 512;
-inline constexpr uint64_t kPooledBounceBytes = 128 << 10;
-inline constexpr size_t kMaxSpareBounces = 64;  // per queue: at most 8 MiB kept
 
 class BlkQueue {
  public:
@@ -69,10 +67,7 @@ class BlkQueue {
   void Finish(Request* request, uint8_t status);
   static void OnVolumeIoDone(VolumeIo* io, const Status& status);
   void Notify();
-  // Bounce buffers up to kPooledBounceBytes are kept for reuse (most
-  // requests are small and frequent); larger ones come and go.
-  AlignedBuffer TakeBounce(uint64_t length);
-  void GiveBackBounce(AlignedBuffer buffer, uint64_t length);
+
   // Inflight region: the heads to run again, oldest first; fixes up a
   // return that was interrupted half-way.
   std::vector<uint16_t> RecoverInflight();
@@ -94,7 +89,6 @@ class BlkQueue {
   std::shared_ptr<void> inflight_owner_;
   uint64_t inflight_counter_ = 0;
   std::vector<uint16_t> resubmit_;
-  std::vector<AlignedBuffer> spare_bounces_;  // each kPooledBounceBytes
   std::thread thread_;
 };
 
