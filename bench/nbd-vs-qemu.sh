@@ -79,37 +79,8 @@ failed=0
 
 declare -A server_pid=()  # name -> pid of every server we started and did not stop yet
 
-# Deletes files and waits for the file system to commit (and, mounted with
-# -o discard, to trim) the freed space, so that work does not land in the
-# next timed run.
-settle() {
-  rm -f "$@"
-  sync -f "$work"
-}
-
-# Stops a server with SIGTERM and waits for it (up to 60 s, then SIGKILL).
-# Our daemon must drain and exit 0; anything else is reported.
-stop_server() {
-  local name=$1 pid=${server_pid[$1]:-} rc=0 i
-  [[ -n $pid ]] || return 0
-  unset "server_pid[$name]"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "  $name (pid $pid) still running 60 s after SIGTERM; sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    failed=1
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  if ((rc != 0)); then
-    echo "  $name (pid $pid) exited with status $rc; its log $work/$name.log ends:" >&2
-    tail -n 5 "$work/$name.log" | sed 's/^/    /' >&2
-    failed=1
-  fi
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
@@ -120,8 +91,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-uri() { echo "nbd+unix:///$2?socket=$work/$1.sock"; }
 
 # Waits until export $2 on server $1 answers a handshake (10 s).
 wait_ready() {
@@ -156,17 +125,6 @@ start_qemu() {
   server_pid[$name]=$!
   wait_ready "$name" "$export"
 }
-
-# user + system CPU time of a process, all its threads (clock ticks).
-cpu_ticks() {
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }  # fields from the 3rd on; utime and stime are the 14th and 15th
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo $((${12} + ${13}))
-}
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # Runs fio against a server, measuring the server's CPU time and RSS.
 # run_fio SIDE SERVER EXPORT CASE QD RUN
@@ -246,8 +204,6 @@ j = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print(f"  prefill {sys.argv[2]:5}: {j['io_bytes'] / 2**30:.1f} GiB at {j['bw_bytes'] / 2**20:.0f} MiB/s")
 EOF
 }
-
-memory_record() { echo "{\"what\": \"$1\", \"rss_kib\": $2}" >>"$memory"; }
 
 echo "bench: $runs runs x ${run_seconds}s per case and side (ours, raw, qcow2 interleaved); size $size" \
   "(our pool $pool_size, sparse); sequential cases at QD$seq_qd"

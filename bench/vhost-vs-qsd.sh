@@ -99,36 +99,8 @@ declare -A server_pid=()  # name -> pid of every server we started and did not s
 qemu_pid=
 watcher_pid=
 
-settle() {
-  # -o discard file systems trim freed extents lazily; sync -f keeps that
-  # work out of the next guest's timed jobs.
-  rm -f "$@"
-  sync -f "$work"
-}
-
-# Stops a server with SIGTERM and waits for it (up to 60 s, then SIGKILL).
-# Our daemon must drain and exit 0; anything else is reported.
-stop_server() {
-  local name=$1 pid=${server_pid[$1]:-} rc=0 i
-  [[ -n $pid ]] || return 0
-  unset "server_pid[$name]"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "  $name (pid $pid) still running 60 s after SIGTERM; sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    failed=1
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  if ((rc != 0)); then
-    echo "  $name (pid $pid) exited with status $rc; its log $work/$name.log ends:" >&2
-    tail -n 5 "$work/$name.log" | sed 's/^/    /' >&2
-    failed=1
-  fi
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 stop_qemu() {
   [[ -n $qemu_pid ]] || return 0
@@ -148,9 +120,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-memory_record() { echo "{\"what\": \"$1\", \"rss_kib\": $2}" >>"$memory"; }
 
 # Fails the run if server $1 exited (prints the end of its log).
 check_alive() {
