@@ -23,14 +23,18 @@ namespace edgestor::format {
 
 inline constexpr uint32_t kBlockSize = 4096;
 // Version 2 added key protection to the label, compressed map entries, and
-// per-volume attributes and pool defaults to the checkpoint. Version 1 pools
-// open and are written as version 2 from their first checkpoint on.
-inline constexpr uint32_t kVersion = 2;
+// per-volume attributes and pool defaults to the checkpoint. Version 3 added
+// snapshots: a snapshot table in the checkpoint, snapshot directories in
+// side chains, map pages and data runs shared between them, and a clone's
+// origin in its attributes. Older pools open and are written in the current
+// version from their first checkpoint on.
+inline constexpr uint32_t kVersion = 3;
 inline constexpr uint32_t kOldestReadableVersion = 1;
 inline constexpr uint64_t kLabelMagic = 0x31524f5453474445ull;  // "EDGSTOR1"
 inline constexpr uint32_t kJournalMagic = 0x4c4e524aU;          // "JRNL"
 inline constexpr uint32_t kCheckpointMagic = 0x54504b43U;       // "CKPT"
 inline constexpr uint32_t kMapPageMagic = 0x5050414dU;          // "MAPP"
+inline constexpr uint32_t kSnapshotDirectoryMagic = 0x52494453U;  // "SDIR"
 
 inline constexpr uint32_t kLabelCopies = 4;
 inline constexpr uint32_t kMinClusterSize = 4096;
@@ -44,8 +48,10 @@ inline constexpr uint64_t kMaxVolumeSize = 1ull << 50;  // 1 PiB
 // Feature bits in Label::features. A pool with an unknown bit set is refused.
 inline constexpr uint64_t kFeatureEncryption = 1ull << 0;   // a pool key protects data keys
 inline constexpr uint64_t kFeatureCompression = 1ull << 1;  // reserved: compressed clusters
-inline constexpr uint64_t kFeatureSnapshots = 1ull << 2;    // reserved: shared map pages
+inline constexpr uint64_t kFeatureSnapshots = 1ull << 2;    // reserved (version 3 implies snapshots)
 inline constexpr uint64_t kKnownFeatures = kFeatureEncryption;
+inline constexpr uint32_t kMaxSnapshots = 65536;
+inline constexpr uint32_t kMaxSnapshotNameLength = 64;
 
 // How the pool key is obtained (Label::key_source).
 inline constexpr uint32_t kKeySourceNone = 0;
@@ -115,7 +121,9 @@ struct RecordHeader {
 static_assert(sizeof(RecordHeader) == 4);
 
 // A thin-map entry. phys_block == 0 means "unmapped" (block 0 is a label, so
-// it is never a data block). Bit i of written_bits: 4 KiB block i of the
+// it is never a data block). Since version 3 a run may be referenced by map
+// pages of several snapshots and clones; the references are counted at open
+// (never stored) and a shared run is never written in place. Bit i of written_bits: 4 KiB block i of the
 // cluster has been written; unset blocks read as zeros.
 //
 // A plain cluster occupies cluster_size bytes at its first block, each 4 KiB
@@ -156,7 +164,8 @@ static_assert(sizeof(MapSetRecord) == 32);
 // Map page: one page of a volume's thin map, kEntriesPerMapPage consecutive
 // clusters. Written only by a checkpoint, always to a fresh block (shadow
 // paging), so the previous checkpoint's page stays intact until the new
-// label is durable.
+// label is durable. A page is immutable once written, so a snapshot's
+// directory shares the pages of its volume until the volume changes them.
 inline constexpr uint32_t kEntriesPerMapPage = 255;
 struct MapPageHeader {
   uint32_t magic;
@@ -194,7 +203,10 @@ static_assert(sizeof(DirectorySlot) == 16);
 
 // Checkpoint payload: CheckpointHeader, (version 2) PoolDefaults, then per
 // volume a VolumeTableEntry, its name bytes, (version 2) its
-// VolumeAttributes, and its directory slots.
+// VolumeAttributes, and its directory slots; then (version 3) a
+// SnapshotTableHeader and per snapshot a SnapshotEntry, its name bytes and
+// its VolumeAttributes. A snapshot's directory slots are in a side chain of
+// blocks (kSnapshotDirectoryMagic) written once when it is created.
 struct CheckpointHeader {
   uint32_t volume_count;
   uint32_t next_volume_id;
@@ -215,10 +227,40 @@ struct VolumeAttributes {
   uint8_t encrypted;          // 1: data is AES-256-XTS with the wrapped key below
   uint8_t compression;        // for new writes; existing clusters say for themselves
   uint8_t compression_level;
-  uint8_t reserved[5];
-  uint8_t wrapped_key[kWrappedKeyBytes];  // data key wrapped by the pool key
+  uint8_t reserved;
+  uint32_t origin_snapshot;   // version 3, clones: the snapshot it was cloned from
+                              // (0: none, or flattened)
+  uint8_t wrapped_key[kWrappedKeyBytes];  // data key wrapped by the pool key; a
+                                          // volume's snapshots and clones share it
 };
 static_assert(sizeof(VolumeAttributes) == 80);
+static_assert(offsetof(VolumeAttributes, wrapped_key) == 8);
+
+struct SnapshotTableHeader {
+  uint32_t snapshot_count;
+  uint32_t next_snapshot_id;
+};
+static_assert(sizeof(SnapshotTableHeader) == 8);
+
+inline constexpr uint32_t kSnapshotAutomatic = 1;  // kept by a rollback
+
+struct SnapshotEntry {
+  uint32_t snapshot_id;
+  uint32_t volume_id;         // the volume it is a snapshot of
+  uint64_t size;              // the volume's size when taken
+  uint64_t created_unix;      // seconds since 1970
+  uint64_t directory_block;   // head of the side chain holding its DirectorySlots
+  uint64_t directory_gen;     // generation stamped on that chain
+  uint64_t directory_slots;
+  // Accounting as of creation (a snapshot never changes):
+  uint64_t mapped_clusters;
+  uint64_t stored_blocks;
+  uint64_t compressed_clusters;
+  uint64_t written_blocks;
+  uint32_t name_length;
+  uint32_t flags;             // kSnapshot*
+};
+static_assert(sizeof(SnapshotEntry) == 88);
 
 struct VolumeTableEntry {
   uint32_t volume_id;

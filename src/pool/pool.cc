@@ -254,6 +254,16 @@ uint64_t Pool::used_blocks() const {
   return allocator_.used_blocks();
 }
 
+bool Pool::has_pending_frees() const {
+  std::lock_guard lock(mu_);
+  return !pending_frees_.empty();
+}
+
+uint64_t Pool::shared_runs() const {
+  std::lock_guard lock(mu_);
+  return extra_references_.size();
+}
+
 uint64_t Pool::free_blocks() const {
   std::lock_guard lock(mu_);
   return allocator_.free_blocks();
@@ -265,6 +275,61 @@ bool Pool::MarkUsed(uint64_t block, uint64_t count) {
   std::lock_guard lock(mu_);
   if (block == 0 || block + count > geometry_.total_blocks) return false;
   return allocator_.MarkUsed(block, count);
+}
+
+namespace {
+bool TestBit(const std::vector<uint64_t>& bits, uint64_t b) { return (bits[b / 64] >> (b % 64)) & 1; }
+void SetBit(std::vector<uint64_t>& bits, uint64_t b) { bits[b / 64] |= 1ull << (b % 64); }
+}  // namespace
+
+bool Pool::MarkReferenced(uint64_t block, uint64_t count) {
+  std::lock_guard lock(mu_);
+  if (block == 0 || count == 0 || block + count > geometry_.total_blocks) return false;
+  if (run_starts_.empty()) {
+    run_starts_.assign(geometry_.total_blocks / 64 + 1, 0);
+    run_ends_.assign(geometry_.total_blocks / 64 + 1, 0);
+  }
+  uint64_t used = 0;
+  for (uint64_t b = block; b < block + count; b++) used += allocator_.IsUsed(b);
+  if (used == 0) {
+    allocator_.MarkUsed(block, count);
+    SetBit(run_starts_, block);
+    SetBit(run_ends_, block + count - 1);
+    return true;
+  }
+  // A second reference must name exactly a run seen before.
+  if (used != count || !TestBit(run_starts_, block) || !TestBit(run_ends_, block + count - 1)) return false;
+  for (uint64_t b = block; b + 1 < block + count; b++)
+    if (TestBit(run_starts_, b + 1) || TestBit(run_ends_, b)) return false;
+  extra_references_[block]++;
+  return true;
+}
+
+void Pool::FinishRecovery() {
+  std::lock_guard lock(mu_);
+  run_starts_ = {};
+  run_ends_ = {};
+}
+
+uint32_t Pool::References(uint64_t block) const {
+  std::lock_guard lock(mu_);
+  if (block >= geometry_.total_blocks || !allocator_.IsUsed(block)) return 0;
+  auto it = extra_references_.find(block);
+  return 1 + (it == extra_references_.end() ? 0 : it->second);
+}
+
+void Pool::AddReference(uint64_t block) {
+  std::lock_guard lock(mu_);
+  assert(block < geometry_.total_blocks && allocator_.IsUsed(block));
+  extra_references_[block]++;
+}
+
+void Pool::DropSharedReference(uint64_t block) {
+  std::lock_guard lock(mu_);
+  auto it = extra_references_.find(block);
+  assert(it != extra_references_.end());
+  if (it == extra_references_.end()) return;
+  if (--it->second == 0) extra_references_.erase(it);
 }
 
 Result<uint64_t> Pool::AllocateCluster() {
@@ -284,6 +349,7 @@ Result<uint64_t> Pool::AllocateMetaBlock() {
 
 void Pool::FreeUnreferenced(BlockRun run) {
   std::lock_guard lock(mu_);
+  assert(!extra_references_.count(run.block));
   bool was_used = allocator_.Free(run.block, run.count);
   assert(was_used);
   (void)was_used;
@@ -324,21 +390,34 @@ Status Pool::WriteMapPage(uint64_t block, format::MapPage* page) {
 }
 
 Result<std::vector<uint8_t>> Pool::ReadCheckpointPayload() {
+  return ReadChain(label_.checkpoint_block, label_.checkpoint_gen, format::kCheckpointMagic, &chain_blocks_);
+}
+
+Result<std::vector<uint8_t>> Pool::ReadSideChain(uint64_t head, uint64_t generation, uint32_t magic,
+                                                 std::vector<BlockRun>* blocks) {
+  if (head == 0) return Status(EUCLEAN, "side chain has no head block");
+  return ReadChain(head, generation, magic, blocks);
+}
+
+Result<std::vector<uint8_t>> Pool::ReadChain(uint64_t head, uint64_t generation, uint32_t magic,
+                                             std::vector<BlockRun>* blocks) {
   std::vector<uint8_t> payload;
-  uint64_t block = label_.checkpoint_block;
+  uint64_t block = head;
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   for (uint32_t index = 0; block != 0; index++) {
     if (block >= geometry_.total_blocks || index >= geometry_.total_blocks)
-      return Status(EUCLEAN, "checkpoint chain points outside the pool");
+      return Status(EUCLEAN, "metadata chain points outside the pool");
     ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
     format::CheckpointBlockHeader h;
     std::memcpy(&h, buf.get(), sizeof h);
-    bool valid = h.magic == format::kCheckpointMagic &&
+    bool valid = h.magic == magic &&
                  format::BlockCrc(buf.get(), kBlockSize, offsetof(format::CheckpointBlockHeader, crc)) == h.crc &&
-                 h.generation == label_.checkpoint_gen && h.index == index && h.payload_bytes <= format::kCheckpointPayload;
-    if (!valid) return Status(EUCLEAN, "checkpoint block " + std::to_string(block) + " is damaged or stale");
-    if (!MarkUsed(block, 1)) return Status(EUCLEAN, "checkpoint chain loops or overlaps at block " + std::to_string(block));
-    chain_blocks_.push_back({block, 1});
+                 h.generation == generation && h.index == index && h.payload_bytes <= format::kCheckpointPayload;
+    if (!valid) return Status(EUCLEAN, "metadata chain block " + std::to_string(block) + " is damaged or stale");
+    if (blocks) {
+      if (!MarkUsed(block, 1)) return Status(EUCLEAN, "metadata chain loops or overlaps at block " + std::to_string(block));
+      blocks->push_back({block, 1});
+    }
     payload.insert(payload.end(), buf.get() + sizeof h, buf.get() + sizeof h + h.payload_bytes);
     block = h.next_block;
   }
@@ -347,7 +426,7 @@ Result<std::vector<uint8_t>> Pool::ReadCheckpointPayload() {
 
 // Writes `payload` as a chain of fresh blocks; returns the head block.
 static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const uint8_t> payload, uint64_t generation,
-                                   std::vector<BlockRun>* chain) {
+                                   uint32_t magic, std::vector<BlockRun>* chain) {
   size_t blocks = std::max<size_t>(1, (payload.size() + format::kCheckpointPayload - 1) / format::kCheckpointPayload);
   std::vector<uint64_t> where(blocks);
   for (auto& b : where) {
@@ -358,7 +437,7 @@ static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const u
   for (size_t i = 0; i < blocks; i++) {
     std::memset(buf.get(), 0, kBlockSize);
     format::CheckpointBlockHeader h{};
-    h.magic = format::kCheckpointMagic;
+    h.magic = magic;
     h.generation = generation;
     h.next_block = i + 1 < blocks ? where[i + 1] : 0;
     h.index = static_cast<uint32_t>(i);
@@ -379,7 +458,7 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
   ES_RETURN_IF_ERROR(CheckNotFailed());
   uint64_t gen = next_checkpoint_gen();
   std::vector<BlockRun> new_chain;
-  auto head = WriteChain(*this, *device_, payload, gen, &new_chain);
+  auto head = WriteChain(*this, *device_, payload, gen, format::kCheckpointMagic, &new_chain);
   if (!head.ok()) return Fail(head.status().WithContext("writing checkpoint"));
   // Map pages and chain must be durable before a label points at them.
   Status s = device_->FlushSync();
@@ -404,13 +483,31 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
   superseded.insert(superseded.end(), chain_blocks_.begin(), chain_blocks_.end());
   superseded.insert(superseded.end(), pending_frees_.begin(), pending_frees_.end());
   pending_frees_.clear();
-  for (const BlockRun& run : superseded) {
-    bool was_used = allocator_.Free(run.block, run.count);
-    assert(was_used);
-    (void)was_used;
-  }
+  for (const BlockRun& run : superseded) ReleaseLocked(run);
   chain_blocks_ = std::move(new_chain);
   return Status::Ok();
+}
+
+Result<uint64_t> Pool::WriteSideChain(std::span<const uint8_t> payload, uint32_t magic, std::vector<BlockRun>* blocks) {
+  size_t first = blocks->size();
+  auto head = WriteChain(*this, *device_, payload, next_checkpoint_gen(), magic, blocks);
+  if (!head.ok()) {
+    for (size_t i = first; i < blocks->size(); i++) FreeUnreferenced((*blocks)[i]);
+    blocks->resize(first);
+    return Fail(head.status().WithContext("writing metadata chain"));
+  }
+  return head;
+}
+
+void Pool::ReleaseLocked(const BlockRun& run) {
+  auto it = extra_references_.find(run.block);
+  if (it != extra_references_.end()) {
+    if (--it->second == 0) extra_references_.erase(it);
+    return;
+  }
+  bool was_used = allocator_.Free(run.block, run.count);
+  assert(was_used);
+  (void)was_used;
 }
 
 }  // namespace edgestor

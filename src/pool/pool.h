@@ -30,6 +30,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "base/status.h"
@@ -47,8 +48,9 @@ struct PoolGeometry {
   uint64_t total_blocks = 0;
 };
 
-// A block freed by the volume layer, reusable once the commit (or
-// checkpoint) that stops referencing it is durable.
+// A run released by the volume layer: one reference to it is dropped once
+// the commit (or checkpoint) that stops using it is durable, and the run is
+// reusable when no reference is left.
 struct BlockRun {
   uint64_t block;
   uint64_t count;
@@ -83,8 +85,29 @@ class Pool {
   // Returns the number of records applied.
   using RecordVisitor = std::function<Status(format::RecordType, std::span<const uint8_t>)>;
   Result<uint64_t> ReplayJournal(const RecordVisitor& apply);
-  // Marks blocks referenced by the maps as used; false on a double reference.
+  // Marks blocks as used by exactly one owner (checkpoint chains); false if
+  // any of them already was.
   bool MarkUsed(uint64_t block, uint64_t count);
+  // Records one reference to the run [block, block+count) (a data cluster, a
+  // compressed run or a map page): the first marks it used, later ones must
+  // name exactly the same run. False for a run outside the pool or one that
+  // overlaps another run or metadata.
+  bool MarkReferenced(uint64_t block, uint64_t count);
+  // Ends recovery: drops the run bounds MarkReferenced kept.
+  void FinishRecovery();
+
+  // ---- Sharing (snapshots and clones) ----
+  // A run may be referenced by several snapshots, clones and volumes. The
+  // allocator says used or free; the pool counts references beyond the
+  // first, so unshared runs cost no memory. Every BlockRun handed to
+  // AppendRecord or WriteCheckpoint drops one reference.
+  // 0: free; otherwise the number of references.
+  uint32_t References(uint64_t block) const;
+  // One more reference to a run in use.
+  void AddReference(uint64_t block);
+  // Drops a reference at once. REQUIRES: another one remains (nothing is
+  // freed, so no durability is needed first).
+  void DropSharedReference(uint64_t block);
 
   // ---- Space ----
   // A data cluster; ENOSPC if only the metadata reserve is left.
@@ -95,7 +118,8 @@ class Pool {
   // A block for metadata (map pages, checkpoint chain); may use the reserve.
   Result<uint64_t> AllocateMetaBlock();
   // Returns space never referenced by anything durable (e.g. a cluster
-  // allocated for a write that failed). Reusable at once.
+  // allocated for a write that failed). Reusable at once. REQUIRES: a single
+  // reference.
   void FreeUnreferenced(BlockRun run);
   // Blocks the volume layer keeps free for the next checkpoint's map pages.
   void SetMetadataReserve(uint64_t blocks);
@@ -116,10 +140,21 @@ class Pool {
   // Writes a map page at `block` (from AllocateMetaBlock) for the checkpoint
   // in preparation, stamping generation and crc.
   Status WriteMapPage(uint64_t block, format::MapPage* page);
+  // Writes `payload` as a chain of fresh metadata blocks stamped with the
+  // next checkpoint's generation and `magic`; returns its head and appends
+  // its blocks to `blocks`. Durable (and referenced) only once a checkpoint
+  // names it. For immutable side chains such as snapshot directories.
+  Result<uint64_t> WriteSideChain(std::span<const uint8_t> payload, uint32_t magic, std::vector<BlockRun>* blocks);
+  // Reads a chain written by WriteSideChain at `generation`; with `blocks`,
+  // marks them used (recovery) and appends them there.
+  Result<std::vector<uint8_t>> ReadSideChain(uint64_t head, uint64_t generation, uint32_t magic,
+                                             std::vector<BlockRun>* blocks);
+
   // Completes a checkpoint: REQUIRES the caller to hold off every metadata
   // change (no AppendRecord) while it runs. Writes `payload` as a new chain,
-  // flips the labels, drops the records it supersedes, and frees
-  // `superseded` (old pages) and the previous chain once durable. With
+  // flips the labels, drops the records it supersedes, and releases
+  // `superseded` (old pages, dropped references) and the previous chain
+  // once durable. With
   // `new_keys`, the new label carries them (pool key rotation commits with
   // the payload holding the rewrapped data keys).
   Status WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded,
@@ -133,6 +168,10 @@ class Pool {
   uint32_t format_version() const;
   KeyProtection key_protection() const;
   uint64_t used_blocks() const;
+  // True while released runs wait for the next checkpoint.
+  bool has_pending_frees() const;
+  // Runs referenced more than once.
+  uint64_t shared_runs() const;
   uint64_t free_blocks() const;
   uint64_t total_blocks() const { return geometry_.total_blocks; }
   bool is_failed() const;
@@ -148,6 +187,9 @@ class Pool {
   Status WriteJournalBlocks(const std::vector<uint8_t>& records);  // REQUIRES: commit_mu_
   Status Fail(Status status);
   uint64_t JournalBlockOffset(uint64_t seq) const;
+  void ReleaseLocked(const BlockRun& run);  // REQUIRES: mu_ held
+  Result<std::vector<uint8_t>> ReadChain(uint64_t head, uint64_t generation, uint32_t magic,
+                                         std::vector<BlockRun>* blocks);
   void UpdateJournalPressure();  // REQUIRES: mu_ held
 
   std::unique_ptr<Device> device_;
@@ -163,6 +205,11 @@ class Pool {
   std::vector<BlockRun> pending_frees_;   // GUARDED_BY(mu_): freed by pending records
   uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write
   std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
+  // GUARDED_BY(mu_): references beyond the first, by a run's first block.
+  std::unordered_map<uint64_t, uint32_t> extra_references_;
+  // GUARDED_BY(mu_), recovery only: bit per block, first and last block of
+  // every run MarkReferenced saw (so a second reference can be checked).
+  std::vector<uint64_t> run_starts_, run_ends_;
   bool failed_ = false;                   // GUARDED_BY(mu_)
   std::atomic<bool> journal_wants_checkpoint_{false};
 };

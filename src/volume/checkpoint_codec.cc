@@ -58,6 +58,27 @@ bool IsValidVolumeName(const std::string& name) {
 
 uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + cluster_size - 1) / cluster_size; }
 
+uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size) {
+  return (ClustersFor(size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
+}
+
+std::vector<uint8_t> EncodeDirectory(const std::vector<format::DirectorySlot>& slots) {
+  std::vector<uint8_t> out(slots.size() * sizeof(format::DirectorySlot));
+  if (!slots.empty()) std::memcpy(out.data(), slots.data(), out.size());
+  return out;
+}
+
+Result<std::vector<format::DirectorySlot>> ParseDirectory(std::span<const uint8_t> bytes, uint64_t slots,
+                                                          uint64_t total_blocks) {
+  if (bytes.size() != slots * sizeof(format::DirectorySlot))
+    return Status(EUCLEAN, "snapshot directory has the wrong length");
+  std::vector<format::DirectorySlot> out(slots);
+  if (slots) std::memcpy(out.data(), bytes.data(), bytes.size());
+  for (const auto& slot : out)
+    if (slot.block >= total_blocks) return Status(EUCLEAN, "snapshot directory points outside the pool");
+  return out;
+}
+
 std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
   std::vector<uint8_t> out;
   Put(out, format::CheckpointHeader{static_cast<uint32_t>(contents.volumes.size()), contents.next_volume_id});
@@ -67,6 +88,14 @@ std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
     out.insert(out.end(), v.name.begin(), v.name.end());
     Put(out, v.attributes);
     for (const auto& slot : v.directory) Put(out, slot);
+  }
+  Put(out, format::SnapshotTableHeader{static_cast<uint32_t>(contents.snapshots.size()), contents.next_snapshot_id});
+  for (const SnapshotRecord& s : contents.snapshots) {
+    format::SnapshotEntry e = s.entry;
+    e.name_length = static_cast<uint32_t>(s.name.size());
+    Put(out, e);
+    out.insert(out.end(), s.name.begin(), s.name.end());
+    Put(out, s.attributes);
   }
   return out;
 }
@@ -91,8 +120,44 @@ bool ValidDefaults(const format::PoolDefaults& d) {
 
 bool ValidAttributes(const format::VolumeAttributes& a) {
   if (a.encrypted > 1 || !ValidCompression(a.compression, a.compression_level)) return false;
-  if (!AllZero(a.reserved, sizeof a.reserved)) return false;
+  if (a.reserved != 0) return false;
   return a.encrypted || AllZero(a.wrapped_key, sizeof a.wrapped_key);
+}
+
+Status ParseSnapshots(Reader& in, const std::set<uint32_t>& volume_ids, uint32_t cluster_size,
+                      uint64_t total_blocks, CheckpointContents* contents) {
+  format::SnapshotTableHeader header;
+  if (!in.Get(&header)) return Corrupt("truncated snapshot table");
+  if (header.snapshot_count > format::kMaxSnapshots) return Corrupt("too many snapshots");
+  contents->next_snapshot_id = header.next_snapshot_id;
+  std::set<uint32_t> ids;
+  std::set<std::pair<uint32_t, std::string>> names;
+  for (uint32_t i = 0; i < header.snapshot_count; i++) {
+    SnapshotRecord s;
+    format::SnapshotEntry& e = s.entry;
+    if (!in.Get(&e)) return Corrupt("truncated snapshot table");
+    if (e.name_length > format::kMaxSnapshotNameLength || !in.GetBytes(e.name_length, &s.name) ||
+        !IsValidVolumeName(s.name))
+      return Corrupt("bad snapshot name");
+    std::string what = "snapshot " + s.name;
+    if (e.snapshot_id == 0 || e.snapshot_id >= header.next_snapshot_id || !ids.insert(e.snapshot_id).second)
+      return Corrupt("bad id of " + what);
+    if (!volume_ids.count(e.volume_id)) return Corrupt(what + " belongs to no volume");
+    if (!names.insert({e.volume_id, s.name}).second) return Corrupt("duplicate " + what);
+    if (!in.Get(&s.attributes) || !ValidAttributes(s.attributes) || s.attributes.origin_snapshot != 0)
+      return Corrupt("bad attributes of " + what);
+    if (e.size == 0 || e.size > format::kMaxVolumeSize || e.size % 512 != 0) return Corrupt("bad size of " + what);
+    if (e.directory_slots != DirectorySlotsFor(e.size, cluster_size) || e.directory_block == 0 ||
+        e.directory_block >= total_blocks)
+      return Corrupt("bad directory of " + what);
+    uint64_t clusters = ClustersFor(e.size, cluster_size);
+    bool counts_ok = e.mapped_clusters <= clusters && e.compressed_clusters <= e.mapped_clusters &&
+                     e.stored_blocks <= e.mapped_clusters * (cluster_size / format::kBlockSize) &&
+                     e.written_blocks <= e.mapped_clusters * (cluster_size / format::kBlockSize);
+    if (!counts_ok || (e.flags & ~format::kSnapshotAutomatic)) return Corrupt("bad accounting of " + what);
+    contents->snapshots.push_back(std::move(s));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -125,7 +190,7 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
     if (has_attributes && (!in.Get(&v.attributes) || !ValidAttributes(v.attributes)))
       return Corrupt("bad attributes of volume " + v.name);
     if (v.size == 0 || v.size > format::kMaxVolumeSize || v.size % 512 != 0) return Corrupt("bad size of volume " + v.name);
-    uint64_t slots = (ClustersFor(v.size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
+    uint64_t slots = DirectorySlotsFor(v.size, cluster_size);
     if (e.directory_slots != slots || in.remaining() / sizeof(format::DirectorySlot) < slots)
       return Corrupt("directory of volume " + v.name + " has the wrong length");
     v.directory.resize(slots);
@@ -135,7 +200,14 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
     }
     contents.volumes.push_back(std::move(v));
   }
+  if (version >= 3) ES_RETURN_IF_ERROR(ParseSnapshots(in, ids, cluster_size, total_blocks, &contents));
   if (in.remaining() != 0) return Corrupt("trailing bytes");
+  for (const VolumeRecord& v : contents.volumes) {
+    uint32_t origin = v.attributes.origin_snapshot;
+    bool found = origin == 0;
+    for (const SnapshotRecord& s : contents.snapshots) found = found || s.entry.snapshot_id == origin;
+    if (!found) return Corrupt("volume " + v.name + " is a clone of a snapshot that does not exist");
+  }
   return contents;
 }
 

@@ -22,10 +22,20 @@ struct VolumeRecord {
   std::vector<format::DirectorySlot> directory;
 };
 
+// A snapshot as the checkpoint names it; its directory slots live in the
+// side chain the entry points at.
+struct SnapshotRecord {
+  format::SnapshotEntry entry{};
+  std::string name;  // the part after '@'
+  format::VolumeAttributes attributes{};
+};
+
 struct CheckpointContents {
   uint32_t next_volume_id = 1;
   format::PoolDefaults defaults{};
   std::vector<VolumeRecord> volumes;
+  uint32_t next_snapshot_id = 1;
+  std::vector<SnapshotRecord> snapshots;
 };
 
 // Always writes the current format version.
@@ -39,6 +49,12 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
 // Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or
 // '-', and without '@' (reserved for snapshots: VOL@SNAP).
 bool IsValidVolumeName(const std::string& name);
+// Directory slots (map pages) of a volume of `size` bytes.
+uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size);
+// A snapshot directory's side chain: its slots, packed.
+std::vector<uint8_t> EncodeDirectory(const std::vector<format::DirectorySlot>& slots);
+Result<std::vector<format::DirectorySlot>> ParseDirectory(std::span<const uint8_t> bytes, uint64_t slots,
+                                                          uint64_t total_blocks);
 // Clusters needed to hold `size` bytes.
 uint64_t ClustersFor(uint64_t size, uint32_t cluster_size);
 

@@ -12,6 +12,8 @@ void VolumeSetImpl::FillReport(FsckReport* report) {
   std::lock_guard lock(mu_);
   report->volumes = volumes_.size();
   report->used_blocks = pool_->used_blocks();
+  report->snapshots = snapshots_.size();
+  report->shared_runs = pool_->shared_runs();
   for (auto& [name, volume] : volumes_) {
     VolumeInfo info = volume->Info();
     report->mapped_clusters += info.mapped_clusters;

@@ -43,6 +43,46 @@ void ThinMap::MarkDirty(CachedPage* page) {
   budget_.dirty_pages++;
 }
 
+void ThinMap::Unshare(uint64_t cluster) {
+  Slot& slot = slots_[cluster / kEntriesPerMapPage];
+  if (!slot.page || slot.page->dirty || slot.block == 0 || slot.released) return;
+  if (pool_.References(slot.block) < 2) return;  // only this map reads it
+  for (const format::MapEntry& e : slot.page->entries)
+    if (e.phys_block != 0) pool_.AddReference(format::FirstBlock(e));
+  pool_.DropSharedReference(slot.block);
+  slot.released = true;
+}
+
+bool ThinMap::IsShared(uint64_t cluster, const format::MapEntry& entry) const {
+  if (entry.phys_block == 0) return false;
+  const Slot& slot = slots_[cluster / kEntriesPerMapPage];
+  bool page_shared = slot.page && !slot.page->dirty && slot.block != 0 && !slot.released &&
+                     pool_.References(slot.block) > 1;
+  return page_shared || pool_.References(format::FirstBlock(entry)) > 1;
+}
+
+void ThinMap::ReplaceDirectory(const std::vector<format::DirectorySlot>& directory, uint64_t clusters) {
+  for (Slot& slot : slots_) {
+    assert(!slot.page || (!slot.page->dirty && slot.page->pins == 0));
+    if (slot.page) Evict(slot);
+  }
+  assert(directory.size() == SlotsFor(clusters));
+  slots_.clear();
+  slots_.resize(directory.size());
+  for (size_t i = 0; i < directory.size(); i++) {
+    slots_[i].block = directory[i].block;
+    slots_[i].generation = directory[i].generation;
+  }
+  clusters_ = clusters;
+}
+
+std::vector<format::DirectorySlot> ThinMap::Directory() const {
+  std::vector<format::DirectorySlot> out;
+  out.reserve(slots_.size());
+  for (const Slot& slot : slots_) out.push_back({slot.block, slot.generation});
+  return out;
+}
+
 void ThinMap::Resize(uint64_t clusters) {
   uint64_t slots = SlotsFor(clusters);
   for (uint64_t s = slots; s < slots_.size(); s++) {
@@ -83,7 +123,8 @@ Status ThinMap::WriteDirtyPages(std::vector<BlockRun>* superseded) {
     std::memset(&raw, 0, sizeof raw);
     std::memcpy(raw.entries, slot.page->entries, sizeof raw.entries);
     ES_RETURN_IF_ERROR(pool_.WriteMapPage(block, &raw));
-    if (slot.block != 0) superseded->push_back({slot.block, 1});
+    if (slot.block != 0 && !slot.released) superseded->push_back({slot.block, 1});
+    slot.released = false;
     slot.block = block;
     slot.generation = raw.header.generation;
     slot.page->dirty = false;
@@ -92,9 +133,5 @@ Status ThinMap::WriteDirtyPages(std::vector<BlockRun>* superseded) {
   return Status::Ok();
 }
 
-void ThinMap::CollectPageBlocks(std::vector<BlockRun>* frees) const {
-  for (const Slot& slot : slots_)
-    if (slot.block != 0) frees->push_back({slot.block, 1});
-}
 
 }  // namespace edgestor

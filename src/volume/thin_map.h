@@ -6,6 +6,11 @@
 // written are not stored at all (block 0): every cluster in them is
 // unmapped, so a thin volume's map costs memory only where it was written.
 //
+// Sharing: a snapshot's directory names the same stored pages as its volume
+// had when it was taken. A page whose block other directories also read is
+// shared; before its first change the map makes the cached copy its own
+// (Unshare), and the next checkpoint stores that copy in a fresh block.
+//
 // Not thread-safe: the owning ThinVolume's mutex guards it.
 #pragma once
 
@@ -44,6 +49,10 @@ class ThinMap {
   struct Slot {
     uint64_t block = 0;       // last checkpointed location; 0: never stored
     uint64_t generation = 0;  // expected page generation
+    // The cached page diverged from a block other directories still read:
+    // `block` says only where the last checkpoint put this page; this map
+    // holds no reference to it.
+    bool released = false;
     std::unique_ptr<CachedPage> page;
   };
 
@@ -61,6 +70,15 @@ class ThinMap {
   // Marks a cached page dirty (it will be written by the next checkpoint).
   void MarkDirty(CachedPage* page);
 
+  // Call before changing an entry of the cached page holding `cluster`: a
+  // page still shared with other directories becomes this map's own copy
+  // (each run it maps gains a reference; the block loses this map's).
+  void Unshare(uint64_t cluster);
+  // True if the run `entry` (an entry of `cluster`) is read by anything but
+  // this map: its page is shared or the run is referenced more than once.
+  // Such a run must not be written in place.
+  bool IsShared(uint64_t cluster, const format::MapEntry& entry) const;
+
   // Changes the number of clusters. Shrinking drops slots past the end;
   // REQUIRES those clusters to be unmapped and idle (the caller frees them).
   void Resize(uint64_t clusters);
@@ -72,9 +90,10 @@ class ThinMap {
   // blocks are appended to `superseded`.
   Status WriteDirtyPages(std::vector<BlockRun>* superseded);
   std::vector<Slot>& slots() { return slots_; }
-  // Counts and releases everything for a deleted volume: appends page blocks
-  // to `frees`. Does not touch data clusters.
-  void CollectPageBlocks(std::vector<BlockRun>* frees) const;
+  // Replaces the whole directory (rollback): REQUIRES no dirty or pinned
+  // page; drops every cached page.
+  void ReplaceDirectory(const std::vector<format::DirectorySlot>& directory, uint64_t clusters);
+  std::vector<format::DirectorySlot> Directory() const;
 
  private:
   void Evict(Slot& slot);

@@ -82,6 +82,9 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   Status s = set_.CheckUsable();
   if (s.ok()) s = ValidateIo(*io, size());
   if (!s.ok()) return Fail(io, s);
+  bool changes_data = io->op == VolumeOp::kWrite || io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes;
+  if (read_only_ && changes_data)
+    return Fail(io, Status(EROFS, name_ + " is a snapshot: snapshots are read-only (clone it for a writable copy)"));
   {
     std::lock_guard lock(mu_);
     if (!codec_)
@@ -99,7 +102,14 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
       io->progress.error = ReadSyncRange(io->offset, io->length, io->buf).code();
       return Complete(io);
     case VolumeOp::kWrite:
-      if (aligned) return SubmitWrite(io, queue);
+      if (aligned) {
+        // Counted before any cluster is looked at, so a snapshot that raises
+        // the write barrier and then waits for this count sees every
+        // asynchronous write that could land in a cluster it shares.
+        io->progress.async_write = true;
+        async_writes_++;
+        return SubmitWrite(io, queue);
+      }
       io->progress.error = WriteSyncRange(io->offset, io->length, io->buf).code();
       return Complete(io);
     case VolumeOp::kDiscard:
@@ -213,8 +223,11 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
       io->progress.error = page.status().code();
       return;
     }
-    if (format::IsCompressed(page.value()->entries[ThinMap::IndexInPage(cluster)])) {
-      // Written while compression was on: rewrite the whole cluster.
+    const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
+    if (format::IsCompressed(current) || write_barrier_ || map_.IsShared(cluster, current)) {
+      // Compressed clusters are rewritten whole, and clusters a snapshot or
+      // clone shares are copied first (copy-on-write): both synchronously.
+      // So is every write while a snapshot is being taken.
       io->progress.error = WriteClusterBytes(page.value(), cluster, at, n, src).code();
       return;
     }
@@ -309,6 +322,8 @@ Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t clu
 
 void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapEntry& entry, bool journal,
                           std::span<const BlockRun> frees) {
+  assert(!read_only_);
+  map_.Unshare(cluster);
   format::MapEntry& slot = page->entries[ThinMap::IndexInPage(cluster)];
   assert(entry.phys_block != 0 || entry.written_bits == 0);
   assert(cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0);
@@ -396,6 +411,9 @@ static std::string DescribeError(int code) {
 }
 
 void ThinVolume::Complete(VolumeIo* io) {
+  // Before the flush below, which may wait for a checkpoint that a snapshot
+  // (waiting for this count) holds up.
+  if (io->progress.async_write) async_writes_--;
   Status status;
   if (io->progress.error) status = Status(io->progress.error, "volume " + name_ + ": " + DescribeError(io->progress.error));
   bool needs_commit = io->op == VolumeOp::kFlush || io->fua;

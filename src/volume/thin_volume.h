@@ -10,7 +10,9 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <functional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "pool/pool.h"
@@ -53,9 +55,34 @@ class ThinVolume : public Volume {
   VolumeInfo Info();
   // Journal replay: sets an entry without journaling it. EUCLEAN if out of range.
   Status ReplayMapSet(uint64_t cluster, const format::MapEntry& entry);
-  // Recovery: marks every referenced block used and recounts; reports
-  // problems through `problem` (returns false to stop).
-  Status MarkReferencedSpace(const std::function<void(const std::string&)>& problem);
+  // ---- Snapshots ----
+  // A snapshot is a read-only ThinVolume over the snapshot's directory:
+  // writes fail with EROFS and its counters are the ones stored with it.
+  void MakeSnapshotView(const format::SnapshotEntry& entry);
+  bool read_only() const override { return read_only_; }
+  // Accounting as stored in a SnapshotEntry. REQUIRES: mu_ held.
+  void FillSnapshotCounters(format::SnapshotEntry* entry) const;
+  // While set, writes take the synchronous path (a snapshot is waiting for
+  // the asynchronous writes in flight to finish). REQUIRES: mu_ held.
+  void set_write_barrier(bool on) { write_barrier_ = on; }
+  uint64_t async_writes() const { return async_writes_.load(); }
+  // Rollback: the volume's content becomes `view`'s. REQUIRES: mu_ held, no
+  // I/O in flight, no dirty page (right after a checkpoint). The caller has
+  // already taken references to the view's pages.
+  void TakeContentOf(ThinVolume& view);
+  // Recovery, in passes over every head volume and snapshot so shared pages
+  // and runs are counted once per distinct page (see VolumeSetImpl::Recover):
+  // references to stored pages this map reads; the runs of pages it alone
+  // has in memory (replayed changes) and of stored pages not counted yet.
+  Status MarkReferencedSpace(std::unordered_set<uint64_t>* counted_pages,
+                             const std::function<void(const std::string&)>& problem);
+  // Last pass, heads only: pages replay changed are this volume's own
+  // copies; their old block stays referenced (until the next checkpoint)
+  // only if no other directory reads it.
+  void MarkDivergedPages(const std::function<void(const std::string&)>& problem);
+  // Copies every cluster it shares into space of its own (clone flatten).
+  // Returns the clusters copied; `progress` gets (done, total) clusters.
+  Result<uint64_t> CopySharedClusters(const std::function<void(uint64_t, uint64_t)>& progress);
   // REQUIRES: mu_ held. Changes the size; shrinking appends the freed data
   // clusters and page blocks to `frees`. EBUSY if I/O is in flight.
   Status ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees);
@@ -86,6 +113,8 @@ class ThinVolume : public Volume {
   Status WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n, const uint8_t* data);
   Status StoreRelocated(CachedPage* page, uint64_t cluster, const uint8_t* plaintext, uint64_t written_bits);
   void FreeEntry(CachedPage* page, uint64_t cluster);
+  Status CountEntries(const format::MapEntry* entries, uint64_t first_cluster, bool reference,
+                      const std::function<void(const std::string&)>& problem);
   uint64_t FirstLogicalBlock(uint64_t cluster) const { return cluster * cluster_blocks_; }
   // REQUIRES: mu_ held. Changes one entry, keeping counters, page dirtiness
   // and (with `journal`) the journal in step; `frees` go with the record.
@@ -120,6 +149,9 @@ class ThinVolume : public Volume {
   uint64_t compressed_clusters_ = 0;  // GUARDED_BY(mu_)
   uint64_t written_blocks_ = 0;      // GUARDED_BY(mu_)
   uint64_t inflight_ios_ = 0;        // GUARDED_BY(mu_): VolumeIos not yet completed
+  std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
+  bool write_barrier_ = false;       // GUARDED_BY(mu_)
+  bool read_only_ = false;           // a snapshot view (set before any I/O)
 };
 
 }  // namespace edgestor

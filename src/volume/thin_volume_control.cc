@@ -46,46 +46,126 @@ Status ThinVolume::ReplayMapSet(uint64_t cluster, const format::MapEntry& entry)
   return Status::Ok();
 }
 
-Status ThinVolume::MarkReferencedSpace(const std::function<void(const std::string&)>& problem) {
-  std::lock_guard lock(mu_);
-  allocated_clusters_ = 0;
-  written_blocks_ = 0;
-  stored_blocks_ = 0;
-  compressed_clusters_ = 0;
+Status ThinVolume::CountEntries(const format::MapEntry* entries, uint64_t first_cluster, bool reference,
+                                const std::function<void(const std::string&)>& problem) {
   const uint64_t total = pool_.total_blocks();
+  for (uint32_t i = 0; i < kEntriesPerMapPage; i++) {
+    const format::MapEntry& e = entries[i];
+    uint64_t cluster = first_cluster + i;
+    std::string where = "volume " + name_ + ": cluster " + std::to_string(cluster);
+    if (e.phys_block == 0) {
+      if (e.written_bits) problem(where + " has written bits but no space");
+      continue;
+    }
+    uint64_t phys = format::FirstBlock(e);
+    uint64_t stored = format::StoredBlocks(e, cluster_blocks_);
+    bool aligned = format::IsCompressed(e) || phys % cluster_blocks_ == 0;
+    if (cluster >= map_.clusters()) problem(where + " is mapped past the end of the volume");
+    else if (!EntryIsWellFormed(e)) problem(where + " has an impossible map entry");
+    else if (!aligned || phys + stored > total) problem(where + " points outside the pool");
+    else if (reference && !pool_.MarkReferenced(phys, stored)) problem(where + " overlaps other data or metadata");
+    if (read_only_) continue;  // a snapshot's counters are stored with it
+    allocated_clusters_++;
+    stored_blocks_ += stored;
+    compressed_clusters_ += format::IsCompressed(e);
+    written_blocks_ += __builtin_popcountll(e.written_bits);
+  }
+  return Status::Ok();
+}
+
+Status ThinVolume::MarkReferencedSpace(std::unordered_set<uint64_t>* counted_pages,
+                                       const std::function<void(const std::string&)>& problem) {
+  std::lock_guard lock(mu_);
+  if (!read_only_) {
+    allocated_clusters_ = 0;
+    written_blocks_ = 0;
+    stored_blocks_ = 0;
+    compressed_clusters_ = 0;
+  }
   auto& slots = map_.slots();
   for (uint64_t s = 0; s < slots.size(); s++) {
-    if (slots[s].block != 0 && !pool_.MarkUsed(slots[s].block, 1))
-      problem("volume " + name_ + ": map page block " + std::to_string(slots[s].block) + " is referenced twice");
+    // A page replay changed is this volume's own copy (its runs count for
+    // it); a stored page counts its runs once, whoever reads it.
+    bool diverged = slots[s].page && slots[s].page->dirty;
+    if (slots[s].block != 0 && !diverged && !pool_.MarkReferenced(slots[s].block, 1))
+      problem("volume " + name_ + ": map page block " + std::to_string(slots[s].block) + " overlaps other metadata or data");
+    bool reference_runs = diverged || (slots[s].block != 0 && counted_pages->insert(slots[s].block).second);
+    if (!reference_runs && read_only_) continue;
     auto page = map_.Page(s * kEntriesPerMapPage, /*create=*/false);
     if (!page.ok()) {
       problem("volume " + name_ + ": " + page.status().message());
       continue;
     }
-    if (!page.value()) continue;
-    for (uint32_t i = 0; i < kEntriesPerMapPage; i++) {
-      const format::MapEntry& e = page.value()->entries[i];
-      uint64_t cluster = s * kEntriesPerMapPage + i;
-      if (e.phys_block == 0) {
-        if (e.written_bits) problem("volume " + name_ + ": cluster " + std::to_string(cluster) + " has written bits but no space");
-        continue;
-      }
-      uint64_t phys = format::FirstBlock(e);
-      uint64_t stored = format::StoredBlocks(e, cluster_blocks_);
-      bool aligned = format::IsCompressed(e) || phys % cluster_blocks_ == 0;
-      std::string where = "volume " + name_ + ": cluster " + std::to_string(cluster);
-      if (cluster >= map_.clusters()) problem(where + " is mapped past the end of the volume");
-      else if (!EntryIsWellFormed(e)) problem(where + " has an impossible map entry");
-      else if (!aligned || phys + stored > total) problem(where + " points outside the pool");
-      else if (!pool_.MarkUsed(phys, stored)) problem(where + " shares space with other data or metadata");
-      allocated_clusters_++;
-      stored_blocks_ += stored;
-      compressed_clusters_ += format::IsCompressed(e);
-      written_blocks_ += __builtin_popcountll(e.written_bits);
-    }
+    if (page.value()) ES_RETURN_IF_ERROR(CountEntries(page.value()->entries, s * kEntriesPerMapPage, reference_runs, problem));
     map_.EvictIfOverBudget();
   }
   return Status::Ok();
+}
+
+void ThinVolume::MarkDivergedPages(const std::function<void(const std::string&)>& problem) {
+  std::lock_guard lock(mu_);
+  for (ThinMap::Slot& slot : map_.slots()) {
+    if (slot.block == 0 || !slot.page || !slot.page->dirty) continue;
+    if (pool_.References(slot.block) > 0) slot.released = true;  // another directory reads it
+    else if (!pool_.MarkReferenced(slot.block, 1))
+      problem("volume " + name_ + ": map page block " + std::to_string(slot.block) + " overlaps other metadata or data");
+  }
+}
+
+void ThinVolume::MakeSnapshotView(const format::SnapshotEntry& entry) {
+  read_only_ = true;
+  allocated_clusters_ = entry.mapped_clusters;
+  stored_blocks_ = entry.stored_blocks;
+  compressed_clusters_ = entry.compressed_clusters;
+  written_blocks_ = entry.written_blocks;
+}
+
+void ThinVolume::FillSnapshotCounters(format::SnapshotEntry* entry) const {
+  entry->mapped_clusters = allocated_clusters_;
+  entry->stored_blocks = stored_blocks_;
+  entry->compressed_clusters = compressed_clusters_;
+  entry->written_blocks = written_blocks_;
+}
+
+void ThinVolume::TakeContentOf(ThinVolume& view) {
+  assert(inflight_ios_ == 0 && !read_only_ && view.read_only_);
+  std::lock_guard view_lock(view.mu_);
+  map_.ReplaceDirectory(view.map_.Directory(), view.map_.clusters());
+  size_ = view.size();
+  allocated_clusters_ = view.allocated_clusters_;
+  stored_blocks_ = view.stored_blocks_;
+  compressed_clusters_ = view.compressed_clusters_;
+  written_blocks_ = view.written_blocks_;
+}
+
+Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<void(uint64_t, uint64_t)>& progress) {
+  uint64_t copied = 0;
+  const uint64_t clusters = map_.clusters();
+  AlignedBuffer plaintext = AllocateAligned(cluster_size_);
+  for (uint64_t first = 0; first < clusters; first += kEntriesPerMapPage) {
+    {
+      std::lock_guard lock(mu_);
+      if (!codec_) return Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked");
+      if (first >= map_.clusters()) break;  // shrunk meanwhile
+      ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(first, /*create=*/false));
+      for (uint64_t c = first; page && c < std::min(first + kEntriesPerMapPage, map_.clusters()); c++) {
+        const format::MapEntry entry = page->entries[ThinMap::IndexInPage(c)];
+        if (!map_.IsShared(c, entry)) continue;
+        ES_RETURN_IF_ERROR(LoadCluster(entry, c, plaintext.get()));
+        ES_RETURN_IF_ERROR(StoreRelocated(page, c, plaintext.get(), entry.written_bits));
+        copied++;
+      }
+      // A page left with nothing shared may still be a shared block: make
+      // it this volume's own, stored fresh by the next checkpoint.
+      if (page && !page->dirty && pool_.References(map_.slots()[first / kEntriesPerMapPage].block) > 1) {
+        map_.Unshare(first);
+        map_.MarkDirty(page);
+      }
+      map_.EvictIfOverBudget();
+    }
+    if (progress) progress(std::min(first + kEntriesPerMapPage, clusters), clusters);
+  }
+  return copied;
 }
 
 Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees) {
@@ -105,8 +185,10 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
       frees->push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks_)});
       SetEntry(page, c, format::MapEntry{}, /*journal=*/false);
     }
+    // Every page past the end was unshared by SetEntry above (or holds
+    // nothing): drop this map's reference to its block, if it has one.
     for (uint64_t s = ThinMap::SlotsFor(new_clusters); s < map_.slots().size(); s++)
-      if (map_.slots()[s].block) frees->push_back({map_.slots()[s].block, 1});
+      if (map_.slots()[s].block && !map_.slots()[s].released) frees->push_back({map_.slots()[s].block, 1});
   }
   map_.Resize(new_clusters);
   size_ = new_size;

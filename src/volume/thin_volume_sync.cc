@@ -129,14 +129,17 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   // A plain cluster with asynchronous I/O in flight is never freed or moved:
   // it is changed in place. Compressed clusters move regardless: their
   // asynchronous readers check at completion whether the page changed and
-  // read again if so.
-  bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry);
+  // read again if so. A shared cluster is never changed in place; it is
+  // copied (its old run stays referenced by whatever shares it, so readers
+  // in flight still find their data there).
+  const bool shared = map_.IsShared(cluster, entry);
+  bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry) && !shared;
   if (bits == 0 && !busy) {
     FreeEntry(page, cluster);
     return Status::Ok();
   }
   bool whole = at == 0 && n == cluster_size_;
-  bool relocate = format::IsCompressed(entry) ||
+  bool relocate = format::IsCompressed(entry) || shared ||
                   (codec_->compressing() && !busy && (entry.phys_block == 0 || whole));
   if (!relocate) return WriteBlocksInPlace(page, cluster, at, n, data);
 
@@ -187,7 +190,8 @@ Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64
 }
 
 // Stores a cluster's new content in fresh space (compressed if that saves a
-// block), then journals the new entry with the old space as its free.
+// block), then journals the new entry with the old space as its free (a
+// dropped reference: shared space stays with the snapshots that share it).
 Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint8_t* plaintext,
                                   uint64_t written_bits) {
   const format::MapEntry old = page->entries[ThinMap::IndexInPage(cluster)];
@@ -196,8 +200,8 @@ Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
   uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
   if (!compressed.ok()) std::memcpy(out.get(), plaintext, cluster_size_);
-  if (!compressed.ok() && old.phys_block != 0 && !format::IsCompressed(old)) {
-    // Does not compress and already has a plain home: overwrite in place.
+  if (!compressed.ok() && old.phys_block != 0 && !format::IsCompressed(old) && !map_.IsShared(cluster, old)) {
+    // Does not compress and already has a plain home of its own: overwrite in place.
     return WriteBlocksInPlace(page, cluster, 0, cluster_size_, plaintext);
   }
   uint64_t bytes = blocks * kBlockSize;

@@ -50,6 +50,7 @@ struct VolumeIo {
   struct Progress {
     uint32_t pending = 0;  // sub-requests outstanding
     int error = 0;         // first errno seen
+    bool async_write = false;  // counted in the volume's asynchronous writes
   } progress;
 };
 
@@ -66,6 +67,8 @@ class Volume {
   virtual uint32_t id() const = 0;
   virtual const std::string& name() const = 0;
   virtual uint64_t size() const = 0;
+  // Snapshots are read-only: writes, discards and write-zeroes fail EROFS.
+  virtual bool read_only() const { return false; }
   virtual void Submit(VolumeIo* io, IoQueue& queue) = 0;
   // Describes [offset, offset+length) from the thin map, merging adjacent
   // runs of the same state, at most `max_extents` of them (the last one may

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <unordered_set>
 
 namespace edgestor {
 
@@ -86,6 +87,8 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
     }
     volumes_.emplace(v.name, std::move(volume));
   }
+  next_snapshot_id_ = contents.next_snapshot_id;
+  ES_RETURN_IF_ERROR(RecoverSnapshots(contents.snapshots));
 
   auto replayed = pool_->ReplayJournal([&](format::RecordType type, std::span<const uint8_t> body) -> Status {
     format::MapSetRecord r;
@@ -102,7 +105,15 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
     report->volumes = volumes_.size();
   }
 
-  for (auto& [name, volume] : volumes_) ES_RETURN_IF_ERROR(volume->MarkReferencedSpace(problem));
+  // References: each stored page once per directory reading it; each run
+  // once per distinct page mapping it (a stored page however many
+  // directories share it, plus every page replay changed in memory).
+  std::unordered_set<uint64_t> counted_pages;
+  for (auto& [name, volume] : volumes_) ES_RETURN_IF_ERROR(volume->MarkReferencedSpace(&counted_pages, problem));
+  for (auto& [name, snapshot] : snapshots_)
+    ES_RETURN_IF_ERROR(snapshot.view->MarkReferencedSpace(&counted_pages, problem));
+  for (auto& [name, volume] : volumes_) volume->MarkDivergedPages(problem);
+  pool_->FinishRecovery();
   if (!first_problem.ok()) return first_problem;
   for (auto& [name, volume] : volumes_) directory_slots_ += volume->map().slots().size();
   UpdateMetadataReserve();
@@ -167,8 +178,12 @@ PoolInfo VolumeSetImpl::Info() {
 
 std::vector<VolumeInfo> VolumeSetImpl::ListVolumes() {
   std::lock_guard lock(mu_);
+  (void)SettleLocked();  // a failure shows in the figures only
   std::vector<VolumeInfo> out;
-  for (auto& [name, volume] : volumes_) out.push_back(volume->Info());
+  for (auto& [name, volume] : volumes_) {
+    out.push_back(volume->Info());
+    (void)FillSharingInfo(*volume, &out.back());
+  }
   return out;
 }
 
@@ -176,11 +191,15 @@ Result<VolumeInfo> VolumeSetImpl::GetVolumeInfo(const std::string& name) {
   std::lock_guard lock(mu_);
   ThinVolume* volume = FindLocked(name);
   if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
-  return volume->Info();
+  ES_RETURN_IF_ERROR(SettleLocked());
+  VolumeInfo info = volume->Info();
+  ES_RETURN_IF_ERROR(FillSharingInfo(*volume, &info));
+  return info;
 }
 
 Result<Volume*> VolumeSetImpl::FindVolume(const std::string& name) {
   std::lock_guard lock(mu_);
+  if (auto it = snapshots_.find(name); it != snapshots_.end()) return static_cast<Volume*>(it->second.view.get());
   ThinVolume* volume = FindLocked(name);
   if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
   return static_cast<Volume*>(volume);
@@ -248,10 +267,16 @@ Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, b
 }
 
 Status VolumeSetImpl::DeleteVolume(const std::string& name) {
+  std::lock_guard control(control_mu_);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status(ENOENT, "no volume named '" + name + "'");
+  size_t snapshots = 0;
+  for (auto& [full, snapshot] : snapshots_) snapshots += snapshot.entry.volume_id == it->second->id();
+  if (snapshots)
+    return Status(EBUSY, "volume '" + name + "' has " + std::to_string(snapshots) +
+                             " snapshot(s); delete them first (`edgestor snap list " + name + "`)");
   std::vector<BlockRun> frees;
   {
     std::lock_guard volume_lock(it->second->mutex());
@@ -285,21 +310,27 @@ Status VolumeSetImpl::Checkpoint() {
   return CheckpointLocked({});
 }
 
-Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys) {
+Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys,
+                                       const CheckpointChange& change) {
   // Every volume is locked (in name order) so no map changes mid-checkpoint.
   std::vector<std::unique_lock<std::mutex>> locks;
   for (auto& [name, volume] : volumes_) locks.emplace_back(volume->mutex());
   // Data of completed writes must be durable before pages that map it.
   Status s = pool_->device().FlushSync();
+  for (auto& [name, volume] : volumes_)
+    if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
+  // A change that refuses leaves memory as it was; the pages just written
+  // are committed anyway.
+  Status refused;
+  if (s.ok() && change) refused = change(&frees);
   CheckpointContents contents;
   contents.next_volume_id = next_volume_id_;
   contents.defaults = defaults_;
-  for (auto& [name, volume] : volumes_) {
-    if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
-    VolumeRecord record{volume->id(), name, volume->size(), volume->attributes(), {}};
-    for (const auto& slot : volume->map().slots()) record.directory.push_back({slot.block, slot.generation});
-    contents.volumes.push_back(std::move(record));
-  }
+  for (auto& [name, volume] : volumes_)
+    contents.volumes.push_back({volume->id(), name, volume->size(), volume->attributes(), volume->map().Directory()});
+  contents.next_snapshot_id = next_snapshot_id_;
+  for (auto& [full, snapshot] : snapshots_)
+    contents.snapshots.push_back({snapshot.entry, snapshot.name, snapshot.view->attributes()});
   if (s.ok()) s = pool_->WriteCheckpoint(EncodeCheckpoint(contents), std::move(frees), new_keys);
   if (!s.ok()) {
     failed_ = true;  // memory and disk may now disagree: only a reopen recovers
@@ -311,9 +342,10 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
     slots += volume->map().slots().size();
   }
   directory_slots_ = slots;
+  snapshot_count_ = snapshots_.size();
   locks.clear();
   UpdateMetadataReserve();
-  return Status::Ok();
+  return refused;
 }
 
 bool VolumeSetImpl::NeedsCheckpoint() const {
@@ -335,7 +367,9 @@ void VolumeSetImpl::UpdateMetadataReserve() {
   uint64_t dirty = budget_.dirty_pages;
   uint64_t table_bytes = directory_slots_ * sizeof(format::DirectorySlot) +
                          format::kMaxVolumes * (sizeof(format::VolumeTableEntry) + format::kMaxVolumeNameLength +
-                                                sizeof(format::VolumeAttributes));
+                                                sizeof(format::VolumeAttributes)) +
+                         (snapshot_count_ + 1) * (sizeof(format::SnapshotEntry) + format::kMaxSnapshotNameLength +
+                                                  sizeof(format::VolumeAttributes));
   uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
   pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks);
 }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -108,7 +109,29 @@ struct VolumeInfo {
   bool encrypted = false;
   bool locked = false;  // encrypted and the pool key not given yet
   CompressionSetting compression;  // for new writes
+  // Snapshots and clones (bytes are device space, data only):
+  std::string origin;             // a clone: the snapshot it came from (VOL@SNAP)
+  uint32_t snapshot_count = 0;
+  uint64_t used_bytes = 0;        // freed if the volume and all its snapshots were deleted
+  uint64_t used_by_snapshots_bytes = 0;  // freed if all its snapshots were deleted
 };
+
+struct SnapshotInfo {
+  uint32_t id = 0;
+  std::string volume;  // the volume it is a snapshot of
+  std::string name;    // the part after '@'
+  uint64_t size = 0;
+  uint64_t created_unix = 0;
+  bool automatic = false;        // kept by a rollback
+  uint64_t referenced_bytes = 0;  // device space of the data it maps
+  uint64_t written_bytes = 0;     // logical: 4 KiB blocks written
+  uint64_t used_bytes = 0;        // unique to it: freed if it were deleted
+  std::vector<std::string> clones;  // volumes cloned from it
+  std::string full_name() const { return volume + "@" + name; }
+};
+
+// Progress of a long operation: (done, total) in its own units.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
 class VolumeSet {
  public:
@@ -137,13 +160,40 @@ class VolumeSet {
   // Encryption needs an unlocked pool with a key (EACCES locked, EINVAL no key).
   virtual Result<Volume*> CreateVolume(const std::string& name, uint64_t size,
                                        const VolumeCreateOptions& options = {}) = 0;
-  // Returns nullptr-free Result: ENOENT if there is no such volume.
+  // Returns nullptr-free Result: ENOENT if there is no such volume. A
+  // snapshot is found as "VOL@SNAP" and is read-only.
   virtual Result<Volume*> FindVolume(const std::string& name) = 0;
   // Growing is always allowed; shrinking only with allow_shrink (data beyond
   // the new end is freed).
   virtual Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) = 0;
   // Frees every cluster of the volume. REQUIRES: no I/O in flight on it.
+  // EBUSY while it has snapshots (delete them first).
   virtual Status DeleteVolume(const std::string& name) = 0;
+
+  // ---- Snapshots and clones ----
+  // Takes an immutable snapshot VOL@SNAP. Its cost grows with the volume's
+  // map directory (one slot per 255 clusters), not with its data: the map
+  // pages are shared until the volume changes them. Writes in flight finish
+  // first; writes arriving meanwhile wait for the snapshot.
+  virtual Result<SnapshotInfo> CreateSnapshot(const std::string& volume, const std::string& name) = 0;
+  // Oldest first; all volumes' when `volume` is empty. Accounting is exact
+  // (a checkpoint settles pending frees first).
+  virtual Result<std::vector<SnapshotInfo>> ListSnapshots(const std::string& volume) = 0;
+  // Frees what was unique to the snapshot. EBUSY while a clone depends on
+  // it (flatten the clone first) or its view has I/O in flight.
+  virtual Status DeleteSnapshot(const std::string& volume, const std::string& name) = 0;
+  // The volume's content becomes the snapshot's. No snapshot is deleted;
+  // with `keep_current` the content just before is kept as an automatic
+  // snapshot, whose name is returned (so a rollback can be undone by
+  // rolling back to it). EBUSY with I/O in flight on the volume.
+  virtual Result<std::string> Rollback(const std::string& volume, const std::string& snapshot, bool keep_current) = 0;
+  // A new writable volume sharing the snapshot's data (and data key).
+  virtual Result<Volume*> CloneSnapshot(const std::string& volume, const std::string& snapshot,
+                                        const std::string& clone) = 0;
+  // Copies every cluster the clone shares into its own space; afterwards it
+  // no longer depends on its origin snapshot. Works while the clone is in
+  // use. Returns the number of clusters copied.
+  virtual Result<uint64_t> FlattenVolume(const std::string& name, const ProgressFn& progress = {}) = 0;
   // Compression of new writes; existing clusters stay as they are.
   virtual Status SetVolumeCompression(const std::string& name, const CompressionSetting& setting) = 0;
 
@@ -176,6 +226,8 @@ struct FsckReport {
   uint64_t mapped_clusters = 0;
   uint64_t map_pages = 0;
   uint64_t used_blocks = 0;
+  uint64_t snapshots = 0;
+  uint64_t shared_runs = 0;  // runs (clusters, compressed runs, pages) referenced more than once
   bool ok() const { return problems.empty(); }
 };
 Result<FsckReport> CheckPool(Device& device);

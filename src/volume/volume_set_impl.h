@@ -36,6 +36,14 @@ class VolumeSetImpl : public VolumeSet {
   Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) override;
   Status DeleteVolume(const std::string& name) override;
   Status SetVolumeCompression(const std::string& name, const CompressionSetting& setting) override;
+  // ---- Snapshots (volume_set_snapshots.cc) ----
+  Result<SnapshotInfo> CreateSnapshot(const std::string& volume, const std::string& name) override;
+  Result<std::vector<SnapshotInfo>> ListSnapshots(const std::string& volume) override;
+  Status DeleteSnapshot(const std::string& volume, const std::string& name) override;
+  Result<std::string> Rollback(const std::string& volume, const std::string& snapshot, bool keep_current) override;
+  Result<Volume*> CloneSnapshot(const std::string& volume, const std::string& snapshot,
+                                const std::string& clone) override;
+  Result<uint64_t> FlattenVolume(const std::string& name, const ProgressFn& progress) override;
   Status Unlock(const PoolSecret& secret) override;
   Status Rekey(const PoolSecret& new_secret, const ScryptParams& kdf) override;
   // Pool creation: the key protection for the label and the key itself.
@@ -55,12 +63,51 @@ class VolumeSetImpl : public VolumeSet {
   // Recomputes the space kept back for the next checkpoint's metadata.
   void UpdateMetadataReserve();
   Status CheckUsable() const;
+  // Tests: the run (first block, stored blocks) of every mapped cluster of a
+  // volume or snapshot ("VOL@SNAP"), read from its map, for recounting
+  // the accounting without the reference counts.
+  Result<std::vector<BlockRun>> MappedRunsForTest(const std::string& name);
   // fsck: figures gathered by Recover.
   void FillReport(FsckReport* report);
 
  private:
+  // A snapshot: a read-only view over its directory, and where that
+  // directory is stored.
+  struct Snapshot {
+    std::unique_ptr<ThinVolume> view;
+    format::SnapshotEntry entry{};  // location, accounting, flags
+    std::string volume_name;
+    std::string name;
+    std::vector<BlockRun> directory_chain;
+  };
+  // A change committed by a checkpoint: runs with every volume locked,
+  // after the dirty pages are written (so every head's slots name stored,
+  // current pages) and before the payload is encoded. May append releases
+  // to `frees`. An error fails the checkpoint (and the set, until reopened).
+  using CheckpointChange = std::function<Status(std::vector<BlockRun>* frees)>;
   // REQUIRES: mu_ held. With `new_keys`, the label changes to them.
-  Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr);
+  Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr,
+                          const CheckpointChange& change = {});
+  // ---- Snapshots (volume_set_snapshots.cc) ----
+  Status RecoverSnapshots(std::vector<SnapshotRecord>& records);
+  // REQUIRES: mu_ and every volume lock held (a CheckpointChange). Stores
+  // `source`'s directory as a new snapshot, referencing its pages.
+  Status AddSnapshotLocked(ThinVolume& source, const std::string& volume_name, const std::string& name,
+                           uint32_t flags);
+  // Drops one directory's references to its stored pages; the last reader
+  // of a page also releases the page's runs.
+  Status ReleaseDirectory(const std::vector<format::DirectorySlot>& directory, std::vector<BlockRun>* frees);
+  void ReferenceDirectory(const std::vector<format::DirectorySlot>& directory);
+  Snapshot* FindSnapshotLocked(const std::string& volume, const std::string& name);
+  std::vector<ThinVolume*> AllMapsLocked();  // volumes and snapshot views
+  SnapshotInfo SnapshotInfoLocked(const Snapshot& snapshot);
+  // Device blocks of data freed if every map in `maps` were dropped.
+  Result<uint64_t> BlocksFreedWithout(const std::vector<ThinVolume*>& maps);
+  Status FillSharingInfo(ThinVolume& volume, VolumeInfo* info);
+  std::string SnapshotNameOf(uint32_t snapshot_id);
+  // REQUIRES: mu_ held. Commits releases still waiting in the journal, so
+  // reference counts (and the accounting built on them) are exact.
+  Status SettleLocked();
   // ---- Keys (volume_set_keys.cc) ----
   Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
@@ -74,10 +121,16 @@ class VolumeSetImpl : public VolumeSet {
   // hold it, so control operations and checkpoints are serialized.
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<ThinVolume>> volumes_;  // GUARDED_BY(mu_)
+  std::map<std::string, Snapshot> snapshots_;                  // GUARDED_BY(mu_), by "VOL@SNAP"
+  uint32_t next_snapshot_id_ = 1;                              // GUARDED_BY(mu_)
+  // Serializes snapshot creation (which releases mu_ while it waits for
+  // writes in flight) with the operations that destroy volume objects.
+  std::mutex control_mu_;
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
   std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked
   std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
+  std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
   std::atomic<bool> closed_{false};
 };

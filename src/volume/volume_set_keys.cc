@@ -80,7 +80,7 @@ Status VolumeSetImpl::Unlock(const PoolSecret& secret) {
   std::lock_guard lock(mu_);
   pool_key_ = std::move(key);
   Status first;
-  for (auto& [name, volume] : volumes_) {
+  for (ThinVolume* volume : AllMapsLocked()) {
     Status s = UnlockVolumeLocked(*volume);
     if (first.ok()) first = s;
   }
@@ -98,11 +98,12 @@ Status VolumeSetImpl::Rekey(const PoolSecret& new_secret, const ScryptParams& kd
   // Rewrap every data key; nothing changes until the checkpoint commits the
   // new label and the new wrapped keys together.
   std::map<ThinVolume*, WrappedKey> rewrapped;
-  for (auto& [name, volume] : volumes_) {
+  for (ThinVolume* volume : AllMapsLocked()) {
     if (!volume->attributes().encrypted) continue;
     auto data_key = UnwrapDataKey(*pool_key_, volume->attributes().wrapped_key);
-    if (!data_key.ok()) return Status(EUCLEAN, "the data key of volume " + name + " does not unwrap (damaged)");
-    ES_ASSIGN_OR_RETURN(rewrapped[volume.get()], WrapDataKey(*new_key, data_key.value()));
+    if (!data_key.ok())
+      return Status(EUCLEAN, "the data key of volume " + volume->name() + " does not unwrap (damaged)");
+    ES_ASSIGN_OR_RETURN(rewrapped[volume], WrapDataKey(*new_key, data_key.value()));
   }
   std::map<ThinVolume*, format::VolumeAttributes> old;
   for (auto& [volume, wrapped] : rewrapped) {

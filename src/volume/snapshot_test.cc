@@ -1,0 +1,296 @@
+// Snapshots, rollback, clones and flatten: content, sharing, accounting.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <map>
+#include <random>
+#include <set>
+
+#include "volume/testing/test_pool.h"
+#include "volume/testing/snapshot_accounting.h"
+#include "volume/volume_set_impl.h"
+
+namespace edgestor {
+namespace {
+
+using testing::CheckAccounting;
+using testing::TestPool;
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kCluster = 65536;
+
+std::vector<uint8_t> Pattern(size_t n, uint8_t seed) {
+  std::vector<uint8_t> out(n);
+  for (size_t i = 0; i < n; i++) out[i] = static_cast<uint8_t>(seed * 31 + i * 7 + i / 4096);
+  return out;
+}
+
+std::vector<uint8_t> ReadAll(TestPool& pool, const std::string& name) {
+  Volume* v = pool.Find(name);
+  EXPECT_NE(v, nullptr) << name;
+  if (!v) return {};
+  auto data = pool.Read(*v, 0, v->size());
+  EXPECT_TRUE(data.ok()) << data.status().ToString();
+  return data.ok() ? data.value() : std::vector<uint8_t>{};
+}
+
+void ExpectFsckClean(TestPool& pool) {
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_TRUE(report->ok()) << report->problems.front();
+}
+
+TEST(Snapshot, KeepsContentWhileTheVolumeChanges) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", 4 * kMiB).value();
+  auto a = Pattern(4 * kMiB, 1);
+  ASSERT_TRUE(pool.Write(*v, 0, a).ok());
+  auto snap = pool.set().CreateSnapshot("vol", "one");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ(snap->referenced_bytes, 4 * kMiB);
+  EXPECT_EQ(snap->used_bytes, 0u);  // everything is still shared with the volume
+  auto b = Pattern(kMiB, 2);
+  ASSERT_TRUE(pool.Write(*v, kMiB, b).ok());
+  auto now = a;
+  std::copy(b.begin(), b.end(), now.begin() + kMiB);
+  EXPECT_EQ(ReadAll(pool, "vol"), now);
+  EXPECT_EQ(ReadAll(pool, "vol@one"), a);
+  // The overwritten megabyte is now the snapshot's alone.
+  auto list = pool.set().ListSnapshots("vol");
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].used_bytes, kMiB);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol")->used_by_snapshots_bytes, kMiB);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol")->used_bytes, 5 * kMiB);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(ReadAll(pool, "vol"), now);
+  EXPECT_EQ(ReadAll(pool, "vol@one"), a);
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+}
+
+TEST(Snapshot, IsReadOnly) {
+  TestPool pool(32 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s").ok());
+  Volume* s = pool.Find("vol@s");
+  ASSERT_NE(s, nullptr);
+  EXPECT_TRUE(s->read_only());
+  EXPECT_EQ(pool.Write(*s, 0, Pattern(4096, 9)).code(), EROFS);
+  EXPECT_EQ(pool.Io(*s, VolumeOp::kDiscard, 0, 65536).code(), EROFS);
+  auto expected = Pattern(65536, 1);
+  expected.resize(kMiB);
+  EXPECT_EQ(ReadAll(pool, "vol@s"), expected);
+  EXPECT_EQ(pool.set().CreateSnapshot("vol", "s").status().code(), EEXIST);
+  EXPECT_EQ(pool.set().CreateSnapshot("nope", "s").status().code(), ENOENT);
+  EXPECT_EQ(pool.set().CreateSnapshot("vol", "bad@name").status().code(), EINVAL);
+  EXPECT_EQ(pool.set().DeleteVolume("vol").code(), EBUSY);  // has a snapshot
+}
+
+TEST(Snapshot, DeleteFreesExactlyWhatWasUnique) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", 4 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(4 * kMiB, 1)).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s1").ok());
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(2 * kMiB, 2)).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s2").ok());
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(kMiB, 3)).ok());
+  ASSERT_TRUE(pool.set().Checkpoint().ok());
+  CheckAccounting(pool);
+  auto list = pool.set().ListSnapshots("vol").value();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].name, "s1");
+  EXPECT_EQ(list[0].used_bytes, 2 * kMiB);  // pattern 1 of the first 2 MiB
+  EXPECT_EQ(list[1].used_bytes, kMiB);      // pattern 2 of the first MiB
+  uint64_t free_before = pool.set().Info().free_bytes;
+  ASSERT_TRUE(pool.set().DeleteSnapshot("vol", "s1").ok());
+  // The data freed, plus the snapshot's directory chain; pages shared stay.
+  uint64_t freed = pool.set().Info().free_bytes - free_before;
+  EXPECT_GE(freed, 2 * kMiB);
+  EXPECT_LE(freed, 2 * kMiB + 8 * 4096);
+  EXPECT_EQ(ReadAll(pool, "vol@s2").size(), 4 * kMiB);
+  auto s2 = Pattern(4 * kMiB, 1);
+  auto p2 = Pattern(2 * kMiB, 2);
+  std::copy(p2.begin(), p2.end(), s2.begin());
+  EXPECT_EQ(ReadAll(pool, "vol@s2"), s2);
+  ASSERT_TRUE(pool.set().DeleteSnapshot("vol", "s2").ok());
+  EXPECT_EQ(pool.set().DeleteSnapshot("vol", "s2").code(), ENOENT);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+  EXPECT_EQ(pool.set().GetVolumeInfo("vol")->allocated_bytes, 4 * kMiB);
+}
+
+TEST(Snapshot, RollbackKeepsEverySnapshotAndAllowsRollingForward) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", 2 * kMiB).value();
+  auto a = Pattern(2 * kMiB, 1), b = Pattern(2 * kMiB, 2), c = Pattern(2 * kMiB, 3);
+  ASSERT_TRUE(pool.Write(*v, 0, a).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "a").ok());
+  ASSERT_TRUE(pool.Write(*v, 0, b).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "b").ok());
+  ASSERT_TRUE(pool.Write(*v, 0, c).ok());
+  auto kept = pool.set().Rollback("vol", "a", /*keep_current=*/true);
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  EXPECT_FALSE(kept->empty());
+  EXPECT_EQ(ReadAll(pool, "vol"), a);
+  EXPECT_EQ(ReadAll(pool, "vol@b"), b);  // the later snapshot is still there
+  EXPECT_EQ(ReadAll(pool, "vol@" + *kept), c);
+  // Roll forward to b, then to the state before the rollback.
+  ASSERT_TRUE(pool.set().Rollback("vol", "b", false).ok());
+  EXPECT_EQ(ReadAll(pool, "vol"), b);
+  ASSERT_TRUE(pool.set().Rollback("vol", *kept, false).ok());
+  EXPECT_EQ(ReadAll(pool, "vol"), c);
+  // Writing after a rollback leaves the snapshot alone.
+  ASSERT_TRUE(pool.Write(*pool.Find("vol"), 4096, Pattern(8192, 7)).ok());
+  EXPECT_EQ(ReadAll(pool, "vol@" + *kept), c);
+  auto list = pool.set().ListSnapshots("vol").value();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_TRUE(list[2].automatic);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(ReadAll(pool, "vol@a"), a);
+  EXPECT_EQ(ReadAll(pool, "vol@b"), b);
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+}
+
+TEST(Snapshot, RollbackToASmallerSnapshotRestoresItsSize) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(kMiB, 1)).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "small").ok());
+  ASSERT_TRUE(pool.set().ResizeVolume("vol", 3 * kMiB, false).ok());
+  ASSERT_TRUE(pool.Write(*pool.Find("vol"), 2 * kMiB, Pattern(kMiB, 2)).ok());
+  ASSERT_TRUE(pool.set().Rollback("vol", "small", false).ok());
+  EXPECT_EQ(pool.Find("vol")->size(), kMiB);
+  EXPECT_EQ(ReadAll(pool, "vol"), Pattern(kMiB, 1));
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+}
+
+TEST(Snapshot, CloneSharesUntilWrittenAndFlattenCutsTheTie) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", 4 * kMiB).value();
+  auto a = Pattern(4 * kMiB, 1);
+  ASSERT_TRUE(pool.Write(*v, 0, a).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "base").ok());
+  uint64_t free_before = pool.set().Info().free_bytes;
+  auto clone = pool.set().CloneSnapshot("vol", "base", "copy");
+  ASSERT_TRUE(clone.ok()) << clone.status().ToString();
+  EXPECT_LE(free_before - pool.set().Info().free_bytes, 4 * 4096u);  // metadata only
+  EXPECT_EQ(ReadAll(pool, "copy"), a);
+  ASSERT_TRUE(pool.Write(*pool.Find("copy"), 0, Pattern(kMiB, 5)).ok());
+  ASSERT_TRUE(pool.Write(*pool.Find("vol"), kMiB, Pattern(kMiB, 6)).ok());
+  EXPECT_EQ(ReadAll(pool, "vol@base"), a);
+  auto copy = a;
+  auto p5 = Pattern(kMiB, 5);
+  std::copy(p5.begin(), p5.end(), copy.begin());
+  EXPECT_EQ(ReadAll(pool, "copy"), copy);
+  EXPECT_EQ(pool.set().GetVolumeInfo("copy")->origin, "vol@base");
+  auto refused = pool.set().DeleteSnapshot("vol", "base");
+  EXPECT_EQ(refused.code(), EBUSY);
+  EXPECT_NE(refused.message().find("copy"), std::string::npos) << refused.message();
+  EXPECT_EQ(pool.set().ListSnapshots("vol").value()[0].clones, std::vector<std::string>{"copy"});
+  CheckAccounting(pool);
+  uint64_t last_done = 0;
+  auto copied = pool.set().FlattenVolume("copy", [&](uint64_t done, uint64_t total) {
+    EXPECT_LE(done, total);
+    last_done = done;
+  });
+  ASSERT_TRUE(copied.ok()) << copied.status().ToString();
+  EXPECT_EQ(copied.value(), 3 * kMiB / kCluster);  // the clusters it had not rewritten
+  EXPECT_EQ(last_done, 4 * kMiB / kCluster);
+  EXPECT_EQ(pool.set().GetVolumeInfo("copy")->origin, "");
+  EXPECT_EQ(ReadAll(pool, "copy"), copy);
+  CheckAccounting(pool);
+  ASSERT_TRUE(pool.set().DeleteSnapshot("vol", "base").ok());
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(ReadAll(pool, "copy"), copy);
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+  // Nothing is shared any more: each volume's data is its own.
+  auto report = CheckPool(pool.device());
+  EXPECT_EQ(report->shared_runs, 0u);
+}
+
+TEST(Snapshot, EncryptedCompressedVolumesShareTheirKeyWithSnapshotsAndClones) {
+  PoolSecret secret;
+  std::array<uint8_t, kPoolKeyBytes> key{};
+  key[0] = 42;
+  secret.key.emplace(key);
+  PoolCreateOptions create{.secret = secret, .encrypt_by_default = true, .compression = {Compression::kLz4, 0}};
+  PoolOpenOptions open;
+  open.secret = secret;
+  TestPool pool(64 * kMiB, create, open);
+  Volume* v = pool.set().CreateVolume("vol", 2 * kMiB).value();
+  std::vector<uint8_t> text(2 * kMiB);
+  for (size_t i = 0; i < text.size(); i++) text[i] = "snapshots share clusters "[i % 25];
+  ASSERT_TRUE(pool.Write(*v, 0, text).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s").ok());
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 3)).ok());
+  ASSERT_TRUE(pool.set().CloneSnapshot("vol", "s", "c").ok());
+  ASSERT_TRUE(pool.Write(*pool.Find("c"), 65536, Pattern(4096, 4)).ok());
+  auto clone = text;
+  auto p4 = Pattern(4096, 4);
+  std::copy(p4.begin(), p4.end(), clone.begin() + 65536);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(ReadAll(pool, "vol@s"), text);
+  EXPECT_EQ(ReadAll(pool, "c"), clone);
+  EXPECT_TRUE(pool.set().GetVolumeInfo("c")->encrypted);
+  EXPECT_GT(pool.set().GetVolumeInfo("c")->compressed_clusters, 0u);
+  CheckAccounting(pool);
+  ExpectFsckClean(pool);
+}
+
+TEST(Snapshot, WritesInFlightDuringASnapshotLandBeforeItOrAfterIt) {
+  // Many asynchronous writes in flight while snapshots are taken: each
+  // snapshot must hold, for every block, a whole write (never a mix), and
+  // must not change after it is taken.
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", 2 * kMiB).value();
+  const uint64_t blocks = 2 * kMiB / 4096;
+  std::vector<AlignedBuffer> buffers;
+  std::vector<VolumeIo> ios(32);
+  std::vector<std::vector<uint8_t>> first_read;
+  int completed = 0;
+  uint32_t round = 0;
+  for (int snap = 0; snap < 8; snap++) {
+    for (auto& io : ios) {
+      io = VolumeIo{};
+      io.op = VolumeOp::kWrite;
+      io.offset = (round * 7 + (&io - ios.data()) * 13) % blocks * 4096;
+      io.length = 4096;
+      buffers.push_back(AllocateAligned(4096));
+      std::memset(buffers.back().get(), 1 + (round % 250), 4096);
+      io.buf = buffers.back().get();
+      io.context = &completed;
+      io.done = [](VolumeIo* done, const Status& s) {
+        EXPECT_TRUE(s.ok()) << s.ToString();
+        (*static_cast<int*>(done->context))++;
+      };
+      v->Submit(&io, pool.queue());
+      round++;
+    }
+    // The snapshot runs on another thread while this one completes writes.
+    std::thread snapper([&] { ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s" + std::to_string(snap)).ok()); });
+    while (completed < 32 * (snap + 1)) pool.queue().Poll(true);
+    snapper.join();
+    first_read.push_back(ReadAll(pool, "vol@s" + std::to_string(snap)));
+  }
+  for (int snap = 0; snap < 8; snap++) {
+    auto again = ReadAll(pool, "vol@s" + std::to_string(snap));
+    EXPECT_EQ(again, first_read[snap]) << "snapshot " << snap << " changed after it was taken";
+    for (uint64_t b = 0; b < blocks; b++)
+      for (size_t i = 1; i < 4096; i++)
+        ASSERT_EQ(again[b * 4096 + i], again[b * 4096]) << "torn block " << b << " in snapshot " << snap;
+  }
+  CheckAccounting(pool);
+}
+
+}  // namespace
+}  // namespace edgestor

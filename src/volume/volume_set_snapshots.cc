@@ -1,0 +1,411 @@
+// VolumeSetImpl: snapshots, rollback, clones and space accounting.
+//
+// A snapshot is an immutable copy of a volume's map directory, stored once
+// in a side chain; it shares the volume's map pages (and through them the
+// data runs) until the volume changes them. Sharing is counted by the pool
+// (references per run, rebuilt at open), so every operation here is a
+// change of directories committed by one checkpoint:
+//   create    the volume's directory (all pages stored by the checkpoint)
+//             becomes the snapshot's; each page gains a reference;
+//   delete    each page loses one; a page nobody reads any more releases
+//             its runs;
+//   rollback  the volume takes the snapshot's directory (kept as an
+//             automatic snapshot before, unless discarded);
+//   clone     a new volume takes the snapshot's directory.
+// A crash before the checkpoint's label is durable leaves the previous
+// state; after, the new one. Nothing is half-done.
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+#include <thread>
+#include <unordered_map>
+
+#include "volume/volume_set_impl.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+namespace {
+
+// How long a snapshot waits for writes in flight before giving up.
+constexpr auto kWriteDrainTimeout = std::chrono::seconds(30);
+
+uint64_t NowUnix() { return static_cast<uint64_t>(std::time(nullptr)); }
+
+Status CheckSnapshotName(const std::string& name) {
+  if (IsValidVolumeName(name)) return Status::Ok();
+  return Status(EINVAL, "invalid snapshot name '" + name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
+}
+
+}  // namespace
+
+std::vector<ThinVolume*> VolumeSetImpl::AllMapsLocked() {
+  std::vector<ThinVolume*> out;
+  for (auto& [name, volume] : volumes_) out.push_back(volume.get());
+  for (auto& [name, snapshot] : snapshots_) out.push_back(snapshot.view.get());
+  return out;
+}
+
+VolumeSetImpl::Snapshot* VolumeSetImpl::FindSnapshotLocked(const std::string& volume, const std::string& name) {
+  auto it = snapshots_.find(volume + "@" + name);
+  return it == snapshots_.end() ? nullptr : &it->second;
+}
+
+std::string VolumeSetImpl::SnapshotNameOf(uint32_t snapshot_id) {
+  for (auto& [full, snapshot] : snapshots_)
+    if (snapshot.entry.snapshot_id == snapshot_id) return full;
+  return {};
+}
+
+Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
+  for (SnapshotRecord& r : records) {
+    ThinVolume* volume = FindById(r.entry.volume_id);
+    assert(volume);  // ParseCheckpoint checked it
+    std::string full = volume->name() + "@" + r.name;
+    Snapshot snapshot;
+    auto bytes = pool_->ReadSideChain(r.entry.directory_block, r.entry.directory_gen, format::kSnapshotDirectoryMagic,
+                                      &snapshot.directory_chain);
+    if (!bytes.ok()) return bytes.status().WithContext("directory of snapshot " + full);
+    ES_ASSIGN_OR_RETURN(auto directory, ParseDirectory(bytes.value(), r.entry.directory_slots, pool_->total_blocks()));
+    snapshot.view = std::make_unique<ThinVolume>(*this, *pool_, budget_, r.entry.snapshot_id, full, r.entry.size,
+                                                 r.attributes);
+    snapshot.view->MakeSnapshotView(r.entry);
+    snapshot.view->map().ReplaceDirectory(directory, ClustersFor(r.entry.size, pool_->geometry().cluster_size));
+    if (!r.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
+    snapshot.entry = r.entry;
+    snapshot.volume_name = volume->name();
+    snapshot.name = r.name;
+    snapshots_.emplace(full, std::move(snapshot));
+  }
+  return Status::Ok();
+}
+
+void VolumeSetImpl::ReferenceDirectory(const std::vector<format::DirectorySlot>& directory) {
+  for (const auto& slot : directory)
+    if (slot.block != 0) pool_->AddReference(slot.block);
+}
+
+Status VolumeSetImpl::ReleaseDirectory(const std::vector<format::DirectorySlot>& directory,
+                                       std::vector<BlockRun>* frees) {
+  const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
+  std::vector<BlockRun> released;
+  format::MapPage page;
+  for (const auto& slot : directory) {
+    if (slot.block == 0) continue;
+    if (pool_->References(slot.block) == 1) {
+      // The last directory reading this page: its runs lose the page's reference.
+      ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
+      for (const format::MapEntry& e : page.entries)
+        if (e.phys_block != 0) released.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+    }
+    released.push_back({slot.block, 1});
+  }
+  frees->insert(frees->end(), released.begin(), released.end());
+  return Status::Ok();
+}
+
+Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& volume_name, const std::string& name,
+                                        uint32_t flags) {
+  std::vector<format::DirectorySlot> directory = source.map().Directory();
+  format::SnapshotEntry entry{};
+  entry.snapshot_id = next_snapshot_id_;
+  entry.volume_id = source.id();
+  entry.size = source.size();
+  entry.created_unix = NowUnix();
+  entry.directory_slots = directory.size();
+  entry.flags = flags;
+  source.FillSnapshotCounters(&entry);
+  format::VolumeAttributes attributes = source.attributes();
+  attributes.origin_snapshot = 0;
+
+  Snapshot snapshot;
+  snapshot.view = std::make_unique<ThinVolume>(*this, *pool_, budget_, entry.snapshot_id, volume_name + "@" + name,
+                                               entry.size, attributes);
+  snapshot.view->MakeSnapshotView(entry);
+  snapshot.view->map().ReplaceDirectory(directory, source.map().clusters());
+  if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
+  else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*snapshot.view));
+  ES_ASSIGN_OR_RETURN(entry.directory_block, pool_->WriteSideChain(EncodeDirectory(directory),
+                                                                   format::kSnapshotDirectoryMagic,
+                                                                   &snapshot.directory_chain));
+  entry.directory_gen = pool_->next_checkpoint_gen();
+  ReferenceDirectory(directory);
+  next_snapshot_id_++;
+  snapshot.entry = entry;
+  snapshot.volume_name = volume_name;
+  snapshot.name = name;
+  snapshots_.emplace(volume_name + "@" + name, std::move(snapshot));
+  return Status::Ok();
+}
+
+Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_name, const std::string& name) {
+  ES_RETURN_IF_ERROR(CheckSnapshotName(name));
+  std::lock_guard control(control_mu_);
+  ThinVolume* volume;
+  {
+    std::lock_guard lock(mu_);
+    ES_RETURN_IF_ERROR(CheckUsable());
+    volume = FindLocked(volume_name);
+    if (!volume) return Status(ENOENT, "no volume named '" + volume_name + "'");
+    if (FindSnapshotLocked(volume_name, name))
+      return Status(EEXIST, "a snapshot named '" + volume_name + "@" + name + "' already exists");
+    if (snapshots_.size() >= format::kMaxSnapshots) return Status(ENOSPC, "a pool holds at most 65536 snapshots");
+    std::lock_guard volume_lock(volume->mutex());
+    volume->set_write_barrier(true);
+  }
+  // An asynchronous write in flight could land in a cluster after the
+  // snapshot shares it: wait for them (new writes meanwhile go through the
+  // synchronous path, which the checkpoint's locks hold back). No lock is
+  // held: a completion may need one for a checkpoint of its own.
+  auto deadline = std::chrono::steady_clock::now() + kWriteDrainTimeout;
+  while (volume->async_writes() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  std::lock_guard lock(mu_);
+  Status s = volume->async_writes() > 0
+                 ? Status(EBUSY, "writes to volume " + volume_name + " did not finish in 30 s; snapshot not taken")
+                 : CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+                     return AddSnapshotLocked(*volume, volume_name, name, 0);
+                   });
+  {
+    std::lock_guard volume_lock(volume->mutex());
+    volume->set_write_barrier(false);
+  }
+  ES_RETURN_IF_ERROR(s);
+  return SnapshotInfoLocked(*FindSnapshotLocked(volume_name, name));
+}
+
+SnapshotInfo VolumeSetImpl::SnapshotInfoLocked(const Snapshot& snapshot) {
+  SnapshotInfo info;
+  info.id = snapshot.entry.snapshot_id;
+  info.volume = snapshot.volume_name;
+  info.name = snapshot.name;
+  info.size = snapshot.entry.size;
+  info.created_unix = snapshot.entry.created_unix;
+  info.automatic = snapshot.entry.flags & format::kSnapshotAutomatic;
+  info.referenced_bytes = snapshot.entry.stored_blocks * kBlockSize;
+  info.written_bytes = snapshot.entry.written_blocks * kBlockSize;
+  auto unique = BlocksFreedWithout({snapshot.view.get()});
+  info.used_bytes = unique.ok() ? unique.value() * kBlockSize : 0;
+  for (auto& [name, volume] : volumes_) {
+    std::lock_guard volume_lock(volume->mutex());
+    if (volume->attributes().origin_snapshot == info.id) info.clones.push_back(name);
+  }
+  return info;
+}
+
+Status VolumeSetImpl::SettleLocked() {
+  // Without snapshots nothing is shared: the figures need no settling.
+  if (snapshots_.empty() || !pool_->has_pending_frees() || !CheckUsable().ok()) return Status::Ok();
+  return CheckpointLocked({});
+}
+
+Result<std::vector<SnapshotInfo>> VolumeSetImpl::ListSnapshots(const std::string& volume) {
+  std::lock_guard lock(mu_);
+  if (!volume.empty() && !FindLocked(volume)) return Status(ENOENT, "no volume named '" + volume + "'");
+  // Releases waiting in the journal would make shared runs look shared.
+  ES_RETURN_IF_ERROR(SettleLocked());
+  std::vector<const Snapshot*> found;
+  for (auto& [full, snapshot] : snapshots_)
+    if (volume.empty() || snapshot.volume_name == volume) found.push_back(&snapshot);
+  std::sort(found.begin(), found.end(),
+            [](const Snapshot* a, const Snapshot* b) { return a->entry.snapshot_id < b->entry.snapshot_id; });
+  std::vector<SnapshotInfo> out;
+  for (const Snapshot* snapshot : found) out.push_back(SnapshotInfoLocked(*snapshot));
+  return out;
+}
+
+Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::string& name) {
+  std::lock_guard control(control_mu_);
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  Snapshot* snapshot = FindSnapshotLocked(volume, name);
+  if (!snapshot) return Status(ENOENT, "no snapshot named '" + volume + "@" + name + "'");
+  std::string full = volume + "@" + name;
+  std::string clones;
+  for (auto& [clone_name, clone] : volumes_) {
+    std::lock_guard volume_lock(clone->mutex());
+    if (clone->attributes().origin_snapshot == snapshot->entry.snapshot_id)
+      clones += (clones.empty() ? "" : ", ") + clone_name;
+  }
+  if (!clones.empty())
+    return Status(EBUSY, "snapshot " + full + " has clones (" + clones +
+                             "); flatten them first (`edgestor vol flatten CLONE`) or delete them");
+  {
+    std::lock_guard view_lock(snapshot->view->mutex());
+    if (snapshot->view->inflight()) return Status(EBUSY, "snapshot " + full + " is being read (exported?)");
+  }
+  return CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
+    ES_RETURN_IF_ERROR(ReleaseDirectory(snapshot->view->map().Directory(), frees));
+    frees->insert(frees->end(), snapshot->directory_chain.begin(), snapshot->directory_chain.end());
+    snapshots_.erase(full);
+    return Status::Ok();
+  });
+}
+
+Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, const std::string& snapshot_name,
+                                            bool keep_current) {
+  std::lock_guard control(control_mu_);
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  ThinVolume* volume = FindLocked(volume_name);
+  if (!volume) return Status(ENOENT, "no volume named '" + volume_name + "'");
+  Snapshot* target = FindSnapshotLocked(volume_name, snapshot_name);
+  if (!target) return Status(ENOENT, "no snapshot named '" + volume_name + "@" + snapshot_name + "'");
+  std::string kept;
+  if (keep_current) {
+    std::string base = "rollback-" + std::to_string(NowUnix());
+    kept = base;
+    for (int n = 2; FindSnapshotLocked(volume_name, kept); n++) kept = base + "-" + std::to_string(n);
+    if (snapshots_.size() >= format::kMaxSnapshots) return Status(ENOSPC, "a pool holds at most 65536 snapshots");
+  }
+  ThinVolume& view = *target->view;
+  ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
+    if (volume->inflight()) return Status(EBUSY, "volume " + volume_name + " has I/O in flight; detach it first");
+    std::vector<format::DirectorySlot> current = volume->map().Directory();
+    if (keep_current) ES_RETURN_IF_ERROR(AddSnapshotLocked(*volume, volume_name, kept, format::kSnapshotAutomatic));
+    // With the automatic snapshot reading every current page, this drops
+    // references only (no page is read, nothing can fail).
+    std::vector<BlockRun> released;
+    ES_RETURN_IF_ERROR(ReleaseDirectory(current, &released));
+    ReferenceDirectory(view.map().Directory());
+    volume->TakeContentOf(view);
+    frees->insert(frees->end(), released.begin(), released.end());
+    return Status::Ok();
+  }));
+  return kept;
+}
+
+Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, const std::string& snapshot_name,
+                                             const std::string& clone_name) {
+  if (!IsValidVolumeName(clone_name))
+    return Status(EINVAL, "invalid volume name '" + clone_name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
+  std::lock_guard control(control_mu_);
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  Snapshot* origin = FindSnapshotLocked(volume_name, snapshot_name);
+  if (!origin) return Status(ENOENT, "no snapshot named '" + volume_name + "@" + snapshot_name + "'");
+  if (FindLocked(clone_name)) return Status(EEXIST, "a volume named '" + clone_name + "' already exists");
+  if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
+  ThinVolume& view = *origin->view;
+  format::VolumeAttributes attributes = view.attributes();
+  attributes.origin_snapshot = origin->entry.snapshot_id;  // same data key: the clone reads the shared data
+  ThinVolume* created = nullptr;
+  ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+    auto clone = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_, clone_name, view.size(),
+                                              attributes);
+    if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*clone, nullptr));
+    else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
+    clone->TakeContentOf(view);
+    ReferenceDirectory(view.map().Directory());
+    next_volume_id_++;
+    created = clone.get();
+    volumes_.emplace(clone_name, std::move(clone));
+    return Status::Ok();
+  }));
+  return static_cast<Volume*>(created);
+}
+
+Result<uint64_t> VolumeSetImpl::FlattenVolume(const std::string& name, const ProgressFn& progress) {
+  std::lock_guard control(control_mu_);  // the volume cannot be deleted meanwhile
+  ThinVolume* volume;
+  {
+    std::lock_guard lock(mu_);
+    ES_RETURN_IF_ERROR(CheckUsable());
+    volume = FindLocked(name);
+    if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+    std::lock_guard volume_lock(volume->mutex());
+    if (volume->attributes().origin_snapshot == 0) return Status(EINVAL, "volume " + name + " is not a clone");
+    for (auto& [full, snapshot] : snapshots_)
+      if (snapshot.entry.volume_id == volume->id())
+        return Status(EBUSY, "clone " + name + " has snapshots of its own, which share its origin's data; delete "
+                             "them before flattening it");
+  }
+  ES_ASSIGN_OR_RETURN(uint64_t copied, volume->CopySharedClusters(progress));
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+    volume->mutable_attributes().origin_snapshot = 0;
+    return Status::Ok();
+  }));
+  return copied;
+}
+
+Result<uint64_t> VolumeSetImpl::BlocksFreedWithout(const std::vector<ThinVolume*>& maps) {
+  const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
+  struct Run {
+    uint32_t references = 0;  // from the dropped pages
+    uint32_t blocks = 0;
+  };
+  std::unordered_map<uint64_t, Run> runs;
+  auto count_page = [&](const format::MapEntry* entries) {
+    for (uint32_t i = 0; i < format::kEntriesPerMapPage; i++) {
+      if (entries[i].phys_block == 0) continue;
+      Run& run = runs[format::FirstBlock(entries[i])];
+      run.references++;
+      run.blocks = static_cast<uint32_t>(format::StoredBlocks(entries[i], cluster_blocks));
+    }
+  };
+  // Stored pages: read by how many of `maps` (a page others read too stays).
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint64_t>> pages;  // block -> (readers, generation)
+  for (ThinVolume* map : maps) {
+    std::lock_guard lock(map->mutex());
+    for (const ThinMap::Slot& slot : map->map().slots()) {
+      if (slot.page && slot.page->dirty) count_page(slot.page->entries);  // its own copy
+      else if (slot.block != 0) {
+        auto& page = pages[slot.block];
+        page.first++;
+        page.second = slot.generation;
+      }
+    }
+  }
+  format::MapPage page;
+  for (auto& [block, readers] : pages) {
+    if (readers.first != pool_->References(block)) continue;
+    ES_RETURN_IF_ERROR(pool_->ReadMapPage(block, readers.second, &page));
+    count_page(page.entries);
+  }
+  uint64_t freed = 0;
+  for (auto& [block, run] : runs)
+    if (run.references == pool_->References(block)) freed += run.blocks;
+  return freed;
+}
+
+Status VolumeSetImpl::FillSharingInfo(ThinVolume& volume, VolumeInfo* info) {
+  std::vector<ThinVolume*> maps;
+  for (auto& [full, snapshot] : snapshots_)
+    if (snapshot.entry.volume_id == volume.id()) maps.push_back(snapshot.view.get());
+  info->snapshot_count = static_cast<uint32_t>(maps.size());
+  ES_ASSIGN_OR_RETURN(uint64_t by_snapshots, BlocksFreedWithout(maps));
+  maps.push_back(&volume);
+  ES_ASSIGN_OR_RETURN(uint64_t all, BlocksFreedWithout(maps));
+  info->used_by_snapshots_bytes = by_snapshots * kBlockSize;
+  info->used_bytes = all * kBlockSize;
+  uint32_t origin;
+  {
+    std::lock_guard lock(volume.mutex());
+    origin = volume.attributes().origin_snapshot;
+  }
+  if (origin) info->origin = SnapshotNameOf(origin);
+  return Status::Ok();
+}
+
+Result<std::vector<BlockRun>> VolumeSetImpl::MappedRunsForTest(const std::string& name) {
+  std::lock_guard lock(mu_);
+  ThinVolume* map = FindLocked(name);
+  if (auto it = snapshots_.find(name); it != snapshots_.end()) map = it->second.view.get();
+  if (!map) return Status(ENOENT, "no volume or snapshot named '" + name + "'");
+  const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
+  std::lock_guard map_lock(map->mutex());
+  std::vector<BlockRun> runs;
+  for (uint64_t c = 0; c < map->map().clusters(); c++) {
+    ES_ASSIGN_OR_RETURN(CachedPage * page, map->map().Page(c, /*create=*/false));
+    if (!page) continue;
+    const format::MapEntry& e = page->entries[ThinMap::IndexInPage(c)];
+    if (e.phys_block != 0) runs.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+  }
+  return runs;
+}
+
+}  // namespace edgestor
