@@ -96,13 +96,10 @@ Status Pool::Commit() {
   if (!s.ok()) return Fail(s.WithContext("writing journal"));
   s = device_->FlushSync();
   if (!s.ok()) return Fail(s.WithContext("flushing journal"));
-  // Only now may space these records freed be handed out again.
+  // Only now may these records drop their references (and free space that
+  // nothing references any more).
   std::lock_guard lock(mu_);
-  for (const BlockRun& run : frees) {
-    bool was_used = allocator_.Free(run.block, run.count);
-    assert(was_used);
-    (void)was_used;
-  }
+  for (const BlockRun& run : frees) ReleaseLocked(run);
   return Status::Ok();
 }
 

@@ -38,6 +38,8 @@ std::vector<uint8_t> ReadAll(TestPool& pool, const std::string& name) {
 }
 
 void ExpectFsckClean(TestPool& pool) {
+  Status references = dynamic_cast<VolumeSetImpl&>(pool.set()).CheckReferencesForTest();
+  ASSERT_TRUE(references.ok()) << references.ToString();
   auto report = CheckPool(pool.device());
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   ASSERT_TRUE(report->ok()) << report->problems.front();

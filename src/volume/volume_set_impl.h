@@ -67,6 +67,11 @@ class VolumeSetImpl : public VolumeSet {
   // volume or snapshot ("VOL@SNAP"), read from its map, for recounting
   // the accounting without the reference counts.
   Result<std::vector<BlockRun>> MappedRunsForTest(const std::string& name);
+  // Tests: checkpoints (settling every release), then recounts the
+  // references of every page and run from the directories and stored pages
+  // and compares them with the pool's counts. EUCLEAN names the first
+  // difference.
+  Status CheckReferencesForTest();
   // fsck: figures gathered by Recover.
   void FillReport(FsckReport* report);
 

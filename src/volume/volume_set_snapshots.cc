@@ -21,6 +21,7 @@
 #include <ctime>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "volume/volume_set_impl.h"
 
@@ -388,6 +389,35 @@ Status VolumeSetImpl::FillSharingInfo(ThinVolume& volume, VolumeInfo* info) {
     origin = volume.attributes().origin_snapshot;
   }
   if (origin) info->origin = SnapshotNameOf(origin);
+  return Status::Ok();
+}
+
+Status VolumeSetImpl::CheckReferencesForTest() {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckpointLocked({}));  // every page stored, every release applied
+  std::unordered_map<uint64_t, uint32_t> expected;
+  std::unordered_map<uint64_t, std::string> readers;
+  std::unordered_set<uint64_t> counted;
+  format::MapPage page;
+  for (ThinVolume* map : AllMapsLocked()) {
+    std::lock_guard map_lock(map->mutex());
+    for (const ThinMap::Slot& slot : map->map().slots()) {
+      if (slot.block == 0) continue;
+      expected[slot.block]++;
+      if (!counted.insert(slot.block).second) continue;
+      ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
+      for (const format::MapEntry& e : page.entries) {
+        if (e.phys_block == 0) continue;
+        expected[format::FirstBlock(e)]++;
+        readers[format::FirstBlock(e)] += map->name() + " (page " + std::to_string(slot.block) + ") ";
+      }
+    }
+  }
+  for (auto& [block, references] : expected)
+    if (pool_->References(block) != references)
+      return Status(EUCLEAN, "block " + std::to_string(block) + " (mapped by " + readers[block] + ") has " +
+                                 std::to_string(pool_->References(block)) + " references, the maps make " +
+                                 std::to_string(references));
   return Status::Ok();
 }
 
