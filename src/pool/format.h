@@ -243,6 +243,9 @@ struct SnapshotTableHeader {
 static_assert(sizeof(SnapshotTableHeader) == 8);
 
 inline constexpr uint32_t kSnapshotAutomatic = 1;  // kept by a rollback
+// Deleted, its space being released in the background: hidden, renamed
+// ".deleting-<id>" (a name no user can give), resumed after a crash.
+inline constexpr uint32_t kSnapshotDeleting = 2;
 
 struct SnapshotEntry {
   uint32_t snapshot_id;

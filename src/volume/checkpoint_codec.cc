@@ -58,6 +58,8 @@ bool IsValidVolumeName(const std::string& name) {
 
 uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + cluster_size - 1) / cluster_size; }
 
+std::string DeletingSnapshotName(uint32_t snapshot_id) { return ".deleting-" + std::to_string(snapshot_id); }
+
 uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size) {
   return (ClustersFor(size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
 }
@@ -136,8 +138,10 @@ Status ParseSnapshots(Reader& in, const std::set<uint32_t>& volume_ids, uint32_t
     SnapshotRecord s;
     format::SnapshotEntry& e = s.entry;
     if (!in.Get(&e)) return Corrupt("truncated snapshot table");
-    if (e.name_length > format::kMaxSnapshotNameLength || !in.GetBytes(e.name_length, &s.name) ||
-        !IsValidVolumeName(s.name))
+    if (e.name_length > format::kMaxSnapshotNameLength || !in.GetBytes(e.name_length, &s.name))
+      return Corrupt("bad snapshot name");
+    bool deleting = e.flags & format::kSnapshotDeleting;
+    if (deleting ? s.name != DeletingSnapshotName(e.snapshot_id) : !IsValidVolumeName(s.name))
       return Corrupt("bad snapshot name");
     std::string what = "snapshot " + s.name;
     if (e.snapshot_id == 0 || e.snapshot_id >= header.next_snapshot_id || !ids.insert(e.snapshot_id).second)
@@ -154,7 +158,8 @@ Status ParseSnapshots(Reader& in, const std::set<uint32_t>& volume_ids, uint32_t
     bool counts_ok = e.mapped_clusters <= clusters && e.compressed_clusters <= e.mapped_clusters &&
                      e.stored_blocks <= e.mapped_clusters * (cluster_size / format::kBlockSize) &&
                      e.written_blocks <= e.mapped_clusters * (cluster_size / format::kBlockSize);
-    if (!counts_ok || (e.flags & ~format::kSnapshotAutomatic)) return Corrupt("bad accounting of " + what);
+    if (!counts_ok || (e.flags & ~(format::kSnapshotAutomatic | format::kSnapshotDeleting)))
+      return Corrupt("bad accounting of " + what);
     contents->snapshots.push_back(std::move(s));
   }
   return Status::Ok();

@@ -49,6 +49,8 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
 // Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or
 // '-', and without '@' (reserved for snapshots: VOL@SNAP).
 bool IsValidVolumeName(const std::string& name);
+// The name a snapshot being deleted in the background carries.
+std::string DeletingSnapshotName(uint32_t snapshot_id);
 // Directory slots (map pages) of a volume of `size` bytes.
 uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size);
 // A snapshot directory's side chain: its slots, packed.

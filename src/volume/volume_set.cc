@@ -27,7 +27,9 @@ VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& 
 }
 
 VolumeSetImpl::~VolumeSetImpl() {
-  // No I/O here: without Close() this is a crash, as the tests intend.
+  // No I/O here (beyond a background deletion's step finishing): without
+  // Close() this is a crash, as the tests intend.
+  StopReclaimer();
   std::lock_guard lock(mu_);
   volumes_.clear();
 }
@@ -120,7 +122,10 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   if (report) return Status::Ok();  // fsck never writes
   // A fresh checkpoint generation makes any journal block written before
   // the crash (valid or torn) stale for good.
-  return CheckpointLocked({});
+  ES_RETURN_IF_ERROR(CheckpointLocked({}));
+  for (auto& [name, snapshot] : snapshots_)
+    if (snapshot.entry.flags & format::kSnapshotDeleting) StartReclaimerLocked();
+  return Status::Ok();
 }
 
 ThinVolume* VolumeSetImpl::FindById(uint32_t id) {
@@ -141,6 +146,7 @@ Status VolumeSetImpl::CheckUsable() const {
 }
 
 Status VolumeSetImpl::Close() {
+  StopReclaimer();  // an unfinished background deletion resumes at the next open
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   for (auto& [name, volume] : volumes_)
@@ -171,6 +177,10 @@ PoolInfo VolumeSetImpl::Info() {
   info.locked = source != format::kKeySourceNone && !pool_key_;
   info.encrypt_by_default = defaults_.encrypt;
   info.default_compression = {static_cast<Compression>(defaults_.compression), defaults_.compression_level};
+  for (auto& [full, snapshot] : snapshots_) {
+    if (snapshot.entry.flags & format::kSnapshotDeleting) info.snapshots_being_deleted++;
+    else info.snapshot_count++;
+  }
   info.cached_map_pages = budget_.cached_pages;
   info.map_cache_limit_pages = budget_.max_pages;
   return info;
@@ -199,7 +209,8 @@ Result<VolumeInfo> VolumeSetImpl::GetVolumeInfo(const std::string& name) {
 
 Result<Volume*> VolumeSetImpl::FindVolume(const std::string& name) {
   std::lock_guard lock(mu_);
-  if (auto it = snapshots_.find(name); it != snapshots_.end()) return static_cast<Volume*>(it->second.view.get());
+  if (auto it = snapshots_.find(name); it != snapshots_.end() && !(it->second.entry.flags & format::kSnapshotDeleting))
+    return static_cast<Volume*>(it->second.view.get());
   ThinVolume* volume = FindLocked(name);
   if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
   return static_cast<Volume*>(volume);
@@ -272,11 +283,17 @@ Status VolumeSetImpl::DeleteVolume(const std::string& name) {
   ES_RETURN_IF_ERROR(CheckUsable());
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status(ENOENT, "no volume named '" + name + "'");
-  size_t snapshots = 0;
-  for (auto& [full, snapshot] : snapshots_) snapshots += snapshot.entry.volume_id == it->second->id();
+  size_t snapshots = 0, deleting = 0;
+  for (auto& [full, snapshot] : snapshots_) {
+    if (snapshot.entry.volume_id != it->second->id()) continue;
+    if (snapshot.entry.flags & format::kSnapshotDeleting) deleting++;
+    else snapshots++;
+  }
   if (snapshots)
     return Status(EBUSY, "volume '" + name + "' has " + std::to_string(snapshots) +
                              " snapshot(s); delete them first (`edgestor snap list " + name + "`)");
+  if (deleting)
+    return Status(EBUSY, "volume '" + name + "' has snapshots whose space is still being released; try again shortly");
   std::vector<BlockRun> frees;
   {
     std::lock_guard volume_lock(it->second->mutex());

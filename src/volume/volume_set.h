@@ -94,6 +94,8 @@ struct PoolInfo {
   bool locked = false;     // has a key that was not given yet
   bool encrypt_by_default = false;
   CompressionSetting default_compression;
+  uint32_t snapshot_count = 0;
+  uint32_t snapshots_being_deleted = 0;  // space still being released in the background
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
   uint64_t map_cache_limit_pages = 0;
 };
@@ -180,7 +182,10 @@ class VolumeSet {
   // (a checkpoint settles pending frees first).
   virtual Result<std::vector<SnapshotInfo>> ListSnapshots(const std::string& volume) = 0;
   // Frees what was unique to the snapshot. EBUSY while a clone depends on
-  // it (flatten the clone first) or its view has I/O in flight.
+  // it (flatten the clone first) or its view has I/O in flight. A snapshot
+  // with many pages of its own disappears at once and its space is
+  // released in the background (PoolInfo::snapshots_being_deleted; resumed
+  // after a crash or reopen).
   virtual Status DeleteSnapshot(const std::string& volume, const std::string& name) = 0;
   // The volume's content becomes the snapshot's. No snapshot is deleted;
   // with `keep_current` the content just before is kept as an automatic

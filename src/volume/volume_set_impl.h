@@ -7,6 +7,8 @@
 #include <optional>
 #include <utility>
 #include <string>
+#include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "pool/pool.h"
@@ -67,6 +69,10 @@ class VolumeSetImpl : public VolumeSet {
   // volume or snapshot ("VOL@SNAP"), read from its map, for recounting
   // the accounting without the reference counts.
   Result<std::vector<BlockRun>> MappedRunsForTest(const std::string& name);
+  // Deletes with more pages of their own than this go to the background.
+  void set_background_delete_pages(uint64_t pages) { background_delete_pages_ = pages; }
+  // Tests: waits until no snapshot deletion is pending.
+  void WaitForBackgroundDeletes();
   // Tests: checkpoints (settling every release), then recounts the
   // references of every page and run from the directories and stored pages
   // and compares them with the pool's counts. EUCLEAN names the first
@@ -101,7 +107,16 @@ class VolumeSetImpl : public VolumeSet {
                            uint32_t flags);
   // Drops one directory's references to its stored pages; the last reader
   // of a page also releases the page's runs.
-  Status ReleaseDirectory(const std::vector<format::DirectorySlot>& directory, std::vector<BlockRun>* frees);
+  // Pages in `read_already` had their runs listed in `frees` before.
+  Status ReleaseDirectory(const std::vector<format::DirectorySlot>& directory, std::vector<BlockRun>* frees,
+                          const std::unordered_set<uint64_t>* read_already = nullptr);
+  // Background deletion: hides the snapshot (committed), then a thread
+  // reads its own pages and commits their release.
+  Status HideForDeletionLocked(Snapshot& snapshot);
+  void StartReclaimerLocked();  // REQUIRES: mu_ held
+  void ReclaimLoop();
+  Status ReclaimOne(uint32_t snapshot_id);
+  void StopReclaimer();
   void ReferenceDirectory(const std::vector<format::DirectorySlot>& directory);
   Snapshot* FindSnapshotLocked(const std::string& volume, const std::string& name);
   std::vector<ThinVolume*> AllMapsLocked();  // volumes and snapshot views
@@ -131,6 +146,10 @@ class VolumeSetImpl : public VolumeSet {
   // Serializes snapshot creation (which releases mu_ while it waits for
   // writes in flight) with the operations that destroy volume objects.
   std::mutex control_mu_;
+  uint64_t background_delete_pages_ = 64;
+  std::thread reclaimer_;        // GUARDED_BY(mu_) to start; joined by StopReclaimer
+  bool reclaimer_running_ = false;  // GUARDED_BY(mu_)
+  std::atomic<bool> stop_reclaimer_{false};
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
   std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked

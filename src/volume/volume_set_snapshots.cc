@@ -90,13 +90,14 @@ void VolumeSetImpl::ReferenceDirectory(const std::vector<format::DirectorySlot>&
 }
 
 Status VolumeSetImpl::ReleaseDirectory(const std::vector<format::DirectorySlot>& directory,
-                                       std::vector<BlockRun>* frees) {
+                                       std::vector<BlockRun>* frees, const std::unordered_set<uint64_t>* read_already) {
   const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
   std::vector<BlockRun> released;
   format::MapPage page;
   for (const auto& slot : directory) {
     if (slot.block == 0) continue;
-    if (pool_->References(slot.block) == 1) {
+    bool listed = read_already && read_already->count(slot.block);
+    if (!listed && pool_->References(slot.block) == 1) {
       // The last directory reading this page: its runs lose the page's reference.
       ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
       for (const format::MapEntry& e : page.entries)
@@ -209,8 +210,10 @@ Result<std::vector<SnapshotInfo>> VolumeSetImpl::ListSnapshots(const std::string
   // Releases waiting in the journal would make shared runs look shared.
   ES_RETURN_IF_ERROR(SettleLocked());
   std::vector<const Snapshot*> found;
-  for (auto& [full, snapshot] : snapshots_)
-    if (volume.empty() || snapshot.volume_name == volume) found.push_back(&snapshot);
+  for (auto& [full, snapshot] : snapshots_) {
+    bool deleting = snapshot.entry.flags & format::kSnapshotDeleting;
+    if (!deleting && (volume.empty() || snapshot.volume_name == volume)) found.push_back(&snapshot);
+  }
   std::sort(found.begin(), found.end(),
             [](const Snapshot* a, const Snapshot* b) { return a->entry.snapshot_id < b->entry.snapshot_id; });
   std::vector<SnapshotInfo> out;
@@ -234,16 +237,110 @@ Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::strin
   if (!clones.empty())
     return Status(EBUSY, "snapshot " + full + " has clones (" + clones +
                              "); flatten them first (`edgestor vol flatten CLONE`) or delete them");
+  uint64_t own_pages = 0;
   {
     std::lock_guard view_lock(snapshot->view->mutex());
     if (snapshot->view->inflight()) return Status(EBUSY, "snapshot " + full + " is being read (exported?)");
+    for (const ThinMap::Slot& slot : snapshot->view->map().slots())
+      own_pages += slot.block != 0 && pool_->References(slot.block) == 1;
   }
+  // Releasing means reading every page only this snapshot reads: for many
+  // pages that goes to the background, after the snapshot is hidden.
+  if (own_pages > background_delete_pages_) return HideForDeletionLocked(*snapshot);
   return CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
     ES_RETURN_IF_ERROR(ReleaseDirectory(snapshot->view->map().Directory(), frees));
     frees->insert(frees->end(), snapshot->directory_chain.begin(), snapshot->directory_chain.end());
     snapshots_.erase(full);
     return Status::Ok();
   });
+}
+
+Status VolumeSetImpl::HideForDeletionLocked(Snapshot& snapshot) {
+  std::string key = snapshot.volume_name + "@" + snapshot.name;
+  ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+    auto node = snapshots_.extract(key);
+    Snapshot& hidden = node.mapped();
+    hidden.entry.flags |= format::kSnapshotDeleting;
+    hidden.name = DeletingSnapshotName(hidden.entry.snapshot_id);
+    node.key() = hidden.volume_name + "@" + hidden.name;
+    snapshots_.insert(std::move(node));
+    return Status::Ok();
+  }));
+  StartReclaimerLocked();
+  return Status::Ok();
+}
+
+void VolumeSetImpl::StartReclaimerLocked() {
+  if (reclaimer_running_ || stop_reclaimer_) return;
+  if (reclaimer_.joinable()) reclaimer_.join();  // finished: it let go of mu_ for good
+  reclaimer_running_ = true;
+  reclaimer_ = std::thread([this] { ReclaimLoop(); });
+}
+
+void VolumeSetImpl::ReclaimLoop() {
+  while (!stop_reclaimer_) {
+    uint32_t victim = 0;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [key, snapshot] : snapshots_)
+        if (snapshot.entry.flags & format::kSnapshotDeleting) victim = snapshot.entry.snapshot_id;
+      if (victim == 0 || !CheckUsable().ok()) break;
+    }
+    // A failure leaves the snapshot hidden; the next open resumes.
+    if (!ReclaimOne(victim).ok()) break;
+  }
+  std::lock_guard lock(mu_);
+  reclaimer_running_ = false;  // the last time this thread takes mu_
+}
+
+Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
+  std::vector<format::DirectorySlot> directory;
+  {
+    std::lock_guard lock(mu_);
+    std::string full = SnapshotNameOf(snapshot_id);
+    std::lock_guard view_lock(snapshots_.at(full).view->mutex());
+    directory = snapshots_.at(full).view->map().Directory();
+  }
+  // Hidden, the snapshot's own pages gain no reader: read them unlocked.
+  const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
+  std::vector<BlockRun> runs;
+  std::unordered_set<uint64_t> read;
+  format::MapPage page;
+  for (const auto& slot : directory) {
+    if (stop_reclaimer_) return Status(ECANCELED, "pool closing");
+    if (slot.block == 0 || pool_->References(slot.block) != 1) continue;
+    ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
+    for (const format::MapEntry& e : page.entries)
+      if (e.phys_block != 0) runs.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+    read.insert(slot.block);
+  }
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  return CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
+    std::string full = SnapshotNameOf(snapshot_id);
+    Snapshot& snapshot = snapshots_.at(full);
+    // Pages shared when read above may be this snapshot's alone by now.
+    ES_RETURN_IF_ERROR(ReleaseDirectory(directory, frees, &read));
+    frees->insert(frees->end(), runs.begin(), runs.end());
+    frees->insert(frees->end(), snapshot.directory_chain.begin(), snapshot.directory_chain.end());
+    snapshots_.erase(full);
+    return Status::Ok();
+  });
+}
+
+void VolumeSetImpl::StopReclaimer() {
+  stop_reclaimer_ = true;
+  if (reclaimer_.joinable()) reclaimer_.join();
+}
+
+void VolumeSetImpl::WaitForBackgroundDeletes() {
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (!reclaimer_running_) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, const std::string& snapshot_name,
@@ -374,9 +471,10 @@ Result<uint64_t> VolumeSetImpl::BlocksFreedWithout(const std::vector<ThinVolume*
 }
 
 Status VolumeSetImpl::FillSharingInfo(ThinVolume& volume, VolumeInfo* info) {
-  std::vector<ThinVolume*> maps;
+  std::vector<ThinVolume*> maps;  // without snapshots being deleted: their space is on its way out
   for (auto& [full, snapshot] : snapshots_)
-    if (snapshot.entry.volume_id == volume.id()) maps.push_back(snapshot.view.get());
+    if (snapshot.entry.volume_id == volume.id() && !(snapshot.entry.flags & format::kSnapshotDeleting))
+      maps.push_back(snapshot.view.get());
   info->snapshot_count = static_cast<uint32_t>(maps.size());
   ES_ASSIGN_OR_RETURN(uint64_t by_snapshots, BlocksFreedWithout(maps));
   maps.push_back(&volume);
