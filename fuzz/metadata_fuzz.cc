@@ -1,5 +1,7 @@
 // Fuzz target for everything edgestor parses from disk: labels, the
-// checkpoint chain and payload, map pages and journal blocks.
+// checkpoint chain and payload (with its snapshot table), snapshot
+// directory chains, map pages (shared between a volume, its snapshot and a
+// clone) and journal blocks.
 //
 // The input patches one metadata block of a small, valid pool image (XOR of
 // the input over the block) and, if asked by the first byte, re-seals the
@@ -23,7 +25,8 @@ namespace {
 constexpr uint64_t kDeviceBytes = 2 << 20;
 constexpr uint32_t kClusterSize = 4096;
 
-// A pool with two volumes, a checkpoint, map pages and a non-empty journal.
+// A pool with two volumes, a snapshot, a clone, a checkpoint, map pages and
+// a non-empty journal.
 const std::vector<uint8_t>& BaseImage() {
   static const std::vector<uint8_t> image = [] {
     FaultDevice device(kDeviceBytes);
@@ -37,6 +40,10 @@ const std::vector<uint8_t>& BaseImage() {
       VolumeIo io{.op = VolumeOp::kWrite, .offset = off, .length = 8192, .buf = buf.get()};
       (void)RunSync(*a, io, *queue);
     }
+    (void)set.value()->CreateSnapshot("a", "s");
+    (void)set.value()->CloneSnapshot("a", "s", "c");
+    VolumeIo diverge{.op = VolumeOp::kWrite, .offset = 0, .length = 4096, .buf = buf.get()};
+    (void)RunSync(*a, diverge, *queue);
     (void)set.value()->Checkpoint();
     VolumeIo more{.op = VolumeOp::kWrite, .offset = 4096 * 40, .length = 4096, .buf = buf.get()};
     (void)RunSync(*a, more, *queue);
@@ -56,7 +63,8 @@ void Reseal(uint8_t* block) {
   size_t crc_offset;
   if (magic64 == format::kLabelMagic) crc_offset = offsetof(format::Label, crc);
   else if (magic32 == format::kJournalMagic) crc_offset = offsetof(format::JournalBlockHeader, crc);
-  else if (magic32 == format::kCheckpointMagic) crc_offset = offsetof(format::CheckpointBlockHeader, crc);
+  else if (magic32 == format::kCheckpointMagic || magic32 == format::kSnapshotDirectoryMagic)
+    crc_offset = offsetof(format::CheckpointBlockHeader, crc);
   else if (magic32 == format::kMapPageMagic) crc_offset = offsetof(format::MapPageHeader, crc);
   else return;
   uint32_t crc = format::BlockCrc(block, format::kBlockSize, crc_offset);
@@ -72,7 +80,7 @@ const std::vector<uint64_t>& MetadataBlocks() {
       uint32_t magic;
       std::memcpy(&magic, image.data() + b * format::kBlockSize, 4);
       if (magic == format::kJournalMagic || magic == format::kCheckpointMagic || magic == format::kMapPageMagic ||
-          magic == static_cast<uint32_t>(format::kLabelMagic))
+          magic == format::kSnapshotDirectoryMagic || magic == static_cast<uint32_t>(format::kLabelMagic))
         out.push_back(b);
     }
     return out;
@@ -89,6 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Byte 0: bit 0 re-seals the CRC; the rest pick the block to patch.
   // Also feed the payload parser directly.
   (void)ParseCheckpoint(std::span(data + 1, size - 1), data[0] & 1 ? 1 : format::kVersion, kClusterSize, kDeviceBytes / format::kBlockSize);
+  (void)ParseDirectory(std::span(data + 1, size - 1), (size - 1) / sizeof(format::DirectorySlot), kDeviceBytes / format::kBlockSize);
   const auto& blocks = MetadataBlocks();
   uint64_t block = blocks[(data[0] >> 1) % blocks.size()];
   FaultDevice device(kDeviceBytes);
@@ -104,8 +113,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // A pool that opens must be usable: list and read every volume.
     auto queue = device.CreateQueue(8);
     AlignedBuffer buf = AllocateAligned(65536);
-    for (const VolumeInfo& info : set.value()->ListVolumes()) {
-      Volume* v = set.value()->FindVolume(info.name).value();
+    std::vector<std::string> names;
+    for (const VolumeInfo& info : set.value()->ListVolumes()) names.push_back(info.name);
+    auto snapshots = set.value()->ListSnapshots("");
+    if (snapshots.ok())
+      for (const SnapshotInfo& snapshot : snapshots.value()) names.push_back(snapshot.full_name());
+    for (const std::string& name : names) {
+      Volume* v = set.value()->FindVolume(name).value();
+      VolumeInfo info{.size = v->size()};
       VolumeIo io{.op = VolumeOp::kRead, .offset = 0, .length = std::min<uint64_t>(65536, info.size), .buf = buf.get()};
       (void)RunSync(*v, io, *queue);
     }
