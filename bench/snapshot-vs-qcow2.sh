@@ -11,6 +11,9 @@
 #    cluster mapped: one 4 KiB block written per 64 KiB cluster), taken
 #    through the running daemon: it should grow with the map's directory,
 #    not with the data.
+# 3. 1,000 snapshots of one 1 GiB volume through the daemon, with four 4 KiB
+#    writes (qemu-io) before each: time per create, the oldest and newest
+#    read back over NBD, then all deleted in random order; daemon memory.
 #
 #   bench/snapshot-vs-qcow2.sh            both parts (about 6 minutes)
 #   BENCH_PARTS=cow bench/snapshot-vs-qcow2.sh
@@ -21,7 +24,8 @@
 #   BENCH_SIZE      volume / image size for part 1 [2G]
 #   BENCH_QDS       queue depths for part 1 ["1 32"]
 #   BENCH_BIG       size of the large volume of part 2 [100G]
-#   BENCH_PARTS     "cow create" [both]
+#   BENCH_PARTS     "cow create many" [all three]
+#   BENCH_MANY      snapshots in part 3 [1000]
 #   BENCH_EDGESTOR  use this edgestor binary (no build)
 #
 # Prints per side and queue depth: IOPS, server CPU per I/O, server RSS and
@@ -36,10 +40,11 @@ runs=${BENCH_RUNS:-2}
 size=${BENCH_SIZE:-2G}
 qds=${BENCH_QDS:-"1 32"}
 big=${BENCH_BIG:-100G}
-parts=${BENCH_PARTS:-"cow create"}
+parts=${BENCH_PARTS:-"cow create many"}
+many=${BENCH_MANY:-1000}
 fio_timeout=$((run_seconds * 4 + 60))
 
-for tool in fio python3 qemu-nbd qemu-img nbdinfo timeout; do
+for tool in fio python3 qemu-nbd qemu-img qemu-io nbdinfo nbdcopy timeout; do
   command -v $tool >/dev/null || { echo "snapshot-vs-qcow2.sh: $tool is required" >&2; exit 2; }
 done
 
@@ -221,6 +226,51 @@ rows = [l.split() for l in open(sys.argv[1])]
 t = {v: statistics.median(float(ms) for vol, n, ms in rows if vol == v) for v in ("small", "big")}
 print(f"\nsnapshot create (CLI through the daemon, median of 3, ms): 1G {t['small']:.1f}, {sys.argv[2]} {t['big']:.1f}"
       f" -> ratio {t['big'] / t['small']:.1f}x for 100x the data")
+EOF
+fi
+if [[ " $parts " == *" many "* ]]; then
+  echo "bench: $many snapshots of one 1G volume, four 4 KiB writes before each"
+  "$edgestor" pool create "$work/many.img" --size 8G >/dev/null
+  "$edgestor" --pool "$work/many.img" vol create vol --size 1G >/dev/null
+  start_ours many "$work/many.img" vol
+  fill many vol 1G
+  rss0=$(rss_kib "${server_pid[many]}")
+  t0=$(date +%s.%N)
+  for ((i = 0; i < many; i++)); do
+    cmds=()
+    for prime in 7919 104729 1299709 15485863; do
+      cmds+=(-c "write -P $((i % 250 + 1)) $(((i * prime + prime) % 262144 * 4096)) 4k")
+    done
+    qemu-io -f raw "${cmds[@]}" "$(uri many vol)" >/dev/null
+    "$edgestor" --pool "$work/many.img" snap create "vol@s$i" >/dev/null
+  done
+  t1=$(date +%s.%N)
+  rss1=$(rss_kib "${server_pid[many]}")
+  # The oldest and newest read whole over NBD; the first write before each
+  # is checked in them.
+  for i in 0 $((many - 1)); do
+    qemu-io -r -f raw -c "read -P $((i % 250 + 1)) $(((i * 7919 + 7919) % 262144 * 4096)) 4k" \
+      "$(uri many "vol@s$i")" | grep -q "read 4096/4096" || { echo "  vol@s$i does not read back" >&2; failed=1; }
+    nbdcopy "$(uri many "vol@s$i")" null: || { echo "  reading vol@s$i failed" >&2; failed=1; }
+  done
+  t2=$(date +%s.%N)
+  "$edgestor" --pool "$work/many.img" snap list vol --json >"$work/many-list.json"
+  t3=$(date +%s.%N)
+  for i in $(seq 0 $((many - 1)) | shuf --random-source=<(yes)); do
+    "$edgestor" --pool "$work/many.img" snap delete "vol@s$i" >/dev/null
+  done
+  t4=$(date +%s.%N)
+  rss2=$(rss_kib "${server_pid[many]}")
+  hwm=$(hwm_kib "${server_pid[many]}")
+  stop_server many
+  python3 - "$many" "$t0" "$t1" "$t2" "$t3" "$t4" "$rss0" "$rss1" "$rss2" "$hwm" <<'EOF'
+import sys
+n = int(sys.argv[1]); t0, t1, t2, t3, t4 = map(float, sys.argv[2:7]); rss0, rss1, rss2, hwm = (int(x) / 1024 for x in sys.argv[7:11])
+print(f"\n{n} snapshots: create loop {t1 - t0:.1f} s ({(t1 - t0) / n * 1000:.0f} ms per write+snapshot, CLI and qemu-io"
+      f" start included); oldest+newest read whole {t2 - t1:.1f} s; list {t3 - t2:.2f} s; delete all (random order)"
+      f" {t4 - t3:.1f} s ({(t4 - t3) / n * 1000:.0f} ms each)")
+print(f"daemon RSS: {rss0:.1f} MiB before, {rss1:.1f} MiB with {n} snapshots, {rss2:.1f} MiB after deleting them"
+      f" (peak {hwm:.1f} MiB)")
 EOF
 fi
 exit $failed
