@@ -476,6 +476,13 @@ Status VolumeSetImpl::FillSharingInfo(ThinVolume& volume, VolumeInfo* info) {
     if (snapshot.entry.volume_id == volume.id() && !(snapshot.entry.flags & format::kSnapshotDeleting))
       maps.push_back(snapshot.view.get());
   info->snapshot_count = static_cast<uint32_t>(maps.size());
+  if (maps.empty() && pool_->shared_runs() == 0) {
+    // No snapshots and nothing in the pool shared: everything the volume
+    // maps is its own (and no page needs reading to say so).
+    info->used_by_snapshots_bytes = 0;
+    info->used_bytes = info->allocated_bytes;
+    return Status::Ok();
+  }
   ES_ASSIGN_OR_RETURN(uint64_t by_snapshots, BlocksFreedWithout(maps));
   maps.push_back(&volume);
   ES_ASSIGN_OR_RETURN(uint64_t all, BlocksFreedWithout(maps));
