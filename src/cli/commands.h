@@ -70,6 +70,25 @@ void RunVolumeInfo(const VolumeArgs& args, bool json);
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);
 void RunVolumeDelete(const VolumeArgs& args);
 
+// Snapshots and clones. A snapshot argument is "VOL@SNAP" (in args.name),
+// checked before the pool is opened: a bad one fails (exit status 1) with
+// one line saying what is wrong with it. Through the daemon when one
+// serves the pool, as the vol commands.
+void RunSnapshotCreate(const VolumeArgs& args);
+// All snapshots, or those of volume args.name (if not empty); oldest first.
+void RunSnapshotList(const VolumeArgs& args, bool json);
+void RunSnapshotDelete(const VolumeArgs& args);
+struct RollbackArgs {
+  bool discard_current = false;  // do not keep the current content as an automatic snapshot
+  bool force = false;            // through the daemon: disconnect the volume's clients first
+};
+void RunSnapshotRollback(const VolumeArgs& args, const RollbackArgs& rollback);
+// A new volume `clone` from snapshot args.name.
+void RunClone(const VolumeArgs& args, const std::string& clone);
+// Copies what clone args.name shares with its origin snapshot (progress on
+// stderr offline, for runs longer than a second).
+void RunVolumeFlatten(const VolumeArgs& args);
+
 struct VolumeWriteArgs {
   VolumeArgs volume;
   uint64_t offset = 0;  // any byte offset

@@ -72,6 +72,18 @@ const CLI::Validator kVolumeName(
     },
     "NAME");
 
+// vol read also reads snapshots: VOL or VOL@SNAP.
+const CLI::Validator kVolumeOrSnapshotName(
+    [](std::string& name) -> std::string {
+      size_t at = name.find('@');
+      if (at == std::string::npos ? IsValidVolumeName(name)
+                                  : IsValidVolumeName(name.substr(0, at)) && IsValidVolumeName(name.substr(at + 1)))
+        return "";
+      return "invalid volume or snapshot name '" + name + "': VOL or VOL@SNAP, each 1 to 64 of A-Z a-z 0-9 . _ -, "
+             "not starting with . or -";
+    },
+    "NAME");
+
 // The pool a command works on: its PATH argument, else --pool, else
 // $EDGESTOR_POOL (CLI11 fills --pool from the environment).
 std::string PoolPath(const std::string& positional, const std::string& global) {
@@ -269,10 +281,20 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
     };
   });
 
+  auto* flatten = vol->add_subcommand("flatten", "copy the data a clone shares with its snapshot, making it independent");
+  add_name(flatten);
+  flatten->callback([=, &action] {
+    v->pool = pool_of();
+    action = [=] {
+      RunVolumeFlatten(*v);
+      return 0;
+    };
+  });
+
   auto r = std::make_shared<VolumeReadArgs>();
   auto length = std::make_shared<uint64_t>(0);
-  auto* read = vol->add_subcommand("read", "read bytes of a volume to a file or stdout");
-  add_name(read);
+  auto* read = vol->add_subcommand("read", "read bytes of a volume (or of a snapshot, VOL@SNAP) to a file or stdout");
+  read->add_option("NAME", v->name, "volume name, or VOL@SNAP")->required()->check(kVolumeOrSnapshotName);
   read->add_option("--offset", r->offset, "byte offset in the volume (default 0)")->transform(SizeArg());
   CLI::Option* length_opt =
       read->add_option("--length", *length, "bytes to read (default: to the end)")->transform(SizeArg());
@@ -288,6 +310,60 @@ void AddVolumeCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   });
 }
 
+// snap create | list | delete | rollback, and clone. Snapshot arguments
+// (VOL@SNAP) are checked by the commands, not here: a bad one is a failed
+// command (exit 1, one line), not a usage error.
+void AddSnapshotCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  CLI::App* snap = app.add_subcommand("snap", "snapshots of volumes (VOL@SNAP): create, list, delete, roll back")
+                       ->require_subcommand(1);
+  auto v = std::make_shared<VolumeArgs>();
+  auto pool_of = [&g, v] {
+    v->control = g.control;
+    v->pool = g.control.empty() ? PoolPath("", g.pool) : g.pool;
+  };
+  auto add_snapshot = [v](CLI::App* sub) { sub->add_option("VOL@SNAP", v->name, "volume@snapshot")->required(); };
+  // One command action per subcommand, run after parsing.
+  auto on_parse = [&action, pool_of](CLI::App* sub, std::function<void()> run) {
+    sub->callback([&action, pool_of, run] {
+      pool_of();
+      action = [run] {
+        run();
+        return 0;
+      };
+    });
+  };
+
+  auto* create = snap->add_subcommand("create", "take a snapshot: an immutable copy that shares data until it changes");
+  add_snapshot(create);
+  on_parse(create, [v] { RunSnapshotCreate(*v); });
+
+  auto json = std::make_shared<bool>(false);
+  auto* list = snap->add_subcommand("list", "list snapshots (of one volume, or all), oldest first");
+  list->add_option("VOL", v->name, "only the snapshots of this volume");
+  list->add_flag("--json", *json, "print JSON");
+  on_parse(list, [v, json] { RunSnapshotList(*v, *json); });
+
+  auto* del = snap->add_subcommand("delete", "delete a snapshot, freeing what only it holds");
+  add_snapshot(del);
+  on_parse(del, [v] { RunSnapshotDelete(*v); });
+
+  auto rollback_args = std::make_shared<RollbackArgs>();
+  auto* rollback = snap->add_subcommand(
+      "rollback", "make a volume's content the snapshot's; the current content is kept as an automatic snapshot");
+  add_snapshot(rollback);
+  rollback->add_flag("--discard-current", rollback_args->discard_current,
+                     "do not keep the current content (the rollback cannot be undone)");
+  rollback->add_flag("--force", rollback_args->force,
+                     "disconnect the volume's NBD clients and remove its vhost-user exports first");
+  on_parse(rollback, [v, rollback_args] { RunSnapshotRollback(*v, *rollback_args); });
+
+  auto clone_name = std::make_shared<std::string>();
+  auto* clone = app.add_subcommand("clone", "create a writable volume from a snapshot, sharing its data");
+  clone->add_option("VOL@SNAP", v->name, "the snapshot")->required();
+  clone->add_option("NEWVOL", *clone_name, "name of the new volume")->required();
+  on_parse(clone, [v, clone_name] { RunClone(*v, *clone_name); });
+}
+
 void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
   CLI::App* exp = app.add_subcommand("export", "export volumes at run time (through the daemon)")->require_subcommand(1);
   auto v = std::make_shared<VolumeArgs>();
@@ -297,7 +373,9 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   };
   auto vhost = std::make_shared<VhostExportArgs>();
   auto* add = exp->add_subcommand("vhost", "serve a volume as a vhost-user-blk device on a unix socket (for QEMU)");
-  add->add_option("NAME", v->name, "volume name")->required()->check(kVolumeName);
+  add->add_option("NAME", v->name, "volume name (or VOL@SNAP: a snapshot, read-only)")
+      ->required()
+      ->check(kVolumeOrSnapshotName);
   add->add_option("--socket", vhost->socket, "unix socket QEMU connects to")->required();
   add->add_option("--queues", vhost->queues, "virtqueues (1-16), served in parallel")->check(CLI::Range(1, 16))->default_str("1");
   add->add_flag("--readonly", vhost->read_only, "refuse writes");
@@ -362,7 +440,9 @@ int Main(int argc, char** argv) {
       "  edgestor pool create secure.img --size 20G --keyfile pool.key   (key: head -c 32 /dev/urandom)\n"
       "  edgestor --pool secure.img --keyfile pool.key vol create db --size 8G --encrypt --compress zstd\n"
       "  edgestor --pool var/pool.img vol write vol0 --offset 1M --input data.bin\n"
-      "  edgestor --pool var/pool.img vol read vol0 --offset 1M --length 4M > data.out\n");
+      "  edgestor --pool var/pool.img vol read vol0 --offset 1M --length 4M > data.out\n"
+      "  edgestor --pool var/pool.img snap create vol0@before-upgrade\n"
+      "  edgestor --pool var/pool.img snap rollback vol0@before-upgrade\n");
   Globals g;
   app.add_option("--pool", g.pool, "pool file or block device")->envname("EDGESTOR_POOL");
   app.add_option("--control", g.control, "control socket of a daemon serving the pool (default: found beside the pool)")
@@ -375,6 +455,7 @@ int Main(int argc, char** argv) {
   std::function<int()> action;
   AddPoolCommands(app, g, action);
   AddVolumeCommands(app, g, action);
+  AddSnapshotCommands(app, g, action);
   AddExportCommands(app, g, action);
   AddServeCommand(app, g, action);
   try {

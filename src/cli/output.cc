@@ -1,7 +1,10 @@
 #include "cli/output.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 
 #include "base/size_parse.h"
@@ -73,6 +76,10 @@ std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
       {"journal", SizeWithBytes(info.journal_bytes)},
       {"checkpoint", "generation " + std::to_string(info.checkpoint_generation)},
       {"volumes", std::to_string(info.volume_count)},
+      {"snapshots", std::to_string(info.snapshot_count) +
+                        (info.snapshots_being_deleted ? " (and " + std::to_string(info.snapshots_being_deleted) +
+                                                            " being deleted in the background)"
+                                                      : "")},
       {"pool key", info.key_source == "none" ? "none" : info.key_source + (info.locked ? " (locked)" : " (unlocked)")},
       {"new volumes", std::string(info.encrypt_by_default ? "encrypted" : "not encrypted") + ", compression " +
                           FormatCompression(info.default_compression)},
@@ -103,19 +110,69 @@ std::string VolumeInfoText(const VolumeInfo& info) {
       {"encryption", info.encrypted ? (info.locked ? "aes-256-xts (locked)" : "aes-256-xts") : "off"},
       {"compression", FormatCompression(info.compression) + " (" + std::to_string(info.compressed_clusters) + " of " +
                           std::to_string(info.mapped_clusters) + " clusters compressed)"},
+      {"origin", info.origin.empty() ? "-" : info.origin + " (a clone: shares its data until flattened)"},
+      {"snapshots", std::to_string(info.snapshot_count)},
+      {"used", SizeWithBytes(info.used_bytes) + " (freed if the volume and its snapshots were deleted)"},
+      {"used by snapshots", SizeWithBytes(info.used_by_snapshots_bytes) + " (freed if its snapshots were deleted)"},
   });
 }
 
 std::string VolumeListText(const std::vector<VolumeInfo>& volumes) {
   if (volumes.empty()) return "no volumes\n";
   std::vector<std::vector<std::string>> rows = {
-      {"NAME", "ID", "SIZE", "ALLOCATED", "WRITTEN", "RATIO", "ENCRYPTION", "COMPRESSION"}};
+      {"NAME", "ID", "SIZE", "ALLOCATED", "WRITTEN", "RATIO", "ENCRYPTION", "COMPRESSION", "SNAPSHOTS", "USED",
+       "USEDSNAP", "ORIGIN"}};
   for (const VolumeInfo& v : volumes) {
     rows.push_back({v.name, std::to_string(v.id), FormatSize(v.size), FormatSize(v.allocated_bytes),
                     FormatSize(v.written_bytes), CompressionRatio(v), v.encrypted ? "aes-256-xts" : "off",
-                    FormatCompression(v.compression)});
+                    FormatCompression(v.compression), std::to_string(v.snapshot_count), FormatSize(v.used_bytes),
+                    FormatSize(v.used_by_snapshots_bytes), v.origin.empty() ? "-" : v.origin});
   }
   return RenderTable(rows);
+}
+
+std::string LocalTime(uint64_t unix_seconds) {
+  std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm local{};
+  char out[32];
+  if (!::localtime_r(&t, &local) || std::strftime(out, sizeof out, "%Y-%m-%d %H:%M:%S", &local) == 0)
+    return std::to_string(unix_seconds);
+  return out;
+}
+
+std::string SnapshotListText(const std::vector<SnapshotInfo>& snapshots) {
+  if (snapshots.empty()) return "no snapshots\n";
+  std::vector<std::vector<std::string>> rows = {{"NAME", "CREATED", "REFERENCED", "USED", "CLONES", "AUTO"}};
+  for (const SnapshotInfo& s : snapshots) {
+    std::string clones;
+    for (const std::string& c : s.clones) clones += (clones.empty() ? "" : ",") + c;
+    rows.push_back({s.full_name(), LocalTime(s.created_unix), FormatSize(s.referenced_bytes), FormatSize(s.used_bytes),
+                    clones.empty() ? "-" : clones, s.automatic ? "auto" : "-"});
+  }
+  return RenderTable(rows);
+}
+
+ProgressLine::ProgressLine(std::string what, std::string unit)
+    : what_(std::move(what)),
+      unit_(std::move(unit)),
+      terminal_(::isatty(STDERR_FILENO) == 1),
+      start_(std::chrono::steady_clock::now()) {}
+
+ProgressLine::~ProgressLine() {
+  if (terminal_ && shown_percent_ >= 0) std::cerr << "\n";
+}
+
+void ProgressLine::Update(uint64_t done, uint64_t total) {
+  if (total == 0 || std::chrono::steady_clock::now() - start_ < kProgressQuietPeriod) return;
+  int percent = static_cast<int>(std::min<uint64_t>(done, total) * 100 / total);
+  int step = terminal_ ? 1 : static_cast<int>(kProgressStepPercent);
+  if (shown_percent_ >= 0 && percent < shown_percent_ + step && percent != 100) return;
+  if (percent == shown_percent_) return;
+  shown_percent_ = percent;
+  std::string line = what_ + ": " + std::to_string(percent) + "% (" + std::to_string(done) + " of " +
+                     std::to_string(total) + " " + unit_ + ")";
+  if (terminal_) std::cerr << "\r" << line << std::flush;
+  else std::cerr << line << "\n";
 }
 
 nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report) {
@@ -128,12 +185,15 @@ nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report)
       {"mapped_clusters", report.mapped_clusters},
       {"map_pages", report.map_pages},
       {"used_blocks", report.used_blocks},
+      {"snapshots", report.snapshots},
+      {"shared_runs", report.shared_runs},
   };
 }
 
 std::string FsckSummaryText(const std::string& path, const FsckReport& report) {
   std::string counts = Count(report.volumes, "volume") + ", " + Count(report.mapped_clusters, "mapped cluster") + ", " +
                        Count(report.map_pages, "map page") + ", " + Count(report.used_blocks, "used block");
+  if (report.snapshots > 0) counts += ", " + Count(report.snapshots, "snapshot");
   if (report.ok()) return "pool " + path + " is clean (" + counts + ")\n";
   return "pool " + path + ": " + Count(report.problems.size(), "problem") + " found (" + counts + ")\n";
 }

@@ -5,6 +5,8 @@
 // parse "8 GiB".
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,34 @@ nlohmann::json VolumeInfoJson(const VolumeInfo& info);
 std::string CompressionRatio(const VolumeInfo& info);
 std::string VolumeInfoText(const VolumeInfo& info);
 std::string VolumeListText(const std::vector<VolumeInfo>& volumes);
+
+// Table of snapshots: NAME (VOL@SNAP), CREATED (local time), REFERENCED,
+// USED (unique to it), CLONES, AUTO (kept by a rollback).
+std::string SnapshotListText(const std::vector<SnapshotInfo>& snapshots);
+// "2024-05-01 14:03:59" in local time.
+std::string LocalTime(uint64_t unix_seconds);
+
+// Progress of a long command on stderr: a line rewritten in place on a
+// terminal, otherwise a line every kProgressStepPercent. Quiet for the
+// first kProgressQuietPeriod, so that short runs print nothing.
+class ProgressLine {
+ public:
+  // Prints "<what>: 42% (<done> of <total> <unit>)".
+  ProgressLine(std::string what, std::string unit);
+  ~ProgressLine();  // ends an in-place line with a newline
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
+  void Update(uint64_t done, uint64_t total);
+
+ private:
+  static constexpr uint32_t kProgressStepPercent = 5;
+  static constexpr std::chrono::seconds kProgressQuietPeriod{1};
+  std::string what_;
+  std::string unit_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_;
+  int shown_percent_ = -1;  // last percentage printed; -1: none yet
+};
 
 nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report);
 std::string FsckSummaryText(const std::string& path, const FsckReport& report);

@@ -4,7 +4,9 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 
@@ -20,6 +22,11 @@ std::string SiblingPath(const std::string& pool_path, const std::string& suffix)
   std::filesystem::path p(pool_path);
   return (p.parent_path() / (p.stem().string() + suffix)).string();
 }
+
+// Detaching a volume's clients (a forced rollback) gives up if new ones keep
+// attaching this long; it looks again at least this often.
+constexpr auto kDetachTimeout = std::chrono::seconds(30);
+constexpr auto kDetachRetry = std::chrono::milliseconds(100);
 
 // The same advisory lock the CLI takes: one process per pool.
 Result<int> LockPool(const std::string& path) {
@@ -109,12 +116,15 @@ std::vector<std::string> Daemon::ListExports() {
   return names;
 }
 
+bool Daemon::HasExport(const std::string& name) { return pool_->FindVolume(name).ok(); }
+
 namespace {
 
 // An encrypted volume of a locked pool would fail every I/O: refuse to
-// attach it, saying how to unlock, rather than hand out an EIO disk.
+// attach it, saying how to unlock, rather than hand out an EIO disk. A
+// snapshot ("VOL@SNAP") is locked when its volume is (they share the key).
 Status CheckUnlocked(VolumeSet& pool, const std::string& name) {
-  ES_ASSIGN_OR_RETURN(VolumeInfo info, pool.GetVolumeInfo(name));
+  ES_ASSIGN_OR_RETURN(VolumeInfo info, pool.GetVolumeInfo(name.substr(0, name.find('@'))));
   if (info.locked)
     return Status(EACCES, "volume '" + name + "' is encrypted and the pool is locked; unlock it with "
                           "`edgestor pool unlock --keyfile KEY` (or --passphrase-file)");
@@ -137,13 +147,17 @@ void Daemon::ReleaseExport(Volume* volume) {
   auto it = users_.find(volume);
   assert(it != users_.end() && it->second > 0);
   if (--it->second == 0) users_.erase(it);
+  released_.notify_all();
 }
 
 std::unique_ptr<IoQueue> Daemon::CreateQueue(uint32_t depth) { return pool_->device().CreateQueue(depth); }
 
 std::string Daemon::SerialOf(const Volume& volume) {
   std::string uuid = pool_->Info().uuid;
-  return "es" + uuid.substr(0, 8) + "-" + std::to_string(volume.id());  // at most 2+8+1+4 bytes
+  std::string serial = "es" + uuid.substr(0, 8) + "-";
+  if (volume.read_only()) serial += 's';  // snapshot ids are counted apart from volume ids
+  serial += std::to_string(volume.id());
+  return serial;  // at most 2+8+1+1+5 bytes (virtio-blk allows 20)
 }
 
 bool Daemon::HasVhostExport(const Volume* volume) const {
@@ -160,6 +174,7 @@ Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions
   options.socket_path = std::filesystem::absolute(options.socket_path).string();
   if (vhost_exports_.count(options.socket_path)) return Status(EEXIST, "an export already uses " + options.socket_path);
   if (options.serial.empty()) options.serial = SerialOf(*volume);
+  if (volume->read_only()) options.read_only = true;  // a snapshot: the guest sees a read-only disk
   auto started = vhost::VhostBlkExport::Start(*volume, options, [this] { return CreateQueue(256); });
   if (!started.ok()) return started.status().WithContext("cannot export " + name + " on " + options.socket_path);
   vhost_exports_[options.socket_path] = std::move(started).value();
@@ -179,6 +194,49 @@ Status Daemon::RemoveVhostExport(const std::string& socket_path) {
   }
   removed->Stop();  // outside the lock: finishes the guest's requests in flight
   return Status::Ok();
+}
+
+std::string Daemon::AttachmentsLocked(Volume* volume) {
+  std::string out;
+  if (auto it = users_.find(volume); it != users_.end())
+    out = "attached by " + std::to_string(it->second) + " NBD connection(s)";
+  for (const auto& [socket, e] : vhost_exports_) {
+    if (&e->volume() != volume) continue;
+    out += out.empty() ? "exported" : " and exported";
+    out += " over vhost-user on " + socket;
+  }
+  return out;
+}
+
+Result<Daemon::Detached> Daemon::DetachLocked(std::unique_lock<std::mutex>& lock, Volume* volume) {
+  assert(lock.owns_lock());
+  Detached detached;
+  const auto deadline = std::chrono::steady_clock::now() + kDetachTimeout;
+  while (users_.count(volume) || HasVhostExport(volume)) {
+    if (std::chrono::steady_clock::now() >= deadline)
+      return Status(EBUSY, "volume '" + volume->name() + "' is still " + AttachmentsLocked(volume) +
+                               ": clients kept attaching while it was being detached");
+    std::vector<std::unique_ptr<vhost::VhostBlkExport>> removed;
+    for (auto it = vhost_exports_.begin(); it != vhost_exports_.end();) {
+      if (&it->second->volume() != volume) {
+        ++it;
+        continue;
+      }
+      detached.vhost_sockets.push_back(it->first);
+      removed.push_back(std::move(it->second));
+      it = vhost_exports_.erase(it);
+    }
+    if (!removed.empty()) {
+      lock.unlock();  // as RemoveVhostExport: the guest's requests in flight finish
+      for (auto& e : removed) e->Stop();
+      removed.clear();
+      lock.lock();
+      continue;
+    }
+    detached.nbd_connections += nbd_->DisconnectExport(volume);
+    released_.wait_for(lock, kDetachRetry);
+  }
+  return detached;
 }
 
 }  // namespace edgestor

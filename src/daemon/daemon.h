@@ -2,15 +2,18 @@
 //
 // It holds an exclusive lock on the pool file (the CLI takes the same lock,
 // so a pool is never opened twice), opens the pool (recovering it), serves
-// every volume as an NBD export named after it, and answers JSON-RPC on a
+// every volume as an NBD export named after it (and every snapshot, read-only,
+// as "VOL@SNAP", opened by name but not listed), and answers JSON-RPC on a
 // control socket (docs/CONTROL_API.md). Stop() drains in-flight I/O, writes
 // a final checkpoint and releases everything.
 #pragma once
 
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "daemon/control_server.h"
 #include "frontend/nbd/nbd_server.h"
@@ -47,6 +50,7 @@ class Daemon : public ExportProvider {
 
   // ExportProvider
   std::vector<std::string> ListExports() override;
+  bool HasExport(const std::string& name) override;
   Result<Volume*> AcquireExport(const std::string& name) override;
   void ReleaseExport(Volume* volume) override;
   std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override;
@@ -54,12 +58,28 @@ class Daemon : public ExportProvider {
   // vhost-user-blk exports, added and removed at run time (export.* RPCs).
   Status AddVhostExport(const std::string& volume, vhost::VhostExportOptions options);
   Status RemoveVhostExport(const std::string& socket_path);
-  // A stable serial for the guest: pool uuid prefix and volume id.
+  // A stable serial for the guest: pool uuid prefix and volume (or snapshot) id.
   std::string SerialOf(const Volume& volume);
 
  private:
+  // What DetachLocked took away from a volume.
+  struct Detached {
+    size_t nbd_connections = 0;
+    std::vector<std::string> vhost_sockets;
+  };
+
   Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool);
   void RegisterMethods();
+  void RegisterSnapshotMethods();  // rpc_snapshot_methods.cc
+  // "attached by 2 NBD connection(s) and exported over vhost-user on S", or
+  // "" if nothing uses `volume`. REQUIRES: mu_.
+  std::string AttachmentsLocked(Volume* volume);
+  // Removes the volume's vhost-user exports and disconnects its NBD clients
+  // (their requests in flight finish first), then returns with mu_ held
+  // and nothing attached, so nothing can attach until the caller unlocks.
+  // EBUSY if clients keep attaching for kDetachTimeout. REQUIRES: `lock`
+  // holds mu_; it is released while waiting.
+  Result<Detached> DetachLocked(std::unique_lock<std::mutex>& lock, Volume* volume);
 
   DaemonOptions options_;
   int lock_fd_;
@@ -67,8 +87,10 @@ class Daemon : public ExportProvider {
   std::unique_ptr<NbdServer> nbd_;
   ControlServer control_;
   std::mutex mu_;  // guards users_, and orders delete/shrink against new connections
-  std::map<Volume*, uint32_t> users_;  // GUARDED_BY(mu_): NBD connections per volume
-  // GUARDED_BY(mu_): by socket path. A volume with one cannot be deleted or shrunk.
+  std::map<Volume*, uint32_t> users_;  // GUARDED_BY(mu_): NBD connections per volume (or snapshot)
+  std::condition_variable released_;   // notified when a connection releases its volume
+  // GUARDED_BY(mu_): by socket path. A volume with one cannot be deleted,
+  // shrunk or rolled back (without force); a snapshot with one cannot be deleted.
   std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost_exports_;
   bool HasVhostExport(const Volume* volume) const;  // REQUIRES: mu_
   bool stopped_ = false;

@@ -4,26 +4,15 @@
 
 #include "daemon/daemon.h"
 #include "daemon/info_json.h"
+#include "daemon/rpc_params.h"
 #include "codec/key_wrap.h"
 
 namespace edgestor {
 
 using nlohmann::json;
 
-namespace {
-
-Result<std::string> StringParam(const json& params, const char* key) {
-  if (!params.contains(key) || !params[key].is_string()) return Status(EINVAL, std::string("missing string parameter \"") + key + "\"");
-  return params[key].get<std::string>();
-}
-
-Result<uint64_t> SizeParam(const json& params, const char* key) {
-  if (!params.contains(key) || !params[key].is_number_unsigned())
-    return Status(EINVAL, std::string("missing byte-count parameter \"") + key + "\"");
-  return params[key].get<uint64_t>();
-}
-
-}  // namespace
+using rpc::SizeParam;
+using rpc::StringParam;
 
 void Daemon::RegisterMethods() {
   control_.Register("pool.info", [this](const json&) -> Result<json> {
@@ -117,6 +106,14 @@ void Daemon::RegisterMethods() {
       if (found.ok() && users_.count(found.value())) connections = users_[found.value()];
       exports.push_back({{"name", v.name}, {"protocol", "nbd"}, {"uri", NbdUri(v.name)}, {"connections", connections}});
     }
+    // Snapshots are exported by name only: listed while clients have them open.
+    for (const auto& [volume, connections] : users_)
+      if (volume->read_only())
+        exports.push_back({{"name", volume->name()},
+                           {"protocol", "nbd"},
+                           {"uri", NbdUri(volume->name())},
+                           {"connections", connections},
+                           {"readonly", true}});
     for (const auto& [socket, e] : vhost_exports_)
       exports.push_back({{"name", e->volume().name()},
                          {"protocol", "vhost-user-blk"},
@@ -148,6 +145,7 @@ void Daemon::RegisterMethods() {
     ES_RETURN_IF_ERROR(RemoveVhostExport(socket));
     return json{{"removed", socket}};
   });
+  RegisterSnapshotMethods();
 }
 
 }  // namespace edgestor

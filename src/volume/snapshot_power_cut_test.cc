@@ -17,6 +17,13 @@
 namespace edgestor {
 namespace {
 
+// "s" + N, built without operator+ on a literal (GCC 12 -O3 warns -Wrestrict on it).
+inline std::string SnapshotName(uint64_t n) {
+  std::string name = "s";
+  name += std::to_string(n);
+  return name;
+}
+
 using testing::DecodeSector;
 using testing::FillSector;
 using testing::TestPool;
@@ -148,7 +155,7 @@ class SnapshotPowerCutHarness {
 
   void CreateSnapshot() {
     if (snaps_.size() >= kMaxSnapshots) return;
-    std::string name = "s" + std::to_string(next_snapshot_++);
+    std::string name = SnapshotName(next_snapshot_++);
     Head& v = heads_["v"];
     Content content = Latest(v);
     auto s = pool_.set().CreateSnapshot("v", name);

@@ -115,14 +115,14 @@ class Negotiation {
     ES_ASSIGN_OR_RETURN(Volume * volume, Acquire(name));
     WireWriter w;
     w.U64(volume->size());
-    w.U16(TransmissionFlags());
+    w.U16(TransmissionFlags(*volume));
     if (!no_zeroes_) w.Zeroes(kExportNameReplyZeroes);
     Status s = WriteAll(fd_, w.bytes().data(), w.size());
     if (!s.ok()) {
       provider_.ReleaseExport(volume);
       return s;
     }
-    session_ = NbdSession{volume, TransmissionFlags(), structured_, BlockStatusFor(volume->name())};
+    session_ = NbdSession{volume, TransmissionFlags(*volume), structured_, BlockStatusFor(volume->name())};
     return Status::Ok();
   }
 
@@ -161,7 +161,8 @@ class Negotiation {
     if (!go) provider_.ReleaseExport(volume.value());
     if (s.ok()) s = Reply(option, kRepAck);
     if (go && s.ok())
-      session_ = NbdSession{volume.value(), TransmissionFlags(), structured_, BlockStatusFor(volume.value()->name())};
+      session_ = NbdSession{volume.value(), TransmissionFlags(*volume.value()), structured_,
+                            BlockStatusFor(volume.value()->name())};
     else if (go)
       provider_.ReleaseExport(volume.value());
     return s;
@@ -171,7 +172,7 @@ class Negotiation {
     WireWriter exp;
     exp.U16(kInfoExport);
     exp.U64(volume.size());
-    exp.U16(TransmissionFlags());
+    exp.U16(TransmissionFlags(volume));
     ES_RETURN_IF_ERROR(Reply(option, kRepInfo, exp.bytes()));
     // Sent unasked too: clients that do not understand it ignore it.
     WireWriter sizes;
@@ -229,10 +230,13 @@ class Negotiation {
   // The export a name means: the empty name is the default export, which
   // exists when the pool has exactly one volume.
   Result<std::string> Resolve(const std::string& name) {
-    std::vector<std::string> exports = provider_.ListExports();
-    if (name.empty() && exports.size() == 1) return exports.front();
-    if (!name.empty() && std::find(exports.begin(), exports.end(), name) != exports.end()) return name;
-    return Status(ENOENT, name.empty() ? "no default export" : "no export named '" + name + "'");
+    if (name.empty()) {
+      std::vector<std::string> exports = provider_.ListExports();
+      if (exports.size() == 1) return exports.front();
+      return Status(ENOENT, "no default export");
+    }
+    if (provider_.HasExport(name)) return name;
+    return Status(ENOENT, "no export named '" + name + "'");
   }
 
   Result<Volume*> Acquire(const std::string& name) {
@@ -244,9 +248,11 @@ class Negotiation {
     return structured_ && meta_export_ && *meta_export_ == export_name;
   }
 
-  uint16_t TransmissionFlags() const {
-    uint16_t flags = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendTrim | kFlagSendWriteZeroes |
-                     kFlagSendFastZero | kFlagCanMultiConn;
+  // A read-only export (a snapshot) offers no command that changes data.
+  uint16_t TransmissionFlags(const Volume& volume) const {
+    uint16_t flags = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagCanMultiConn;
+    if (volume.read_only()) flags |= kFlagReadOnly;
+    else flags |= kFlagSendTrim | kFlagSendWriteZeroes | kFlagSendFastZero;
     if (structured_) flags |= kFlagSendDf;  // one data chunk per read, always
     return flags;
   }

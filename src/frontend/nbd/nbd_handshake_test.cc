@@ -129,6 +129,24 @@ TEST(NbdHandshake, ListNamesEveryExport) {
   EXPECT_EQ(c->Option(kOptList, {1, 2, 3}), kRepErrInvalid);
 }
 
+TEST(NbdHandshake, SnapshotsOpenByNameButAreNotListed) {
+  NbdServerHarness h;
+  ASSERT_TRUE(h.pool().set().CreateSnapshot("other", "s1").ok());
+  auto c = h.Connect();
+  ASSERT_TRUE(c->Greet());
+  std::vector<OptionReply> listed;
+  ASSERT_EQ(c->Option(kOptList, {}, &listed), kRepAck);
+  EXPECT_EQ(listed.size(), 2u);  // vol and other
+  std::vector<OptionReply> replies;
+  ASSERT_EQ(c->Option(kOptInfo, NbdTestClient::InfoRequest("other@s1", {1}), &replies), kRepAck);
+  ExportInfo info;
+  NbdTestClient::ParseInfo(replies, &info);
+  EXPECT_EQ(info.size, 4 * kMiB);
+  EXPECT_EQ(info.name, "other@s1");
+  EXPECT_EQ(info.flags, 1 | 2 | 4 | 8 | 256);  // HAS_FLAGS READ_ONLY FLUSH FUA MULTI_CONN: no TRIM, WZ, FAST_ZERO
+  EXPECT_EQ(c->Option(kOptInfo, NbdTestClient::InfoRequest("other@nope", {})), kRepErrUnknown);
+}
+
 TEST(NbdHandshake, UnknownExportGivesErrUnknownAndHagglingGoesOn) {
   NbdServerHarness h;
   auto c = h.Connect();

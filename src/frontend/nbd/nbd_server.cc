@@ -62,7 +62,7 @@ Status SplitHostPort(const std::string& host_port, std::string* host, std::strin
 }  // namespace
 
 void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
-                        const std::atomic<bool>& stopping, NbdStats* stats) {
+                        const std::atomic<bool>& stopping, NbdStats* stats, std::atomic<const Volume*>* attached) {
   NbdStats unused;
   if (!stats) stats = &unused;
   Status s = nbd::ConfigureConnectionSocket(fd);
@@ -79,8 +79,10 @@ void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions
   stats->sessions.fetch_add(1, std::memory_order_relaxed);
   std::unique_ptr<IoQueue> queue = provider.CreateQueue(options.queue_depth);
   if (queue) {
+    if (attached) attached->store(session->volume);
     nbd::NbdTransmission transmission(fd, *session->volume, *queue, *session, options, stopping, *stats);
     transmission.Run();
+    if (attached) attached->store(nullptr);
   } else {
     spdlog::error("nbd: export {}: no I/O queue for the connection", session->volume->name());
   }
@@ -212,7 +214,7 @@ void NbdServer::AcceptOne(int listen_fd) {
   std::lock_guard lock(mu_);
   connections_.push_back(std::move(connection));
   c->thread = std::thread([this, c] {
-    ServeNbdConnection(c->fd, provider_, options_, stopping_, &stats_);
+    ServeNbdConnection(c->fd, provider_, options_, stopping_, &stats_, &c->volume);
     c->finished.store(true);
     Wake();  // the accept loop joins us and closes the socket
   });
@@ -258,6 +260,22 @@ void NbdServer::Stop() {
   }
   ReapFinished(/*all=*/true);
   assert(ConnectionCount() == 0);
+}
+
+// SHUT_RD as in Stop(): the connection's reader sees the end of the stream,
+// finishes what is in flight, answers it and returns. Under mu_, so the
+// descriptor cannot have been closed (and reused) yet.
+size_t NbdServer::DisconnectExport(const Volume* volume) {
+  assert(volume != nullptr);
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (auto& c : connections_) {
+    if (c->finished.load() || c->disconnecting || c->volume.load() != volume) continue;
+    ::shutdown(c->fd, SHUT_RD);
+    c->disconnecting = true;
+    n++;
+  }
+  return n;
 }
 
 size_t NbdServer::ConnectionCount() const {

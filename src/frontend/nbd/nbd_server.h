@@ -21,6 +21,11 @@
 //  * BLOCK_STATUS (base:allocation) describes at most 256 MiB and 1024
 //    extents per request; clients ask again for the rest. Unwritten space
 //    is HOLE|ZERO, written space 0.
+//  * Read-only exports (volumes whose Volume::read_only() is true: snapshots,
+//    opened as "VOL@SNAP") advertise NBD_FLAG_READ_ONLY and neither TRIM nor
+//    WRITE_ZEROES; WRITE, TRIM and WRITE_ZEROES on them fail with EPERM.
+//  * NBD_OPT_LIST names ExportProvider::ListExports() (the volumes); other
+//    exports the provider has (snapshots) are opened by name only.
 //  * Errors: out-of-range READ/TRIM/BLOCK_STATUS give EINVAL, out-of-range
 //    WRITE/WRITE_ZEROES give ENOSPC; engine errnos map to the protocol's
 //    (EIO, ENOSPC, EINVAL, EPERM, ENOMEM, EOVERFLOW, ENOTSUP, ESHUTDOWN),
@@ -40,6 +45,7 @@
 // disconnect of that client only.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <list>
@@ -60,8 +66,15 @@ namespace edgestor {
 class ExportProvider {
  public:
   virtual ~ExportProvider() = default;
-  // Export names (volume names).
+  // Export names (volume names), as NBD_OPT_LIST shows them. With exactly
+  // one, it is also the default export (the empty name).
   virtual std::vector<std::string> ListExports() = 0;
+  // Whether `name` can be opened: the listed exports, and any the provider
+  // serves by name only (snapshots, "VOL@SNAP").
+  virtual bool HasExport(const std::string& name) {
+    std::vector<std::string> names = ListExports();
+    return std::find(names.begin(), names.end(), name) != names.end();
+  }
   // Pins the volume while a connection uses it (delete is refused
   // meanwhile). ENOENT if there is none; ESHUTDOWN if the daemon stops.
   virtual Result<Volume*> AcquireExport(const std::string& name) = 0;
@@ -108,6 +121,13 @@ class NbdServer {
 
   // Starts the accept thread. Each connection gets its own thread and IoQueue.
   Status Start();
+  // Disconnects every connection in transmission on `volume` the way Stop()
+  // does (their requests in flight finish and are answered first), without
+  // waiting for them to end: the provider's ReleaseExport tells when each
+  // has. Returns how many were told to close (those told before are not
+  // counted again). A connection still in its handshake is not seen; the
+  // caller retries until none is left.
+  size_t DisconnectExport(const Volume* volume);
   // Stops accepting, lets in-flight requests finish and reply, closes every
   // connection and joins the threads. Idempotent.
   void Stop();
@@ -123,6 +143,8 @@ class NbdServer {
     int fd = -1;
     std::thread thread;
     std::atomic<bool> finished{false};
+    std::atomic<const Volume*> volume{nullptr};  // in transmission on it
+    bool disconnecting = false;                   // GUARDED_BY(mu_): DisconnectExport shut it down
   };
   Status AddListener(int fd, const std::string& unix_path);
   void AcceptLoop();
@@ -146,8 +168,10 @@ class NbdServer {
 // Serves one already-accepted connection on the calling thread until the
 // client leaves, the stream breaks, or `stopping` is set (then in-flight
 // requests are finished and answered first). Does not close `fd`. Counts
-// into `stats` if given. For the server, tests and fuzzing.
+// into `stats` if given; sets `attached` to the volume while in
+// transmission, if given. For the server, tests and fuzzing.
 void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
-                        const std::atomic<bool>& stopping, NbdStats* stats = nullptr);
+                        const std::atomic<bool>& stopping, NbdStats* stats = nullptr,
+                        std::atomic<const Volume*>* attached = nullptr);
 
 }  // namespace edgestor

@@ -134,6 +134,25 @@ TEST(NbdServer, ClientVanishingWithKernelIoInFlightIsHarmless) {
   EXPECT_EQ(s.Open()->Call(kCmdFlush, 0, 0, 0), 0u);
 }
 
+TEST(NbdServer, DisconnectExportClosesThatVolumesConnectionsOnly) {
+  NbdServerHarness h;
+  auto a = h.Open("vol");
+  auto b = h.Open("vol");
+  auto other = h.Open("other");
+  ASSERT_EQ(a->Write(0, Pattern(4096, 1)), 0u);  // in transmission: the server knows the volume
+  ASSERT_EQ(b->Write(4096, Pattern(4096, 2)), 0u);
+  ASSERT_EQ(other->Write(0, Pattern(4096, 3)), 0u);
+  EXPECT_EQ(h.server().DisconnectExport(h.pool().Find("vol")), 2u);
+  EXPECT_TRUE(a->WaitClosed());
+  EXPECT_TRUE(b->WaitClosed());
+  for (int i = 0; i < kClientTimeoutMs / 10 && h.provider().pins() > 1; i++) ::usleep(10'000);
+  EXPECT_EQ(h.provider().pins(), 1);
+  std::vector<uint8_t> data;
+  EXPECT_EQ(other->Read(0, 4096, &data), 0u);
+  EXPECT_EQ(data, Pattern(4096, 3));
+  EXPECT_EQ(h.server().DisconnectExport(h.pool().Find("vol")), 0u);
+}
+
 TEST(NbdServer, CountsSessionsRequestsBytesAndErrors) {
   NbdServerHarness h;
   auto c = h.Open();

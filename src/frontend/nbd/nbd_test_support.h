@@ -41,7 +41,7 @@ enum : uint32_t { kRepAck = 1, kRepServer = 2, kRepInfo = 3, kRepMetaContext = 4
 enum : uint16_t { kCmdRead = 0, kCmdWrite = 1, kCmdDisc = 2, kCmdFlush = 3, kCmdTrim = 4, kCmdWriteZeroes = 6,
                   kCmdBlockStatus = 7 };
 enum : uint16_t { kFlagFua = 1, kFlagNoHole = 2, kFlagDf = 4, kFlagReqOne = 8, kFlagFastZero = 16 };
-enum : uint32_t { kEinval = 22, kEio = 5, kEnospc = 28 };
+enum : uint32_t { kEperm = 1, kEinval = 22, kEio = 5, kEnospc = 28 };
 
 // Holds back I/O completions while closed, so a test can keep requests in
 // flight for as long as it likes.
@@ -100,6 +100,8 @@ class TestExportProvider : public ExportProvider {
     for (const VolumeInfo& v : set_.ListVolumes()) names.push_back(v.name);
     return names;
   }
+  // Snapshots ("VOL@SNAP") too, by name only, as the daemon serves them.
+  bool HasExport(const std::string& name) override { return set_.FindVolume(name).ok(); }
   Result<Volume*> AcquireExport(const std::string& name) override {
     std::lock_guard lock(mu_);
     auto v = set_.FindVolume(name);

@@ -247,6 +247,8 @@ NbdTransmission::Rejection NbdTransmission::Check(const Request& r) const {
     default: return {kEinval, "unknown command"};
   }
   if (r.flags & ~allowed) return {kEinval, "command flags not valid for this command"};
+  bool changes_data = r.type == kCmdWrite || r.type == kCmdTrim || r.type == kCmdWriteZeroes;
+  if (changes_data && volume_.read_only()) return {kEperm, "the export is read-only (a snapshot)"};
   if (r.type == kCmdFlush) return {};  // offset and length are reserved
   if (r.type == kCmdBlockStatus && !session_.block_status) return {kEinval, "base:allocation was not negotiated"};
   bool data = r.type == kCmdRead || r.type == kCmdWrite;

@@ -153,6 +153,29 @@ TEST_P(NbdTransmissionTest, RequestsSentTogetherInOneSendAreAllAnswered) {
 INSTANTIATE_TEST_SUITE_P(SimpleAndStructured, NbdTransmissionTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Structured" : "Simple"; });
 
+TEST_P(NbdTransmissionTest, SnapshotIsAReadOnlyExportRefusingChangesWithEperm) {
+  NbdServerHarness h;
+  ASSERT_EQ(h.Open("vol", structured(), false)->Write(0, Pattern(65536, 3)), 0u);
+  ASSERT_TRUE(h.pool().set().CreateSnapshot("vol", "s1").ok());
+  ASSERT_EQ(h.Open("vol", structured(), false)->Write(0, Pattern(65536, 4)), 0u);
+  auto c = h.Connect();
+  ExportInfo info;
+  ASSERT_TRUE(c->Go("vol@s1", structured(), structured(), &info));
+  EXPECT_TRUE(info.flags & 2);            // NBD_FLAG_READ_ONLY
+  EXPECT_FALSE(info.flags & (32 | 64));   // neither SEND_TRIM nor SEND_WRITE_ZEROES
+  std::vector<uint8_t> data;
+  ASSERT_EQ(c->Read(0, 65536, &data), 0u);
+  EXPECT_EQ(data, Pattern(65536, 3));     // the content when the snapshot was taken
+  EXPECT_EQ(c->Write(0, Pattern(4096, 5)), kEperm);  // the payload is consumed all the same
+  EXPECT_EQ(c->Call(kCmdTrim, 0, 0, 4096), kEperm);
+  EXPECT_EQ(c->Call(kCmdWriteZeroes, 0, 0, 4096), kEperm);
+  EXPECT_EQ(c->Call(kCmdFlush, 0, 0, 0), 0u);
+  ASSERT_EQ(c->Read(0, 65536, &data), 0u);
+  EXPECT_EQ(data, Pattern(65536, 3));
+  ASSERT_EQ(h.Open("vol", structured(), false)->Read(0, 65536, &data), 0u);
+  EXPECT_EQ(data, Pattern(65536, 4));     // the volume itself stays writable
+}
+
 TEST(NbdTransmission, TrimLeavesAHoleThatBlockStatusReports) {
   NbdServerHarness h;
   auto c = h.Open();
