@@ -17,13 +17,7 @@
 namespace edgestor {
 namespace {
 
-// "s" + N, built without operator+ on a literal (GCC 12 -O3 warns -Wrestrict on it).
-inline std::string SnapshotName(uint64_t n) {
-  std::string name = "s";
-  name += std::to_string(n);
-  return name;
-}
-
+using testing::SnapshotName;
 using testing::CheckAccounting;
 using testing::TestPool;
 

@@ -14,6 +14,14 @@
 
 namespace edgestor::testing {
 
+// Snapshot "s" + N, built without operator+ on a literal (GCC 12 at -O3
+// warns -Wrestrict on that).
+inline std::string SnapshotName(uint64_t n) {
+  std::string name = "s";
+  name += std::to_string(n);
+  return name;
+}
+
 inline void CheckAccounting(TestPool& pool) {
   auto& set = dynamic_cast<VolumeSetImpl&>(pool.set());
   auto snapshots = set.ListSnapshots("");
