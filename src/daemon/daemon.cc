@@ -70,7 +70,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   ES_RETURN_IF_ERROR(daemon->nbd_->Start());
   daemon->control_.Start();
   spdlog::info("serving pool {} ({} volumes); control socket {}, NBD socket {}", options.pool_path,
-               daemon->pool_->ListVolumes().size(), options.control_socket, options.nbd_socket);
+               daemon->pool_->VolumeNames().size(), options.control_socket, options.nbd_socket);
   return daemon;
 }
 
@@ -110,11 +110,7 @@ std::string Daemon::NbdUri(const std::string& volume) const {
   return "nbd+unix:///" + volume + "?socket=" + socket;
 }
 
-std::vector<std::string> Daemon::ListExports() {
-  std::vector<std::string> names;
-  for (const VolumeInfo& v : pool_->ListVolumes()) names.push_back(v.name);
-  return names;
-}
+std::vector<std::string> Daemon::ListExports() { return pool_->VolumeNames(); }
 
 bool Daemon::HasExport(const std::string& name) { return pool_->FindVolume(name).ok(); }
 
@@ -123,9 +119,11 @@ namespace {
 // An encrypted volume of a locked pool would fail every I/O: refuse to
 // attach it, saying how to unlock, rather than hand out an EIO disk. A
 // snapshot ("VOL@SNAP") is locked when its volume is (they share the key).
+// Runs at every attach: IsLocked, not GetVolumeInfo (which computes the
+// sharing figures).
 Status CheckUnlocked(VolumeSet& pool, const std::string& name) {
-  ES_ASSIGN_OR_RETURN(VolumeInfo info, pool.GetVolumeInfo(name.substr(0, name.find('@'))));
-  if (info.locked)
+  ES_ASSIGN_OR_RETURN(bool locked, pool.IsLocked(name));
+  if (locked)
     return Status(EACCES, "volume '" + name + "' is encrypted and the pool is locked; unlock it with "
                           "`edgestor pool unlock --keyfile KEY` (or --passphrase-file)");
   return Status::Ok();

@@ -100,11 +100,11 @@ void Daemon::RegisterMethods() {
   control_.Register("export.list", [this](const json&) -> Result<json> {
     json exports = json::array();
     std::lock_guard lock(mu_);
-    for (const VolumeInfo& v : pool_->ListVolumes()) {
+    for (const std::string& name : pool_->VolumeNames()) {
       uint32_t connections = 0;
-      auto found = pool_->FindVolume(v.name);
+      auto found = pool_->FindVolume(name);
       if (found.ok() && users_.count(found.value())) connections = users_[found.value()];
-      exports.push_back({{"name", v.name}, {"protocol", "nbd"}, {"uri", NbdUri(v.name)}, {"connections", connections}});
+      exports.push_back({{"name", name}, {"protocol", "nbd"}, {"uri", NbdUri(name)}, {"connections", connections}});
     }
     // Snapshots are exported by name only: listed while clients have them open.
     for (const auto& [volume, connections] : users_)

@@ -207,6 +207,26 @@ Result<VolumeInfo> VolumeSetImpl::GetVolumeInfo(const std::string& name) {
   return info;
 }
 
+std::vector<std::string> VolumeSetImpl::VolumeNames() {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> names;
+  for (auto& [name, volume] : volumes_) names.push_back(name);
+  return names;
+}
+
+Result<bool> VolumeSetImpl::IsLocked(const std::string& name) {
+  ThinVolume* volume;
+  {
+    std::lock_guard lock(mu_);
+    volume = FindLocked(name);
+    auto it = snapshots_.find(name);
+    if (it != snapshots_.end() && !(it->second.entry.flags & format::kSnapshotDeleting)) volume = it->second.view.get();
+    if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
+  }
+  std::lock_guard volume_lock(volume->mutex());
+  return volume->codec() == nullptr;
+}
+
 Result<Volume*> VolumeSetImpl::FindVolume(const std::string& name) {
   std::lock_guard lock(mu_);
   if (auto it = snapshots_.find(name); it != snapshots_.end() && !(it->second.entry.flags & format::kSnapshotDeleting))

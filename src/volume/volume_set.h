@@ -154,8 +154,14 @@ class VolumeSet {
   virtual Status Close() = 0;
 
   virtual PoolInfo Info() = 0;
+  // With the sharing figures (used_bytes, used_by_snapshots_bytes), which
+  // read the map pages of the volume's snapshots: not for hot paths.
   virtual std::vector<VolumeInfo> ListVolumes() = 0;
   virtual Result<VolumeInfo> GetVolumeInfo(const std::string& name) = 0;
+  // Cheap, for every NBD handshake: volume names (no snapshots), and
+  // whether a volume or snapshot ("VOL@SNAP") is encrypted in a locked pool.
+  virtual std::vector<std::string> VolumeNames() = 0;
+  virtual Result<bool> IsLocked(const std::string& name) = 0;
 
   // Names: 1..64 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
   // Size: a positive multiple of 512 bytes (rounded up by the CLI).

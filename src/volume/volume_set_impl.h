@@ -33,6 +33,8 @@ class VolumeSetImpl : public VolumeSet {
   PoolInfo Info() override;
   std::vector<VolumeInfo> ListVolumes() override;
   Result<VolumeInfo> GetVolumeInfo(const std::string& name) override;
+  std::vector<std::string> VolumeNames() override;
+  Result<bool> IsLocked(const std::string& name) override;
   Result<Volume*> CreateVolume(const std::string& name, uint64_t size, const VolumeCreateOptions& options) override;
   Result<Volume*> FindVolume(const std::string& name) override;
   Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) override;
