@@ -202,7 +202,8 @@ if [[ " $parts " == *" create "* ]]; then
   t0=$(date +%s)
   # One 4 KiB block per 64 KiB cluster maps every cluster (as much map as
   # a fully written volume) without writing 100 GiB.
-  fill create big "$big" --bs=4k --rw=write:60k --iodepth=32
+  # (io_size: without it fio wraps around until it has written the full size.)
+  fill create big "$big" --bs=4k --rw=write:60k --iodepth=32 --io_size="$((${big%G} * 64))M"
   echo "  mapped every cluster of big in $(($(date +%s) - t0)) s"
   for vol in small big; do
     for n in 1 2 3; do
