@@ -61,6 +61,9 @@ class Daemon : public ExportProvider {
   // A stable serial for the guest: pool uuid prefix and volume (or snapshot) id.
   std::string SerialOf(const Volume& volume);
 
+  // Answers one JSON-RPC request line as the control socket would (fuzzing).
+  std::string HandleControlLine(const std::string& line) { return control_.HandleLine(line); }
+
  private:
   // What DetachLocked took away from a volume.
   struct Detached {
