@@ -332,6 +332,11 @@ void Pool::DropSharedReference(uint64_t block) {
   if (--it->second == 0) extra_references_.erase(it);
 }
 
+void Pool::DropHeldReference(const BlockRun& run) {
+  std::lock_guard lock(mu_);
+  ReleaseLocked(run);
+}
+
 Result<uint64_t> Pool::AllocateCluster() {
   std::lock_guard lock(mu_);
   return allocator_.AllocateCluster(metadata_reserve_);

@@ -108,6 +108,10 @@ class Pool {
   // Drops a reference at once. REQUIRES: another one remains (nothing is
   // freed, so no durability is needed first).
   void DropSharedReference(uint64_t block);
+  // Drops a reference held in memory only (never named by anything on
+  // disk), freeing the run if it was the last: every durable reference was
+  // already released after its commit.
+  void DropHeldReference(const BlockRun& run);
 
   // ---- Space ----
   // A data cluster; ENOSPC if only the metadata reserve is left.

@@ -250,6 +250,37 @@ TEST(Snapshot, CloneSharesUntilWrittenAndFlattenCutsTheTie) {
   EXPECT_EQ(report->shared_runs, 0u);
 }
 
+TEST(Snapshot, ARunBeingReadStaysAllocatedWhenItsLastSharerGoes) {
+  // A read of a shared cluster is in flight; a write copies the cluster
+  // away and the snapshot that shared it is deleted: the old run must not
+  // be freed (and reused) before the read completes.
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("vol", kMiB).value();
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s").ok());
+  AlignedBuffer read_buf = AllocateAligned(65536);
+  bool read_done = false;
+  VolumeIo read{.op = VolumeOp::kRead, .offset = 0, .length = 65536, .buf = read_buf.get()};
+  read.context = &read_done;
+  read.done = [](VolumeIo* io, const Status& s) {
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    *static_cast<bool*>(io->context) = true;
+  };
+  auto reader_queue = pool.device().CreateQueue(8);
+  v->Submit(&read, *reader_queue);  // the in-memory device runs it at the next Poll
+  ASSERT_FALSE(read_done);
+  ASSERT_TRUE(pool.Write(*v, 512, Pattern(512, 2)).ok());  // unaligned: copied on the synchronous path
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  ASSERT_TRUE(pool.set().DeleteSnapshot("vol", "s").ok());
+  uint64_t free_while_reading = pool.set().Info().free_bytes;
+  while (!read_done) reader_queue->Poll(true);
+  auto expected = Pattern(65536, 1);
+  EXPECT_TRUE(std::equal(expected.begin(), expected.end(), read_buf.get()));
+  // Only now is the old cluster free.
+  EXPECT_EQ(pool.set().Info().free_bytes, free_while_reading + 65536);
+  ExpectFsckClean(pool);
+}
+
 TEST(Snapshot, EncryptedCompressedVolumesShareTheirKeyWithSnapshotsAndClones) {
   PoolSecret secret;
   std::array<uint8_t, kPoolKeyBytes> key{};

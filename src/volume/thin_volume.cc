@@ -367,6 +367,7 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     assert(sub->page->inflight[index] > 0 && sub->page->pins > 0);
     sub->page->inflight[index]--;
     sub->page->pins--;
+    if (sub->page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(sub->cluster);
     format::MapEntry entry = sub->page->entries[index];
     if (sub->compressed_out && result == 0 && sub->page->changes != sub->page_changes) {
       // The cluster may have moved while its frame was read (compressed
@@ -393,6 +394,13 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
   if (result < 0 && io->progress.error == 0) io->progress.error = -result;
   delete sub;
   ReleaseGuard(io);
+}
+
+void ThinVolume::ReleaseHeldRuns(uint64_t cluster) {
+  auto it = held_for_reads_.find(cluster);
+  if (it == held_for_reads_.end()) return;
+  for (const BlockRun& run : it->second) pool_.DropHeldReference(run);
+  held_for_reads_.erase(it);
 }
 
 void ThinVolume::ReleaseGuard(VolumeIo* io) {

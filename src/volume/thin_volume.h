@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <mutex>
 #include <functional>
+#include <map>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -129,6 +130,8 @@ class ThinVolume : public Volume {
   static void OnSubIoDone(IoRequest* req, int result);
   void FinishSubIo(SubIo* sub, int result);
   void ReleaseGuard(VolumeIo* io);
+  // REQUIRES: mu_ held and no I/O in flight on `cluster`.
+  void ReleaseHeldRuns(uint64_t cluster);
   void Complete(VolumeIo* io);
   void Fail(VolumeIo* io, const Status& status);
 
@@ -149,6 +152,11 @@ class ThinVolume : public Volume {
   uint64_t compressed_clusters_ = 0;  // GUARDED_BY(mu_)
   uint64_t written_blocks_ = 0;      // GUARDED_BY(mu_)
   uint64_t inflight_ios_ = 0;        // GUARDED_BY(mu_): VolumeIos not yet completed
+  // GUARDED_BY(mu_): runs a shared cluster was copied away from while reads
+  // of it were in flight, by cluster; each holds a reference (in memory
+  // only) until those reads finish, so the run cannot be freed and reused
+  // under them even if every snapshot sharing it is deleted meanwhile.
+  std::map<uint64_t, std::vector<BlockRun>> held_for_reads_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   bool read_only_ = false;           // a snapshot view (set before any I/O)

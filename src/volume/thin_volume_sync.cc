@@ -130,10 +130,16 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   // it is changed in place. Compressed clusters move regardless: their
   // asynchronous readers check at completion whether the page changed and
   // read again if so. A shared cluster is never changed in place; it is
-  // copied (its old run stays referenced by whatever shares it, so readers
-  // in flight still find their data there).
+  // copied, and its old run, still referenced by whatever shares it, is
+  // also held for the reads in flight (the sharers may go meanwhile).
   const bool shared = map_.IsShared(cluster, entry);
   bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry) && !shared;
+  if (shared && page->inflight[index] != 0 && !format::IsCompressed(entry)) {
+    // Reads in flight still use the old run: hold it until they finish.
+    BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
+    pool_.AddReference(run.block);
+    held_for_reads_[cluster].push_back(run);
+  }
   if (bits == 0 && !busy) {
     FreeEntry(page, cluster);
     return Status::Ok();
