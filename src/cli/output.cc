@@ -79,7 +79,8 @@ std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
       {"snapshots", std::to_string(info.snapshot_count) +
                         (info.snapshots_being_deleted ? " (and " + std::to_string(info.snapshots_being_deleted) +
                                                             " being deleted in the background)"
-                                                      : "")},
+                                                      : "") +
+                        (info.background_delete_error.empty() ? "" : "; stopped: " + info.background_delete_error)},
       {"pool key", info.key_source == "none" ? "none" : info.key_source + (info.locked ? " (locked)" : " (unlocked)")},
       {"new volumes", std::string(info.encrypt_by_default ? "encrypted" : "not encrypted") + ", compression " +
                           FormatCompression(info.default_compression)},

@@ -259,10 +259,7 @@ bool Pool::has_pending_frees() const {
   return !pending_frees_.empty();
 }
 
-uint64_t Pool::shared_runs() const {
-  std::lock_guard lock(mu_);
-  return extra_references_.size();
-}
+void Pool::PublishSharedRuns() { shared_runs_.store(extra_references_.size(), std::memory_order_release); }
 
 uint64_t Pool::free_blocks() const {
   std::lock_guard lock(mu_);
@@ -302,6 +299,7 @@ bool Pool::MarkReferenced(uint64_t block, uint64_t count) {
   for (uint64_t b = block; b + 1 < block + count; b++)
     if (TestBit(run_starts_, b + 1) || TestBit(run_ends_, b)) return false;
   extra_references_[block]++;
+  PublishSharedRuns();
   return true;
 }
 
@@ -322,6 +320,7 @@ void Pool::AddReference(uint64_t block) {
   std::lock_guard lock(mu_);
   assert(block < geometry_.total_blocks && allocator_.IsUsed(block));
   extra_references_[block]++;
+  PublishSharedRuns();
 }
 
 void Pool::DropSharedReference(uint64_t block) {
@@ -330,6 +329,7 @@ void Pool::DropSharedReference(uint64_t block) {
   assert(it != extra_references_.end());
   if (it == extra_references_.end()) return;
   if (--it->second == 0) extra_references_.erase(it);
+  PublishSharedRuns();
 }
 
 void Pool::DropHeldReference(const BlockRun& run) {
@@ -508,6 +508,7 @@ void Pool::ReleaseLocked(const BlockRun& run) {
   auto it = extra_references_.find(run.block);
   if (it != extra_references_.end()) {
     if (--it->second == 0) extra_references_.erase(it);
+    PublishSharedRuns();
     return;
   }
   bool was_used = allocator_.Free(run.block, run.count);

@@ -174,8 +174,9 @@ class Pool {
   uint64_t used_blocks() const;
   // True while released runs wait for the next checkpoint.
   bool has_pending_frees() const;
-  // Runs referenced more than once.
-  uint64_t shared_runs() const;
+  // Runs referenced more than once. Lock-free: the data path asks it first
+  // and skips every reference lookup while nothing is shared.
+  uint64_t shared_runs() const { return shared_runs_.load(std::memory_order_acquire); }
   uint64_t free_blocks() const;
   uint64_t total_blocks() const { return geometry_.total_blocks; }
   bool is_failed() const;
@@ -192,6 +193,7 @@ class Pool {
   Status Fail(Status status);
   uint64_t JournalBlockOffset(uint64_t seq) const;
   void ReleaseLocked(const BlockRun& run);  // REQUIRES: mu_ held
+  void PublishSharedRuns();                 // REQUIRES: mu_ held; after extra_references_ changes
   Result<std::vector<uint8_t>> ReadChain(uint64_t head, uint64_t generation, uint32_t magic,
                                          std::vector<BlockRun>* blocks);
   void UpdateJournalPressure();  // REQUIRES: mu_ held
@@ -211,6 +213,7 @@ class Pool {
   std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
   // GUARDED_BY(mu_): references beyond the first, by a run's first block.
   std::unordered_map<uint64_t, uint32_t> extra_references_;
+  std::atomic<uint64_t> shared_runs_{0};  // extra_references_.size(), for lock-free reads
   // GUARDED_BY(mu_), recovery only: bit per block, first and last block of
   // every run MarkReferenced saw (so a second reference can be checked).
   std::vector<uint64_t> run_starts_, run_ends_;

@@ -44,6 +44,7 @@ void ThinMap::MarkDirty(CachedPage* page) {
 }
 
 void ThinMap::Unshare(uint64_t cluster) {
+  if (pool_.shared_runs() == 0) return;  // the common case: no snapshot, no clone
   Slot& slot = slots_[cluster / kEntriesPerMapPage];
   if (!slot.page || slot.page->dirty || slot.block == 0 || slot.released) return;
   if (pool_.References(slot.block) < 2) return;  // only this map reads it
@@ -54,7 +55,7 @@ void ThinMap::Unshare(uint64_t cluster) {
 }
 
 bool ThinMap::IsShared(uint64_t cluster, const format::MapEntry& entry) const {
-  if (entry.phys_block == 0) return false;
+  if (entry.phys_block == 0 || pool_.shared_runs() == 0) return false;
   const Slot& slot = slots_[cluster / kEntriesPerMapPage];
   bool page_shared = slot.page && !slot.page->dirty && slot.block != 0 && !slot.released &&
                      pool_.References(slot.block) > 1;

@@ -181,6 +181,7 @@ PoolInfo VolumeSetImpl::Info() {
     if (snapshot.entry.flags & format::kSnapshotDeleting) info.snapshots_being_deleted++;
     else info.snapshot_count++;
   }
+  info.background_delete_error = reclaim_error_;
   info.cached_map_pages = budget_.cached_pages;
   info.map_cache_limit_pages = budget_.max_pages;
   return info;

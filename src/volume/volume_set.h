@@ -96,6 +96,8 @@ struct PoolInfo {
   CompressionSetting default_compression;
   uint32_t snapshot_count = 0;
   uint32_t snapshots_being_deleted = 0;  // space still being released in the background
+  // Why that release stopped, if it did (it resumes at the next open).
+  std::string background_delete_error;
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
   uint64_t map_cache_limit_pages = 0;
 };

@@ -152,6 +152,7 @@ class VolumeSetImpl : public VolumeSet {
   std::thread reclaimer_;        // GUARDED_BY(mu_) to start; joined by StopReclaimer
   bool reclaimer_running_ = false;  // GUARDED_BY(mu_)
   std::atomic<bool> stop_reclaimer_{false};
+  std::string reclaim_error_;    // GUARDED_BY(mu_): why the background release stopped
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
   std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked

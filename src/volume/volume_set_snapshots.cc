@@ -167,7 +167,9 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   std::lock_guard lock(mu_);
   Status s = volume->async_writes() > 0
-                 ? Status(EBUSY, "writes to volume " + volume_name + " did not finish in 30 s; snapshot not taken")
+                 ? Status(EBUSY, "writes to volume " + volume_name +
+                                  " in flight did not finish within 30 s (is the disk stuck?); no snapshot was "
+                                  "taken, nothing changed: try again")
                  : CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
                      return AddSnapshotLocked(*volume, volume_name, name, 0);
                    });
@@ -287,7 +289,14 @@ void VolumeSetImpl::ReclaimLoop() {
       if (victim == 0 || !CheckUsable().ok()) break;
     }
     // A failure leaves the snapshot hidden; the next open resumes.
-    if (!ReclaimOne(victim).ok()) break;
+    Status s = ReclaimOne(victim);
+    if (!s.ok()) {
+      std::lock_guard lock(mu_);
+      if (s.code() != ECANCELED)
+        reclaim_error_ = s.message() + "; the space is released when the pool is next opened (check the disk, "
+                                       "then restart the daemon or run `edgestor pool fsck`)";
+      break;
+    }
   }
   std::lock_guard lock(mu_);
   reclaimer_running_ = false;  // the last time this thread takes mu_
