@@ -74,6 +74,24 @@ Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
   return Status::Ok();
 }
 
+// Journal blocks WriteJournalBlocks packs `records` into.
+static uint64_t JournalBlocksFor(const std::vector<uint8_t>& records) {
+  uint64_t blocks = 0;
+  size_t used = format::kJournalPayload;  // forces a first block
+  for (size_t pos = 0; pos < records.size();) {
+    format::RecordHeader rh;
+    std::memcpy(&rh, records.data() + pos, sizeof rh);
+    size_t len = sizeof rh + rh.length;
+    if (used + len > format::kJournalPayload) {
+      blocks++;
+      used = 0;
+    }
+    used += len;
+    pos += len;
+  }
+  return blocks;
+}
+
 Status Pool::Commit() {
   std::lock_guard commit(commit_mu_);
   ES_RETURN_IF_ERROR(CheckNotFailed());
@@ -81,6 +99,12 @@ Status Pool::Commit() {
   std::vector<BlockRun> frees;
   {
     std::lock_guard lock(mu_);
+    // Records that piled up behind another commit may not fit: refuse
+    // before writing anything. They stay pending; a checkpoint (which the
+    // caller runs instead) makes them durable without the journal.
+    uint64_t room = geometry_.journal_blocks - (journal_head_seq_ - label_.replay_seq);
+    if (JournalBlocksFor(pending_records_) > room)
+      return Status(ENOSPC, "journal has no room for this commit; a checkpoint must run first");
     records.swap(pending_records_);
     frees.swap(pending_frees_);
   }

@@ -339,17 +339,23 @@ void Pool::DropHeldReference(const BlockRun& run) {
 
 Result<uint64_t> Pool::AllocateCluster() {
   std::lock_guard lock(mu_);
-  return allocator_.AllocateCluster(metadata_reserve_);
+  auto block = allocator_.AllocateCluster(metadata_reserve_);
+  UpdateReservePressure();
+  return block;
 }
 
 Result<uint64_t> Pool::AllocateRun(uint64_t count) {
   std::lock_guard lock(mu_);
-  return allocator_.AllocateRun(count, metadata_reserve_);
+  auto block = allocator_.AllocateRun(count, metadata_reserve_);
+  UpdateReservePressure();
+  return block;
 }
 
 Result<uint64_t> Pool::AllocateMetaBlock() {
   std::lock_guard lock(mu_);
-  return allocator_.AllocateBlock();
+  auto block = allocator_.AllocateBlock();
+  UpdateReservePressure();
+  return block;
 }
 
 void Pool::FreeUnreferenced(BlockRun run) {
@@ -358,11 +364,18 @@ void Pool::FreeUnreferenced(BlockRun run) {
   bool was_used = allocator_.Free(run.block, run.count);
   assert(was_used);
   (void)was_used;
+  UpdateReservePressure();
 }
 
-void Pool::SetMetadataReserve(uint64_t blocks) {
+void Pool::SetMetadataReserve(uint64_t blocks, uint64_t short_below) {
   std::lock_guard lock(mu_);
   metadata_reserve_ = blocks;
+  metadata_short_below_ = short_below;
+  UpdateReservePressure();
+}
+
+void Pool::UpdateReservePressure() {
+  metadata_short_.store(allocator_.free_blocks() < metadata_short_below_, std::memory_order_relaxed);
 }
 
 // ---- Checkpoint ----
@@ -433,11 +446,18 @@ Result<std::vector<uint8_t>> Pool::ReadChain(uint64_t head, uint64_t generation,
 static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const uint8_t> payload, uint64_t generation,
                                    uint32_t magic, std::vector<BlockRun>* chain) {
   size_t blocks = std::max<size_t>(1, (payload.size() + format::kCheckpointPayload - 1) / format::kCheckpointPayload);
-  std::vector<uint64_t> where(blocks);
-  for (auto& b : where) {
-    ES_ASSIGN_OR_RETURN(b, pool.AllocateMetaBlock());
-    chain->push_back({b, 1});
+  // Every block is taken before anything is written: running out of space
+  // midway would leave a chain that nothing may free or name.
+  std::vector<uint64_t> where;
+  for (size_t i = 0; i < blocks; i++) {
+    auto b = pool.AllocateMetaBlock();
+    if (!b.ok()) {
+      for (uint64_t taken : where) pool.FreeUnreferenced({taken, 1});
+      return b.status();
+    }
+    where.push_back(b.value());
   }
+  for (uint64_t b : where) chain->push_back({b, 1});
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   for (size_t i = 0; i < blocks; i++) {
     std::memset(buf.get(), 0, kBlockSize);
@@ -499,6 +519,8 @@ Result<uint64_t> Pool::WriteSideChain(std::span<const uint8_t> payload, uint32_t
   if (!head.ok()) {
     for (size_t i = first; i < blocks->size(); i++) FreeUnreferenced((*blocks)[i]);
     blocks->resize(first);
+    // No space: nothing was written, the pool goes on. A device error fails it.
+    if (head.status().code() == ENOSPC) return head.status().WithContext("writing metadata chain");
     return Fail(head.status().WithContext("writing metadata chain"));
   }
   return head;
@@ -514,6 +536,7 @@ void Pool::ReleaseLocked(const BlockRun& run) {
   bool was_used = allocator_.Free(run.block, run.count);
   assert(was_used);
   (void)was_used;
+  UpdateReservePressure();
 }
 
 }  // namespace edgestor

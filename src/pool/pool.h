@@ -125,14 +125,20 @@ class Pool {
   // allocated for a write that failed). Reusable at once. REQUIRES: a single
   // reference.
   void FreeUnreferenced(BlockRun run);
-  // Blocks the volume layer keeps free for the next checkpoint's map pages.
-  void SetMetadataReserve(uint64_t blocks);
+  // Blocks the volume layer keeps free for the next checkpoint's map pages;
+  // MetadataShort() says when fewer than `short_below` blocks are free.
+  void SetMetadataReserve(uint64_t blocks, uint64_t short_below);
+  // Lock-free: free space is running short of what the next checkpoint
+  // needs (map pages became dirty without a data allocation).
+  bool MetadataShort() const { return metadata_short_.load(std::memory_order_relaxed); }
 
   // ---- Journal ----
   // Appends a record to the next commit; `frees` become reusable once that
   // commit is durable. Records are never larger than a journal block.
   void AppendRecord(format::RecordType type, std::span<const uint8_t> body, std::span<const BlockRun> frees = {});
   // Makes every record appended before the call durable (see header comment).
+  // ENOSPC, with the pool still usable and the records still pending, when
+  // they do not fit in the journal: checkpoint instead.
   Status Commit();
   // True when the journal is more than half full: time for a checkpoint.
   // Lock-free: called after every I/O.
@@ -197,6 +203,7 @@ class Pool {
   Result<std::vector<uint8_t>> ReadChain(uint64_t head, uint64_t generation, uint32_t magic,
                                          std::vector<BlockRun>* blocks);
   void UpdateJournalPressure();  // REQUIRES: mu_ held
+  void UpdateReservePressure();  // REQUIRES: mu_ held; after the allocator or the reserve changes
 
   std::unique_ptr<Device> device_;
   PoolGeometry geometry_;
@@ -207,6 +214,8 @@ class Pool {
   const uint32_t opened_version_;    // label version found at open
   Allocator allocator_;              // GUARDED_BY(mu_)
   uint64_t metadata_reserve_ = 0;    // GUARDED_BY(mu_)
+  uint64_t metadata_short_below_ = 0;  // GUARDED_BY(mu_)
+  std::atomic<bool> metadata_short_{false};
   std::vector<uint8_t> pending_records_;  // GUARDED_BY(mu_): packed RecordHeader+body
   std::vector<BlockRun> pending_frees_;   // GUARDED_BY(mu_): freed by pending records
   uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write

@@ -3,6 +3,7 @@
 
 #include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <set>
 #include <unordered_set>
@@ -17,10 +18,82 @@ namespace {
 // allocation overhead); converts the budget from bytes to pages.
 constexpr uint64_t kCachedPageCost = sizeof(CachedPage) + 64;
 constexpr uint64_t kMinCachedPages = 64;
-// Extra blocks always kept back for a checkpoint's chain and labels.
+// Extra blocks always kept back for a checkpoint's chain and labels. Map
+// pages can also become dirty without a data allocation (written bits of a
+// mapped cluster, discard, copy-on-write of a page): a checkpoint starts
+// early once half of this slack is used, so those never outrun the reserve.
 constexpr uint64_t kReserveSlackBlocks = 64;
+// Bounds on the maps, whatever the pool size. Every checkpoint writes every
+// volume's directory (16 bytes per map page of 255 clusters), and every
+// directory slot of a volume or snapshot costs sizeof(ThinMap::Slot) of
+// memory: 4 Mi slots are a 64 MiB checkpoint payload and describe 68 TB of
+// volumes at 64 KiB clusters; 16 Mi slots in memory are 512 MiB.
+constexpr uint64_t kMaxVolumeDirectorySlots = 4ull << 20;
+constexpr uint64_t kMaxMapSlotsInMemory = 16ull << 20;
+
+uint64_t ChainBlocks(uint64_t payload_bytes) { return payload_bytes / format::kCheckpointPayload + 1; }
+
+// Payload bytes a volume (or clone) with `slots` directory slots adds.
+uint64_t VolumePayloadBytes(size_t name_length, uint64_t slots) {
+  return sizeof(format::VolumeTableEntry) + name_length + sizeof(format::VolumeAttributes) +
+         slots * sizeof(format::DirectorySlot);
+}
+
+uint64_t SnapshotPayloadBytes(size_t name_length) {
+  return sizeof(format::SnapshotEntry) + name_length + sizeof(format::VolumeAttributes);
+}
+
+std::string Bytes(uint64_t blocks) { return std::to_string(blocks * kBlockSize / 1024) + " KiB"; }
 
 }  // namespace
+
+uint64_t VolumeSetImpl::PayloadBytesLocked() {
+  uint64_t bytes = sizeof(format::CheckpointHeader) + sizeof(format::PoolDefaults) + sizeof(format::SnapshotTableHeader);
+  for (auto& [name, volume] : volumes_)
+    bytes += VolumePayloadBytes(name.size(), DirectorySlotsFor(volume->size(), pool_->geometry().cluster_size));
+  for (auto& [full, snapshot] : snapshots_) bytes += SnapshotPayloadBytes(snapshot.name.size());
+  return bytes;
+}
+
+VolumeSetImpl::MetadataNeed VolumeSetImpl::SnapshotNeed(const std::string& name, uint64_t slots) {
+  return {SnapshotPayloadBytes(name.size()), ChainBlocks(slots * sizeof(format::DirectorySlot)), kControlSlackBlocks};
+}
+
+VolumeSetImpl::MetadataNeed VolumeSetImpl::VolumeNeed(const std::string& name, uint64_t slots) {
+  return {VolumePayloadBytes(name.size(), slots), 0, kControlSlackBlocks};
+}
+
+Status VolumeSetImpl::CheckMetadataRoomLocked(const MetadataNeed& need) {
+  uint64_t needed = budget_.dirty_pages + ChainBlocks(PayloadBytesLocked() + need.payload_bytes) +
+                    need.side_chain_blocks + need.slack_blocks;
+  uint64_t free = pool_->free_blocks();
+  if (needed <= free) return Status::Ok();
+  return Status(ENOSPC, "pool is full: this needs " + Bytes(needed) + " of metadata space and " + Bytes(free) +
+                            " is free; nothing was changed (free space by deleting snapshots or volumes, or by "
+                            "discarding, then try again)");
+}
+
+Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t more_slots) {
+  const uint32_t cluster_size = pool_->geometry().cluster_size;
+  uint64_t volume_slots = 0, all_slots = 0;
+  for (auto& [name, volume] : volumes_) volume_slots += DirectorySlotsFor(volume->size(), cluster_size);
+  for (auto& [full, snapshot] : snapshots_) all_slots += snapshot.entry.directory_slots;
+  all_slots += volume_slots;
+  auto describable = [&](uint64_t slots) {
+    return std::to_string((slots * format::kEntriesPerMapPage * cluster_size) >> 30) + " GiB";
+  };
+  if (volume_slots + more_volume_slots > kMaxVolumeDirectorySlots)
+    return Status(EFBIG, "volumes this large cannot be described: a pool with " +
+                             std::to_string(cluster_size / 1024) + " KiB clusters holds at most " +
+                             describable(kMaxVolumeDirectorySlots) + " of volume sizes in all (" +
+                             describable(volume_slots) + " are in use; every checkpoint writes each volume's map "
+                             "directory); nothing was changed");
+  if (all_slots + more_slots > kMaxMapSlotsInMemory)
+    return Status(EFBIG, "the maps of all volumes and snapshots would need more than " +
+                             std::to_string(kMaxMapSlotsInMemory * sizeof(ThinMap::Slot) >> 20) +
+                             " MiB of memory; delete snapshots of large volumes first; nothing was changed");
+  return Status::Ok();
+}
 
 VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
   budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
@@ -251,6 +324,9 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
   ES_RETURN_IF_ERROR(CheckUsable());
   if (FindLocked(name)) return Status(EEXIST, "a volume named '" + name + "' already exists");
   if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
+  uint64_t slots = DirectorySlotsFor(size, pool_->geometry().cluster_size);
+  ES_RETURN_IF_ERROR(CheckMapBoundsLocked(slots, slots));
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(VolumeNeed(name, slots)));
   format::VolumeAttributes attributes{};
   CompressionSetting compression = options.compression.value_or(
       CompressionSetting{static_cast<Compression>(defaults_.compression), defaults_.compression_level});
@@ -289,6 +365,14 @@ Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, b
   if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
   if (new_size < volume->size() && !allow_shrink)
     return Status(EINVAL, "shrinking volume '" + name + "' would discard data past the new end; pass --force");
+  const uint32_t cluster_size = pool_->geometry().cluster_size;
+  uint64_t old_slots = DirectorySlotsFor(volume->size(), cluster_size);
+  uint64_t new_slots = DirectorySlotsFor(new_size, cluster_size);
+  if (new_slots > old_slots) {
+    ES_RETURN_IF_ERROR(CheckMapBoundsLocked(new_slots - old_slots, new_slots - old_slots));
+    ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(
+        {(new_slots - old_slots) * sizeof(format::DirectorySlot), 0, kControlSlackBlocks}));
+  }
   std::vector<BlockRun> frees;
   {
     std::lock_guard volume_lock(volume->mutex());
@@ -339,7 +423,11 @@ Status VolumeSetImpl::SetVolumeCompression(const std::string& name, const Compre
 Status VolumeSetImpl::Flush() {
   ES_RETURN_IF_ERROR(CheckUsable());
   if (pool_->JournalWantsCheckpoint()) return Checkpoint();
-  return pool_->Commit();
+  Status s = pool_->Commit();
+  // Records that outgrew the journal while waiting are committed by a
+  // checkpoint instead (the pool refused them before writing anything).
+  if (s.code() == ENOSPC && !pool_->is_failed()) return Checkpoint();
+  return s;
 }
 
 Status VolumeSetImpl::Checkpoint() {
@@ -353,6 +441,10 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
   // Every volume is locked (in name order) so no map changes mid-checkpoint.
   std::vector<std::unique_lock<std::mutex>> locks;
   for (auto& [name, volume] : volumes_) locks.emplace_back(volume->mutex());
+  // A checkpoint that could run out of space midway would leave memory and
+  // disk disagreeing: refuse it before writing anything. Nothing is lost;
+  // the journal keeps the changes until space is freed.
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked({}));
   // Data of completed writes must be durable before pages that map it.
   Status s = pool_->device().FlushSync();
   for (auto& [name, volume] : volumes_)
@@ -387,16 +479,29 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
 }
 
 bool VolumeSetImpl::NeedsCheckpoint() const {
-  return pool_->JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages;
+  // Space running short: storing the dirty pages now turns them into
+  // used blocks and frees the blocks they replace.
+  bool space = pool_->MetadataShort() && budget_.dirty_pages > 0;
+  return pool_->JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages || space;
 }
 
 void VolumeSetImpl::AfterIo() {
   if (!NeedsCheckpoint() || closed_ || failed_) return;
+  // After a checkpoint refused for lack of space, wait before trying again
+  // rather than after every request.
+  int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+  if (now < space_retry_after_.load(std::memory_order_relaxed)) return;
   // One thread checkpoints; others go on (they will block on volume locks
   // only while the checkpoint writes).
   std::unique_lock lock(mu_, std::try_to_lock);
   if (!lock.owns_lock() || !NeedsCheckpoint()) return;
-  (void)CheckpointLocked({});  // a failure marks the set failed; later I/O reports it
+  // A device failure marks the set failed (later I/O reports it); a refusal
+  // for space changes nothing, and the journal keeps every change meanwhile.
+  Status s = CheckpointLocked({});
+  if (s.code() == ENOSPC && !failed_) {
+    auto retry = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+    space_retry_after_.store(retry.time_since_epoch().count(), std::memory_order_relaxed);
+  }
 }
 
 void VolumeSetImpl::UpdateMetadataReserve() {
@@ -409,7 +514,7 @@ void VolumeSetImpl::UpdateMetadataReserve() {
                          (snapshot_count_ + 1) * (sizeof(format::SnapshotEntry) + format::kMaxSnapshotNameLength +
                                                   sizeof(format::VolumeAttributes));
   uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
-  pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks);
+  pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks, dirty + chain_blocks + kReserveSlackBlocks / 2);
 }
 
 Status RunSync(Volume& volume, VolumeIo& io, IoQueue& queue) {

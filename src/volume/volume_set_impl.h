@@ -75,6 +75,9 @@ class VolumeSetImpl : public VolumeSet {
   void set_background_delete_pages(uint64_t pages) { background_delete_pages_ = pages; }
   // Tests: waits until no snapshot deletion is pending.
   void WaitForBackgroundDeletes();
+  // Tests: stops the background release for good (until the pool is
+  // reopened), so hidden snapshots stay hidden.
+  void StopBackgroundDeletesForTest() { StopReclaimer(); }
   // Tests: checkpoints (settling every release), then recounts the
   // references of every page and run from the directories and stored pages
   // and compares them with the pool's counts. EUCLEAN names the first
@@ -98,6 +101,26 @@ class VolumeSetImpl : public VolumeSet {
   // current pages) and before the payload is encoded. May append releases
   // to `frees`. An error fails the checkpoint (and the set, until reopened).
   using CheckpointChange = std::function<Status(std::vector<BlockRun>* frees)>;
+  // Control operations keep this much more room than the checkpoint they
+  // run needs, for pages the data path dirties meanwhile.
+  static constexpr uint64_t kControlSlackBlocks = 16;
+  // Metadata space a control operation needs beyond the next checkpoint's.
+  struct MetadataNeed {
+    uint64_t payload_bytes = 0;      // added to the checkpoint payload
+    uint64_t side_chain_blocks = 0;  // snapshot directories written
+    uint64_t slack_blocks = 0;
+  };
+  // REQUIRES: mu_ held. ENOSPC unless the next checkpoint, grown by `need`,
+  // fits in the free space.
+  Status CheckMetadataRoomLocked(const MetadataNeed& need);
+  // REQUIRES: mu_ held. EFBIG if the volumes' directories (checkpoint
+  // payload) or all maps in memory would pass their bounds.
+  Status CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t more_slots);
+  uint64_t PayloadBytesLocked();  // REQUIRES: mu_ held
+  // What a new snapshot named `name` of a volume with `slots` directory
+  // slots, or a new volume (or clone), adds to the metadata.
+  static MetadataNeed SnapshotNeed(const std::string& name, uint64_t slots);
+  static MetadataNeed VolumeNeed(const std::string& name, uint64_t slots);
   // REQUIRES: mu_ held. With `new_keys`, the label changes to them.
   Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr,
                           const CheckpointChange& change = {});
@@ -159,6 +182,9 @@ class VolumeSetImpl : public VolumeSet {
   std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
   std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
+  // AfterIo: after a checkpoint refused for lack of space, no other until
+  // this time (steady_clock ticks).
+  std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
 };
 

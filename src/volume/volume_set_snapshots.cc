@@ -41,6 +41,15 @@ Status CheckSnapshotName(const std::string& name) {
   return Status(EINVAL, "invalid snapshot name '" + name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
 }
 
+// Every snapshot operation takes VOLUME and SNAPSHOT names by the same
+// rules, whoever calls (CLI, RPC, tests): names the engine uses internally
+// (".deleting-N") are never reachable.
+Status CheckSnapshotRef(const std::string& volume, const std::string& name) {
+  if (!IsValidVolumeName(volume))
+    return Status(EINVAL, "invalid volume name '" + volume + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
+  return CheckSnapshotName(name);
+}
+
 }  // namespace
 
 std::vector<ThinVolume*> VolumeSetImpl::AllMapsLocked() {
@@ -52,7 +61,9 @@ std::vector<ThinVolume*> VolumeSetImpl::AllMapsLocked() {
 
 VolumeSetImpl::Snapshot* VolumeSetImpl::FindSnapshotLocked(const std::string& volume, const std::string& name) {
   auto it = snapshots_.find(volume + "@" + name);
-  return it == snapshots_.end() ? nullptr : &it->second;
+  // A snapshot being deleted in the background is gone for every caller.
+  if (it == snapshots_.end() || (it->second.entry.flags & format::kSnapshotDeleting)) return nullptr;
+  return &it->second;
 }
 
 std::string VolumeSetImpl::SnapshotNameOf(uint32_t snapshot_id) {
@@ -144,7 +155,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
 }
 
 Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_name, const std::string& name) {
-  ES_RETURN_IF_ERROR(CheckSnapshotName(name));
+  ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, name));
   std::lock_guard control(control_mu_);
   ThinVolume* volume;
   {
@@ -166,13 +177,17 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
   while (volume->async_writes() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   std::lock_guard lock(mu_);
+  const uint64_t slots = DirectorySlotsFor(volume->size(), pool_->geometry().cluster_size);
   Status s = volume->async_writes() > 0
                  ? Status(EBUSY, "writes to volume " + volume_name +
                                   " in flight did not finish within 30 s (is the disk stuck?); no snapshot was "
                                   "taken, nothing changed: try again")
-                 : CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
-                     return AddSnapshotLocked(*volume, volume_name, name, 0);
-                   });
+                 : CheckMapBoundsLocked(0, slots);
+  if (s.ok()) s = CheckMetadataRoomLocked(SnapshotNeed(name, slots));
+  if (s.ok())
+    s = CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+      return AddSnapshotLocked(*volume, volume_name, name, 0);
+    });
   {
     std::lock_guard volume_lock(volume->mutex());
     volume->set_write_barrier(false);
@@ -224,6 +239,7 @@ Result<std::vector<SnapshotInfo>> VolumeSetImpl::ListSnapshots(const std::string
 }
 
 Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::string& name) {
+  ES_RETURN_IF_ERROR(CheckSnapshotRef(volume, name));
   std::lock_guard control(control_mu_);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
@@ -354,6 +370,7 @@ void VolumeSetImpl::WaitForBackgroundDeletes() {
 
 Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, const std::string& snapshot_name,
                                             bool keep_current) {
+  ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, snapshot_name));
   std::lock_guard control(control_mu_);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
@@ -369,6 +386,18 @@ Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, cons
     if (snapshots_.size() >= format::kMaxSnapshots) return Status(ENOSPC, "a pool holds at most 65536 snapshots");
   }
   ThinVolume& view = *target->view;
+  const uint32_t cluster_size = pool_->geometry().cluster_size;
+  uint64_t current_slots = DirectorySlotsFor(volume->size(), cluster_size);
+  uint64_t target_slots = DirectorySlotsFor(view.size(), cluster_size);
+  MetadataNeed need = keep_current ? SnapshotNeed(kept, current_slots) : MetadataNeed{0, 0, kControlSlackBlocks};
+  if (target_slots > current_slots) {
+    need.payload_bytes += (target_slots - current_slots) * sizeof(format::DirectorySlot);
+    ES_RETURN_IF_ERROR(CheckMapBoundsLocked(target_slots - current_slots,
+                                            target_slots - current_slots + (keep_current ? current_slots : 0)));
+  } else if (keep_current) {
+    ES_RETURN_IF_ERROR(CheckMapBoundsLocked(0, current_slots));
+  }
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(need));
   ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
     if (volume->inflight()) return Status(EBUSY, "volume " + volume_name + " has I/O in flight; detach it first");
     std::vector<format::DirectorySlot> current = volume->map().Directory();
@@ -387,6 +416,7 @@ Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, cons
 
 Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, const std::string& snapshot_name,
                                              const std::string& clone_name) {
+  ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, snapshot_name));
   if (!IsValidVolumeName(clone_name))
     return Status(EINVAL, "invalid volume name '" + clone_name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
   std::lock_guard control(control_mu_);
@@ -397,6 +427,9 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   if (FindLocked(clone_name)) return Status(EEXIST, "a volume named '" + clone_name + "' already exists");
   if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
   ThinVolume& view = *origin->view;
+  const uint64_t slots = DirectorySlotsFor(view.size(), pool_->geometry().cluster_size);
+  ES_RETURN_IF_ERROR(CheckMapBoundsLocked(slots, slots));
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(VolumeNeed(clone_name, slots)));
   format::VolumeAttributes attributes = view.attributes();
   attributes.origin_snapshot = origin->entry.snapshot_id;  // same data key: the clone reads the shared data
   ThinVolume* created = nullptr;
