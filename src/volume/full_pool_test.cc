@@ -49,12 +49,14 @@ void FillUntilFull(TestPool& pool, const std::string& volume) {
   ASSERT_TRUE(pool.Flush(*fill).ok());
 }
 
-// The volume `v` still takes writes and flushes, and reads what was written.
+// The volume `w` (never snapshotted, so it owns every cluster it wrote)
+// still takes overwrites and flushes, and reads what was written.
 void ExpectDataPathWorks(TestPool& pool, const std::vector<uint8_t>& v_content, const std::string& after) {
   SCOPED_TRACE("after " + after);
-  Volume* v = pool.Find("v");
+  Volume* v = pool.Find("w");
   ASSERT_NE(v, nullptr);
-  ASSERT_TRUE(pool.Write(*v, 0, v_content).ok()) << "overwriting owned space failed";
+  Status written = pool.Write(*v, 0, v_content);
+  ASSERT_TRUE(written.ok()) << "overwriting owned space failed: " << written.ToString();
   Status flushed = pool.Flush(*v);
   ASSERT_TRUE(flushed.ok()) << flushed.ToString();
   auto back = pool.Read(*v, 0, v_content.size());
@@ -64,20 +66,25 @@ void ExpectDataPathWorks(TestPool& pool, const std::vector<uint8_t>& v_content, 
 
 void ExpectCleanOutcome(const Status& s, const std::string& what) {
   EXPECT_TRUE(s.ok() || s.code() == ENOSPC || s.code() == EFBIG) << what << ": " << s.ToString();
-  if (!s.ok()) EXPECT_EQ(s.message().find("stopped"), std::string::npos) << what << ": " << s.ToString();
+  if (!s.ok()) {
+    EXPECT_EQ(s.message().find("stopped"), std::string::npos) << what << ": " << s.ToString();
+  }
 }
 
 struct FullPool {
   TestPool pool{64 * kMiB};
   std::vector<uint8_t> v_content = Pattern(4 * kMiB, 1);
 
-  // v (4 MiB, written, with snapshot v@before), big (2 TiB, thin, empty),
-  // fill (written until the pool is full).
+  // v (4 MiB, written, with snapshot v@before), w (4 MiB, written, never
+  // snapshotted), big (2 TiB, thin, empty), fill (written until the pool is
+  // full).
   void SetUp() {
     VolumeSet& set = pool.set();
     Volume* v = set.CreateVolume("v", 4 * kMiB).value();
     ASSERT_TRUE(pool.Write(*v, 0, v_content).ok());
     ASSERT_TRUE(set.CreateSnapshot("v", "before").ok());
+    Volume* w = set.CreateVolume("w", 4 * kMiB).value();
+    ASSERT_TRUE(pool.Write(*w, 0, v_content).ok());
     ASSERT_TRUE(set.CreateVolume("big", 2 * kTiB).ok());
     ASSERT_TRUE(set.CreateVolume("fill", 256 * kMiB).ok());
     FillUntilFull(pool, "fill");
@@ -146,16 +153,16 @@ TEST(FullPool, DiscardFreesSpaceThatWritesThenUse) {
 TEST(FullPool, SizesBeyondWhatThePoolCanDescribeAreRefusedUpFront) {
   TestPool pool(64 * kMiB);
   VolumeSet& set = pool.set();
-  Volume* v = set.CreateVolume("v", 4 * kMiB).value();
+  Volume* v = set.CreateVolume("w", 4 * kMiB).value();
   auto content = Pattern(4 * kMiB, 1);
   ASSERT_TRUE(pool.Write(*v, 0, content).ok());
   auto huge = set.CreateVolume("huge", 1ull << 50);
   ASSERT_FALSE(huge.ok());
   EXPECT_EQ(huge.status().code(), EFBIG) << huge.status().ToString();
   EXPECT_NE(huge.status().message().find("nothing was changed"), std::string::npos) << huge.status().ToString();
-  Status grown = set.ResizeVolume("v", 1ull << 50, false);
+  Status grown = set.ResizeVolume("w", 1ull << 50, false);
   EXPECT_EQ(grown.code(), EFBIG) << grown.ToString();
-  EXPECT_EQ(set.GetVolumeInfo("v")->size, 4 * kMiB);
+  EXPECT_EQ(set.GetVolumeInfo("w")->size, 4 * kMiB);
   EXPECT_EQ(set.ListVolumes().size(), 1u);
   ExpectDataPathWorks(pool, content, "refusing huge sizes");
 }
