@@ -3,6 +3,8 @@
 // invariants 4 and 5).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <functional>
 #include <random>
@@ -71,18 +73,44 @@ void ExpectCleanOutcome(const Status& s, const std::string& what) {
   }
 }
 
+PoolSecret KeyFileSecret(uint8_t seed) {
+  std::array<uint8_t, kPoolKeyBytes> bytes;
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(seed + i * 13);
+  PoolSecret secret;
+  secret.key.emplace(bytes);
+  return secret;
+}
+
+PoolCreateOptions KeyedPool(uint64_t journal_bytes) {
+  PoolCreateOptions options;
+  options.journal_bytes = journal_bytes;
+  options.secret = KeyFileSecret(1);
+  return options;
+}
+
+PoolOpenOptions OpenWith(PoolSecret secret) {
+  PoolOpenOptions options;
+  options.secret = std::move(secret);
+  return options;
+}
+
+// A 64 MiB pool with a key (so rekey can run) and the given journal size
+// (0: the default).
 struct FullPool {
-  TestPool pool{64 * kMiB};
+  explicit FullPool(uint64_t journal_bytes = 0)
+      : pool(64 * kMiB, KeyedPool(journal_bytes), OpenWith(KeyFileSecret(1))) {}
+  TestPool pool;
   std::vector<uint8_t> v_content = Pattern(4 * kMiB, 1);
 
-  // v (4 MiB, written, with snapshot v@before), w (4 MiB, written, never
-  // snapshotted), big (2 TiB, thin, empty), fill (written until the pool is
-  // full).
+  // v (4 MiB, written, with snapshot v@before), c0 (a clone of v@before),
+  // w (4 MiB, written, never snapshotted), big (2 TiB, thin, empty), fill
+  // (written until the pool is full).
   void SetUp() {
     VolumeSet& set = pool.set();
     Volume* v = set.CreateVolume("v", 4 * kMiB).value();
     ASSERT_TRUE(pool.Write(*v, 0, v_content).ok());
     ASSERT_TRUE(set.CreateSnapshot("v", "before").ok());
+    ASSERT_TRUE(set.CloneSnapshot("v", "before", "c0").ok());
     Volume* w = set.CreateVolume("w", 4 * kMiB).value();
     ASSERT_TRUE(pool.Write(*w, 0, v_content).ok());
     ASSERT_TRUE(set.CreateVolume("big", 2 * kTiB).ok());
@@ -91,43 +119,63 @@ struct FullPool {
   }
 };
 
-// Every control operation that needs metadata space, on a full pool: each
-// succeeds or fails cleanly, the data path goes on, and freeing space makes
-// the refused ones work.
-TEST(FullPool, ControlOperationsFailCleanlyAndTheDataPathGoesOn) {
-  FullPool full;
-  full.SetUp();
-  VolumeSet& set = full.pool.set();
-  using Op = std::pair<std::string, std::function<Status()>>;
-  std::vector<Op> ops = {
+using ControlOp = std::pair<std::string, std::function<Status()>>;
+
+// Every kind of control operation, in an order where each can succeed.
+std::vector<ControlOp> EveryControlOperation(VolumeSet& set) {
+  return {
       {"snapshot of a 2 TiB volume", [&] { return set.CreateSnapshot("big", "s1").status(); }},
       {"snapshot of a small volume", [&] { return set.CreateSnapshot("v", "s1").status(); }},
       {"create a 2 TiB volume", [&] { return set.CreateVolume("big2", 2 * kTiB).status(); }},
+      {"create a small volume", [&] { return set.CreateVolume("small", kMiB).status(); }},
       {"grow to 4 TiB", [&] { return set.ResizeVolume("big", 4 * kTiB, false); }},
       {"clone", [&] { return set.CloneSnapshot("v", "before", "c").status(); }},
+      {"flatten a clone", [&] { return set.FlattenVolume("c0").status(); }},
       {"rollback keeping the current content", [&] { return set.Rollback("v", "before", true).status(); }},
+      {"delete a snapshot", [&] { return set.DeleteSnapshot("v", "s1"); }},
       {"compression setting", [&] { return set.SetVolumeCompression("v", {Compression::kLz4, 0}); }},
+      {"rekey", [&] { return set.Rekey(KeyFileSecret(2)); }},
       {"checkpoint", [&] { return set.Checkpoint(); }},
+      {"delete a volume", [&] { return set.DeleteVolume("small"); }},
   };
-  int refused = 0;
-  for (auto& [what, op] : ops) {
+}
+
+// Every control operation on a full pool (with the default journal and with
+// the smallest one): each succeeds or fails cleanly, the data path goes on,
+// and once space is freed every refused one succeeds.
+class FullPoolMatrix : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(FullPoolMatrix, ControlOperationsFailCleanlyAndTheDataPathGoesOn) {
+  FullPool full(GetParam());
+  full.SetUp();
+  VolumeSet& set = full.pool.set();
+  std::vector<ControlOp> refused;
+  for (auto& [what, op] : EveryControlOperation(set)) {
     Status s = op();
     ExpectCleanOutcome(s, what);
-    refused += !s.ok();
+    if (!s.ok()) refused.push_back({what, op});
     ExpectDataPathWorks(full.pool, full.v_content, what);
   }
-  EXPECT_GE(refused, 2) << "the pool was not full enough to refuse anything";
+  EXPECT_GE(refused.size(), 2u) << "the pool was not full enough to refuse anything";
   // Freeing space always works on a full pool, and then the refused work does.
   ASSERT_TRUE(set.DeleteVolume("fill").ok());
-  ASSERT_TRUE(set.CreateSnapshot("big", "s2").ok());
-  ASSERT_TRUE(set.ResizeVolume("big", 4 * kTiB, false).ok());
+  for (auto& [what, op] : refused) {
+    Status s = op();
+    EXPECT_TRUE(s.ok()) << what << " after freeing space: " << s.ToString();
+  }
   ExpectDataPathWorks(full.pool, full.v_content, "freeing space");
-  ASSERT_TRUE(full.pool.CloseAndReopen().ok());
+  ASSERT_TRUE(full.pool.CloseAndReopenWith(OpenWith(KeyFileSecret(2))).ok());
   ExpectDataPathWorks(full.pool, full.v_content, "reopening");
+  auto clone = full.pool.Read(*full.pool.Find("c0"), 0, full.v_content.size());
+  ASSERT_TRUE(clone.ok());
+  EXPECT_EQ(clone.value(), full.v_content);
   ASSERT_TRUE(Impl(full.pool).CheckReferencesForTest().ok());
   ASSERT_TRUE(full.pool.Close().ok());
   ExpectFsckClean(full.pool.device());
 }
+
+INSTANTIATE_TEST_SUITE_P(Journals, FullPoolMatrix, ::testing::Values(0, kMiB),
+                         [](const auto& info) { return info.param ? "TinyJournal" : "DefaultJournal"; });
 
 // Discarding frees space on a full pool, and the freed space takes writes.
 TEST(FullPool, DiscardFreesSpaceThatWritesThenUse) {
@@ -192,46 +240,84 @@ TEST(Names, InternalSnapshotNamesAreNotReachable) {
   // The release resumes at the next open and the pool is whole.
   ASSERT_TRUE(pool.CloseAndReopen().ok());
   Impl(pool).WaitForBackgroundDeletes();
-  EXPECT_EQ(set.Info().snapshots_being_deleted, 0u);
+  EXPECT_EQ(pool.set().Info().snapshots_being_deleted, 0u);
   ASSERT_TRUE(pool.Close().ok());
   ExpectFsckClean(pool.device());
 }
 
-// The operations above cut by a power loss at many points: after each cut
-// the pool opens, fsck is clean and v holds its flushed content.
-TEST(FullPool, PowerCutsDuringControlOperationsOnAFullPool) {
-  FullPool full;
+// Every control operation above, plus a write to w between them, cut by a
+// power loss at many points (both journal sizes): after each cut the pool
+// opens (with the old key or, if the rekey committed, the new one), fsck is
+// clean, references agree, and every volume holds what the model allows.
+class FullPoolPowerCut : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(FullPoolPowerCut, ControlOperationsOnAFullPoolSurviveCuts) {
+  FullPool full(GetParam());
   full.SetUp();
   ASSERT_TRUE(full.pool.Close().ok());
   const std::vector<uint8_t> image = full.pool.device().durable_image();
-  std::mt19937_64 rng(12);
-  int cuts = 0;
-  for (int64_t ops_before_cut = 0; ops_before_cut < 400; ops_before_cut += 7) {
-    SCOPED_TRACE("cut after " + std::to_string(ops_before_cut) + " device operations");
-    FaultDevice& device = full.pool.device();
-    device.durable_image() = image;
-    ASSERT_TRUE(full.pool.Reopen().ok());
+  const std::vector<uint8_t> w_next = Pattern(4 * kMiB, 5);
+  FaultDevice& device = full.pool.device();
+  auto run_everything = [&] {
     VolumeSet& set = full.pool.set();
-    device.FailAfter(ops_before_cut);
-    (void)set.CreateSnapshot("big", "s1");
-    (void)set.CreateVolume("big2", 2 * kTiB);
-    (void)set.CloneSnapshot("v", "before", "c");
-    (void)set.Rollback("v", "before", true);
+    bool w_flushed = full.pool.Write(*full.pool.Find("w"), 0, w_next).ok() && full.pool.Flush(*full.pool.Find("w")).ok();
     (void)set.DeleteVolume("fill");
-    (void)set.CreateSnapshot("big", "s2");
-    (void)set.ResizeVolume("big", 4 * kTiB, false);
+    for (auto& [what, op] : EveryControlOperation(set)) (void)op();
+    return w_flushed;
+  };
+  auto device_ops = [&] {
+    DeviceStats stats = device.stats();
+    return static_cast<int64_t>(stats.reads + stats.writes + stats.flushes);
+  };
+  // How many device operations the whole run takes uncut: the cuts spread
+  // over all of it.
+  ASSERT_TRUE(full.pool.CloseAndReopenWith(OpenWith(KeyFileSecret(1))).ok());
+  int64_t start = device_ops();
+  run_everything();
+  const int64_t total_ops = device_ops() - start;
+  ASSERT_TRUE(full.pool.Close().ok());
+  std::mt19937_64 rng(12);
+  int cuts = 0, rekeyed = 0;
+  for (int64_t ops_before_cut = 0; ops_before_cut < total_ops; ops_before_cut += total_ops / 60 + 1) {
+    SCOPED_TRACE("cut after " + std::to_string(ops_before_cut) + " of " + std::to_string(total_ops) +
+                 " device operations");
+    device.durable_image() = image;
+    ASSERT_TRUE(full.pool.CloseAndReopenWith(OpenWith(KeyFileSecret(1))).ok());
+    device.FailAfter(ops_before_cut);
+    bool w_flushed = run_everything();
     cuts++;
     Status reopened = full.pool.CrashAndReopen(rng);
+    if (reopened.code() == EACCES) {
+      reopened = full.pool.CloseAndReopenWith(OpenWith(KeyFileSecret(2)));
+      rekeyed++;
+    }
     ASSERT_TRUE(reopened.ok()) << reopened.ToString();
-    auto back = full.pool.Read(*full.pool.Find("v"), 0, full.v_content.size());
-    ASSERT_TRUE(back.ok()) << back.status().ToString();
-    ASSERT_EQ(back.value(), full.v_content);
+    for (const char* name : {"v", "c0"}) {
+      auto back = full.pool.Read(*full.pool.Find(name), 0, full.v_content.size());
+      ASSERT_TRUE(back.ok()) << back.status().ToString();
+      ASSERT_EQ(back.value(), full.v_content) << name;
+    }
+    auto w = full.pool.Read(*full.pool.Find("w"), 0, w_next.size());
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    if (w_flushed) {
+      ASSERT_EQ(w.value(), w_next);
+    } else {
+      for (size_t sector = 0; sector < w_next.size(); sector += 512)
+        ASSERT_TRUE(std::equal(w.value().begin() + sector, w.value().begin() + sector + 512, w_next.begin() + sector) ||
+                    std::equal(w.value().begin() + sector, w.value().begin() + sector + 512,
+                               full.v_content.begin() + sector))
+            << "w sector " << sector / 512 << " holds neither its old nor its new content";
+    }
     ASSERT_TRUE(Impl(full.pool).CheckReferencesForTest().ok());
     ASSERT_TRUE(full.pool.Close().ok());
     ExpectFsckClean(device);
   }
   EXPECT_GT(cuts, 50);
+  EXPECT_GT(rekeyed, 0) << "no cut came after the rekey: cut later";
 }
+
+INSTANTIATE_TEST_SUITE_P(Journals, FullPoolPowerCut, ::testing::Values(0, kMiB),
+                         [](const auto& info) { return info.param ? "TinyJournal" : "DefaultJournal"; });
 
 }  // namespace
 }  // namespace edgestor
