@@ -75,7 +75,10 @@ std::string PoolInfoText(const std::string& path, const PoolInfo& info) {
       {"free", SizeWithBytes(info.free_bytes)},
       {"journal", SizeWithBytes(info.journal_bytes)},
       {"checkpoint", "generation " + std::to_string(info.checkpoint_generation)},
-      {"volumes", std::to_string(info.volume_count)},
+      {"volumes", std::to_string(info.volume_count) +
+                      (info.volumes_being_deleted ? " (and " + std::to_string(info.volumes_being_deleted) +
+                                                        " being deleted in the background)"
+                                                  : "")},
       {"snapshots", std::to_string(info.snapshot_count) +
                         (info.snapshots_being_deleted ? " (and " + std::to_string(info.snapshots_being_deleted) +
                                                             " being deleted in the background)"

@@ -60,6 +60,10 @@ uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + clus
 
 std::string DeletingSnapshotName(uint32_t snapshot_id) { return ".deleting-" + std::to_string(snapshot_id); }
 
+std::string DeletingVolumeName(uint32_t volume_id) { return ".deleting-volume-" + std::to_string(volume_id); }
+
+bool IsDeletingVolumeName(const std::string& name) { return name.starts_with(".deleting-volume-"); }
+
 uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size) {
   return (ClustersFor(size, cluster_size) + format::kEntriesPerMapPage - 1) / format::kEntriesPerMapPage;
 }
@@ -188,7 +192,7 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
     v.id = e.volume_id;
     v.size = e.size;
     if (e.name_length > format::kMaxVolumeNameLength || !in.GetBytes(e.name_length, &v.name) ||
-        !IsValidVolumeName(v.name))
+        !(IsValidVolumeName(v.name) || v.name == DeletingVolumeName(v.id)))
       return Corrupt("bad volume name");
     if (v.id == 0 || v.id >= header.next_volume_id || !ids.insert(v.id).second) return Corrupt("bad volume id");
     if (!names.insert(v.name).second) return Corrupt("duplicate volume name " + v.name);

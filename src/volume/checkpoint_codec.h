@@ -51,6 +51,10 @@ Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uin
 bool IsValidVolumeName(const std::string& name);
 // The name a snapshot being deleted in the background carries.
 std::string DeletingSnapshotName(uint32_t snapshot_id);
+// The name a volume being deleted in the background carries (hidden from
+// every caller; no user can give a name starting with '.').
+std::string DeletingVolumeName(uint32_t volume_id);
+bool IsDeletingVolumeName(const std::string& name);
 // Directory slots (map pages) of a volume of `size` bytes.
 uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size);
 // A snapshot directory's side chain: its slots, packed.

@@ -321,3 +321,124 @@ INSTANTIATE_TEST_SUITE_P(Journals, FullPoolPowerCut, ::testing::Values(0, kMiB),
 
 }  // namespace
 }  // namespace edgestor
+
+namespace edgestor {
+namespace {
+
+constexpr uint64_t kStepPages = 16;
+
+// A pool with 4 KiB clusters (a map page covers ~1 MiB) holding `big`,
+// fully written: 129 map pages and 32,768 runs for 128 MiB.
+struct LargeVolume {
+  explicit LargeVolume(uint64_t size) : size(size), pool(size + 64 * kMiB, PoolCreateOptions{.cluster_size = 4096}) {}
+  uint64_t size;
+  TestPool pool;
+  uint64_t free_before = 0;
+  std::vector<uint8_t> content;
+
+  void SetUp() {
+    Impl(pool).set_release_step_pages(kStepPages);
+    free_before = pool.set().Info().free_bytes;
+    Volume* big = pool.set().CreateVolume("big", size).value();
+    for (uint64_t offset = 0; offset < size; offset += 4 * kMiB) {
+      auto chunk = Pattern(4 * kMiB, static_cast<uint8_t>(offset >> 22));
+      ASSERT_TRUE(pool.Write(*big, offset, chunk).ok());
+      if (offset < 8 * kMiB) content.insert(content.end(), chunk.begin(), chunk.end());
+    }
+    ASSERT_TRUE(pool.set().Checkpoint().ok());
+  }
+  // What one checkpoint may release in a step: the step's pages with every
+  // run they map, plus pages the data path dirtied meanwhile.
+  static uint64_t StepBound() { return kStepPages * (format::kEntriesPerMapPage + 1) + 64; }
+};
+
+// Shrinking and deleting a large volume hold at most one step's runs in
+// memory (before: one list of every cluster, 16,384 runs for the shrink
+// below and 32,768 for the delete), and release everything in the end.
+TEST(Bounds, ShrinkAndDeleteOfALargeVolumeGoInBoundedSteps) {
+  LargeVolume large(128 * kMiB);
+  large.SetUp();
+  VolumeSet& set = large.pool.set();
+  ASSERT_TRUE(set.ResizeVolume("big", 64 * kMiB, true).ok());
+  EXPECT_EQ(set.GetVolumeInfo("big")->size, 64 * kMiB);
+  EXPECT_LE(Impl(large.pool).largest_release_for_test(), LargeVolume::StepBound());
+  ASSERT_TRUE(large.pool.CloseAndReopen().ok());
+  Impl(large.pool).set_release_step_pages(kStepPages);
+  auto head = large.pool.Read(*large.pool.Find("big"), 0, large.content.size());
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(head.value(), large.content);
+
+  // The delete hides the volume at once; its name is free again.
+  ASSERT_TRUE(large.pool.set().DeleteVolume("big").ok());
+  EXPECT_EQ(large.pool.Find("big"), nullptr);
+  EXPECT_TRUE(large.pool.set().ListVolumes().empty());
+  ASSERT_TRUE(large.pool.set().CreateVolume("big", kMiB).ok());
+  Impl(large.pool).WaitForBackgroundDeletes();
+  EXPECT_LE(Impl(large.pool).largest_release_for_test(), LargeVolume::StepBound());
+  PoolInfo info = large.pool.set().Info();
+  EXPECT_EQ(info.volumes_being_deleted, 0u);
+  EXPECT_EQ(info.volume_count, 1u);
+  ASSERT_TRUE(large.pool.set().DeleteVolume("big").ok());
+  EXPECT_EQ(large.pool.set().Info().free_bytes, large.free_before);
+  ASSERT_TRUE(Impl(large.pool).CheckReferencesForTest().ok());
+  ASSERT_TRUE(large.pool.Close().ok());
+  ExpectFsckClean(large.pool.device());
+}
+
+// A background delete cut by power loss at many points: after each cut the
+// volume is either whole or gone for callers, the release resumes at open
+// and finishes with every block free, and fsck is clean.
+TEST(Bounds, BackgroundDeleteSurvivesCuts) {
+  LargeVolume large(64 * kMiB);
+  large.SetUp();
+  ASSERT_TRUE(large.pool.Close().ok());
+  FaultDevice& device = large.pool.device();
+  const std::vector<uint8_t> image = device.durable_image();
+  auto device_ops = [&] {
+    DeviceStats stats = device.stats();
+    return static_cast<int64_t>(stats.reads + stats.writes + stats.flushes);
+  };
+  auto start_delete = [&] {
+    Impl(large.pool).set_background_delete_pages(4);
+    Impl(large.pool).set_release_step_pages(4);
+    return large.pool.set().DeleteVolume("big");
+  };
+  ASSERT_TRUE(large.pool.Reopen().ok());
+  int64_t start = device_ops();
+  ASSERT_TRUE(start_delete().ok());
+  Impl(large.pool).WaitForBackgroundDeletes();
+  const int64_t total_ops = device_ops() - start;
+  ASSERT_TRUE(large.pool.Close().ok());
+  std::mt19937_64 rng(5);
+  int cuts = 0, gone = 0;
+  for (int64_t ops_before_cut = 0; ops_before_cut < total_ops; ops_before_cut += total_ops / 40 + 1) {
+    SCOPED_TRACE("cut after " + std::to_string(ops_before_cut) + " of " + std::to_string(total_ops));
+    device.durable_image() = image;
+    ASSERT_TRUE(large.pool.Reopen().ok());
+    device.FailAfter(ops_before_cut);
+    (void)start_delete();
+    Impl(large.pool).WaitForBackgroundDeletes();
+    cuts++;
+    Status reopened = large.pool.CrashAndReopen(rng);
+    ASSERT_TRUE(reopened.ok()) << reopened.ToString();
+    Impl(large.pool).WaitForBackgroundDeletes();
+    if (Volume* big = large.pool.Find("big")) {
+      auto head = large.pool.Read(*big, 0, large.content.size());
+      ASSERT_TRUE(head.ok());
+      ASSERT_EQ(head.value(), large.content);
+    } else {
+      gone++;
+      EXPECT_EQ(large.pool.set().Info().free_bytes, large.free_before);
+    }
+    EXPECT_EQ(large.pool.set().Info().volumes_being_deleted, 0u);
+    ASSERT_TRUE(Impl(large.pool).CheckReferencesForTest().ok());
+    ASSERT_TRUE(large.pool.Close().ok());
+    ExpectFsckClean(device);
+  }
+  EXPECT_GT(cuts, 30);
+  EXPECT_GT(gone, 0);
+  EXPECT_LT(gone, cuts);
+}
+
+}  // namespace
+}  // namespace edgestor

@@ -89,6 +89,12 @@ class ThinVolume : public Volume {
   Status ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees);
   // REQUIRES: mu_ held. Appends all blocks of the volume to `frees`.
   Status ReleaseAllLocked(std::vector<BlockRun>* frees);
+  // REQUIRES: mu_ held. The size a shrink towards `floor_size` may stop at
+  // so that it releases at most `pages` map pages (stored or cached): large
+  // deletes and shrinks go in steps of bounded memory.
+  uint64_t ShrinkStepSizeLocked(uint64_t floor_size, uint64_t pages);
+  // REQUIRES: mu_ held, no I/O in flight (a volume hidden for deletion).
+  void Rename(std::string name) { name_ = std::move(name); }
   uint64_t inflight() const { return inflight_ios_; }
   // Checks an entry read from disk (journal or map page) for impossible values.
   bool EntryIsWellFormed(const format::MapEntry& entry) const;
@@ -138,7 +144,7 @@ class ThinVolume : public Volume {
   VolumeSetImpl& set_;
   Pool& pool_;
   const uint32_t id_;
-  const std::string name_;
+  std::string name_;
   const uint32_t cluster_size_;
   const uint32_t cluster_blocks_;
   std::atomic<uint64_t> size_;

@@ -1,5 +1,6 @@
 // ThinVolume: control-path operations (recovery, accounting, resize,
 // release). Called by VolumeSetImpl.
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 
@@ -193,6 +194,21 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
   map_.Resize(new_clusters);
   size_ = new_size;
   return Status::Ok();
+}
+
+uint64_t ThinVolume::ShrinkStepSizeLocked(uint64_t floor_size, uint64_t pages) {
+  const uint64_t page_bytes = uint64_t{kEntriesPerMapPage} * cluster_size_;
+  const uint64_t floor_slot = floor_size / page_bytes;  // the page holding the new end stays
+  auto& slots = map_.slots();
+  uint64_t slot = slots.size(), released = 0;
+  pages = std::max<uint64_t>(pages, 1);
+  for (; slot > floor_slot; slot--) {
+    const ThinMap::Slot& s = slots[slot - 1];
+    if (s.block == 0 && !s.page) continue;  // never stored: costs nothing to drop
+    if (released == pages) break;
+    released++;
+  }
+  return std::max(floor_size, std::min(size(), slot * page_bytes));
 }
 
 Status ThinVolume::ReleaseAllLocked(std::vector<BlockRun>* frees) {

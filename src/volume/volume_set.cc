@@ -198,6 +198,8 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   ES_RETURN_IF_ERROR(CheckpointLocked({}));
   for (auto& [name, snapshot] : snapshots_)
     if (snapshot.entry.flags & format::kSnapshotDeleting) StartReclaimerLocked();
+  for (auto& [name, volume] : volumes_)
+    if (IsDeletingVolumeName(name)) StartReclaimerLocked();
   return Status::Ok();
 }
 
@@ -209,7 +211,9 @@ ThinVolume* VolumeSetImpl::FindById(uint32_t id) {
 
 ThinVolume* VolumeSetImpl::FindLocked(const std::string& name) {
   auto it = volumes_.find(name);
-  return it == volumes_.end() ? nullptr : it->second.get();
+  // A volume being deleted in the background is gone for every caller.
+  if (it == volumes_.end() || IsDeletingVolumeName(name)) return nullptr;
+  return it->second.get();
 }
 
 Status VolumeSetImpl::CheckUsable() const {
@@ -241,7 +245,10 @@ PoolInfo VolumeSetImpl::Info() {
   info.allocated_bytes = info.data_bytes - info.free_bytes;
   info.journal_bytes = g.journal_blocks * kBlockSize;
   info.checkpoint_generation = pool_->checkpoint_gen();
-  info.volume_count = static_cast<uint32_t>(volumes_.size());
+  for (auto& [name, volume] : volumes_) {
+    if (IsDeletingVolumeName(name)) info.volumes_being_deleted++;
+    else info.volume_count++;
+  }
   info.format_version = format::kVersion;
   uint32_t source = pool_->key_protection().source;
   info.key_source = source == format::kKeySourceNone      ? "none"
@@ -265,6 +272,7 @@ std::vector<VolumeInfo> VolumeSetImpl::ListVolumes() {
   (void)SettleLocked();  // a failure shows in the figures only
   std::vector<VolumeInfo> out;
   for (auto& [name, volume] : volumes_) {
+    if (IsDeletingVolumeName(name)) continue;
     out.push_back(volume->Info());
     (void)FillSharingInfo(*volume, &out.back());
   }
@@ -284,7 +292,8 @@ Result<VolumeInfo> VolumeSetImpl::GetVolumeInfo(const std::string& name) {
 std::vector<std::string> VolumeSetImpl::VolumeNames() {
   std::lock_guard lock(mu_);
   std::vector<std::string> names;
-  for (auto& [name, volume] : volumes_) names.push_back(name);
+  for (auto& [name, volume] : volumes_)
+    if (!IsDeletingVolumeName(name)) names.push_back(name);
   return names;
 }
 
@@ -373,10 +382,30 @@ Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, b
     ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(
         {(new_slots - old_slots) * sizeof(format::DirectorySlot), 0, kControlSlackBlocks}));
   }
-  std::vector<BlockRun> frees;
+  // A shrink releases in steps of bounded memory, each one committed.
+  while (new_size < volume->size()) {
+    uint64_t step_size;
+    {
+      std::lock_guard volume_lock(volume->mutex());
+      step_size = volume->ShrinkStepSizeLocked(new_size, release_step_pages_);
+    }
+    ES_RETURN_IF_ERROR(ShrinkAndCommitLocked(*volume, step_size));
+  }
+  if (new_size == volume->size()) return Status::Ok();
   {
     std::lock_guard volume_lock(volume->mutex());
-    ES_RETURN_IF_ERROR(volume->ResizeLocked(new_size, &frees));
+    std::vector<BlockRun> no_frees;
+    ES_RETURN_IF_ERROR(volume->ResizeLocked(new_size, &no_frees));
+    assert(no_frees.empty());  // growing frees nothing
+  }
+  return CheckpointLocked({});
+}
+
+Status VolumeSetImpl::ShrinkAndCommitLocked(ThinVolume& volume, uint64_t new_size) {
+  std::vector<BlockRun> frees;
+  {
+    std::lock_guard volume_lock(volume.mutex());
+    ES_RETURN_IF_ERROR(volume.ResizeLocked(new_size, &frees));
   }
   // Freed space becomes reusable only once the checkpoint is durable.
   return CheckpointLocked(std::move(frees));
@@ -399,10 +428,55 @@ Status VolumeSetImpl::DeleteVolume(const std::string& name) {
                              " snapshot(s); delete them first (`edgestor snap list " + name + "`)");
   if (deleting)
     return Status(EBUSY, "volume '" + name + "' has snapshots whose space is still being released; try again shortly");
+  ThinVolume& volume = *it->second;
+  uint64_t own_pages = 0;
+  {
+    std::lock_guard volume_lock(volume.mutex());
+    if (volume.inflight()) return Status(EBUSY, "volume " + name + " has I/O in flight");
+    for (const ThinMap::Slot& slot : volume.map().slots()) own_pages += slot.block != 0 || slot.page;
+  }
+  // Releasing means reading every page of the volume and listing its runs:
+  // for many pages that goes to the background, in bounded steps, after
+  // the volume is hidden.
+  if (own_pages > background_delete_pages_) return HideVolumeForDeletionLocked(volume);
   std::vector<BlockRun> frees;
   {
-    std::lock_guard volume_lock(it->second->mutex());
-    ES_RETURN_IF_ERROR(it->second->ReleaseAllLocked(&frees));
+    std::lock_guard volume_lock(volume.mutex());
+    ES_RETURN_IF_ERROR(volume.ReleaseAllLocked(&frees));
+  }
+  volumes_.erase(it);
+  return CheckpointLocked(std::move(frees));
+}
+
+Status VolumeSetImpl::HideVolumeForDeletionLocked(ThinVolume& volume) {
+  const std::string name = volume.name();
+  ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
+    auto node = volumes_.extract(name);
+    node.key() = DeletingVolumeName(volume.id());
+    volume.Rename(node.key());  // every volume lock is held here
+    volumes_.insert(std::move(node));
+    return Status::Ok();
+  }));
+  StartReclaimerLocked();
+  return Status::Ok();
+}
+
+Status VolumeSetImpl::ReleaseVolumeStep(const std::string& hidden_name) {
+  std::lock_guard lock(mu_);
+  ES_RETURN_IF_ERROR(CheckUsable());
+  auto it = volumes_.find(hidden_name);
+  if (it == volumes_.end()) return Status::Ok();
+  ThinVolume& volume = *it->second;
+  uint64_t step_size;
+  {
+    std::lock_guard volume_lock(volume.mutex());
+    step_size = volume.ShrinkStepSizeLocked(0, release_step_pages_);
+  }
+  if (step_size > 0) return ShrinkAndCommitLocked(volume, step_size);
+  std::vector<BlockRun> frees;
+  {
+    std::lock_guard volume_lock(volume.mutex());
+    ES_RETURN_IF_ERROR(volume.ReleaseAllLocked(&frees));
   }
   volumes_.erase(it);
   return CheckpointLocked(std::move(frees));
@@ -461,6 +535,7 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
   contents.next_snapshot_id = next_snapshot_id_;
   for (auto& [full, snapshot] : snapshots_)
     contents.snapshots.push_back({snapshot.entry, snapshot.name, snapshot.view->attributes()});
+  largest_release_ = std::max<uint64_t>(largest_release_, frees.size());
   if (s.ok()) s = pool_->WriteCheckpoint(EncodeCheckpoint(contents), std::move(frees), new_keys);
   if (!s.ok()) {
     failed_ = true;  // memory and disk may now disagree: only a reopen recovers

@@ -96,6 +96,7 @@ struct PoolInfo {
   CompressionSetting default_compression;
   uint32_t snapshot_count = 0;
   uint32_t snapshots_being_deleted = 0;  // space still being released in the background
+  uint32_t volumes_being_deleted = 0;    // likewise (hidden, not in volume_count)
   // Why that release stopped, if it did (it resumes at the next open).
   std::string background_delete_error;
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
@@ -174,10 +175,14 @@ class VolumeSet {
   // snapshot is found as "VOL@SNAP" and is read-only.
   virtual Result<Volume*> FindVolume(const std::string& name) = 0;
   // Growing is always allowed; shrinking only with allow_shrink (data beyond
-  // the new end is freed).
+  // the new end is freed, in steps of bounded memory, each committed: a
+  // crash midway leaves a size between the old and the new).
   virtual Status ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) = 0;
   // Frees every cluster of the volume. REQUIRES: no I/O in flight on it.
-  // EBUSY while it has snapshots (delete them first).
+  // EBUSY while it has snapshots (delete them first). A volume with many
+  // map pages disappears at once and its space is released in the
+  // background, in steps of bounded memory (PoolInfo::volumes_being_deleted;
+  // resumed after a crash or reopen).
   virtual Status DeleteVolume(const std::string& name) = 0;
 
   // ---- Snapshots and clones ----

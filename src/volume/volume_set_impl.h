@@ -1,6 +1,7 @@
 // VolumeSetImpl: the volume table, recovery and checkpoints.
 #pragma once
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -73,7 +74,13 @@ class VolumeSetImpl : public VolumeSet {
   Result<std::vector<BlockRun>> MappedRunsForTest(const std::string& name);
   // Deletes with more pages of their own than this go to the background.
   void set_background_delete_pages(uint64_t pages) { background_delete_pages_ = pages; }
-  // Tests: waits until no snapshot deletion is pending.
+  // Large deletes and shrinks release at most this many map pages (and
+  // their runs) per checkpoint.
+  void set_release_step_pages(uint64_t pages) { release_step_pages_ = std::max<uint64_t>(pages, 1); }
+  // Tests: the most runs one checkpoint released so far (what one step of a
+  // delete or shrink held in memory).
+  uint64_t largest_release_for_test() const { return largest_release_; }
+  // Tests: waits until no snapshot or volume deletion is pending.
   void WaitForBackgroundDeletes();
   // Tests: stops the background release for good (until the pool is
   // reopened), so hidden snapshots stay hidden.
@@ -139,6 +146,13 @@ class VolumeSetImpl : public VolumeSet {
   // reads its own pages and commits their release.
   Status HideForDeletionLocked(Snapshot& snapshot);
   void StartReclaimerLocked();  // REQUIRES: mu_ held
+  // Background deletion of a large volume: renamed to its hidden name
+  // (committed), then shrunk from its end in bounded steps, then removed.
+  Status HideVolumeForDeletionLocked(ThinVolume& volume);
+  Status ReleaseVolumeStep(const std::string& hidden_name);
+  // REQUIRES: mu_ held. Shrinks `volume` to `new_size` and commits the
+  // release.
+  Status ShrinkAndCommitLocked(ThinVolume& volume, uint64_t new_size);
   void ReclaimLoop();
   Status ReclaimOne(uint32_t snapshot_id);
   void StopReclaimer();
@@ -172,6 +186,8 @@ class VolumeSetImpl : public VolumeSet {
   // writes in flight) with the operations that destroy volume objects.
   std::mutex control_mu_;
   uint64_t background_delete_pages_ = 64;
+  uint64_t release_step_pages_ = 256;  // 256 pages: at most ~65,000 runs (1 MiB) per step
+  uint64_t largest_release_ = 0;       // GUARDED_BY(mu_)
   std::thread reclaimer_;        // GUARDED_BY(mu_) to start; joined by StopReclaimer
   bool reclaimer_running_ = false;  // GUARDED_BY(mu_)
   std::atomic<bool> stop_reclaimer_{false};

@@ -210,7 +210,7 @@ SnapshotInfo VolumeSetImpl::SnapshotInfoLocked(const Snapshot& snapshot) {
   info.used_bytes = unique.ok() ? unique.value() * kBlockSize : 0;
   for (auto& [name, volume] : volumes_) {
     std::lock_guard volume_lock(volume->mutex());
-    if (volume->attributes().origin_snapshot == info.id) info.clones.push_back(name);
+    if (volume->attributes().origin_snapshot == info.id && !IsDeletingVolumeName(name)) info.clones.push_back(name);
   }
   return info;
 }
@@ -247,11 +247,16 @@ Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::strin
   if (!snapshot) return Status(ENOENT, "no snapshot named '" + volume + "@" + name + "'");
   std::string full = volume + "@" + name;
   std::string clones;
+  bool clone_being_deleted = false;
   for (auto& [clone_name, clone] : volumes_) {
     std::lock_guard volume_lock(clone->mutex());
-    if (clone->attributes().origin_snapshot == snapshot->entry.snapshot_id)
-      clones += (clones.empty() ? "" : ", ") + clone_name;
+    if (clone->attributes().origin_snapshot != snapshot->entry.snapshot_id) continue;
+    if (IsDeletingVolumeName(clone_name)) clone_being_deleted = true;
+    else clones += (clones.empty() ? "" : ", ") + clone_name;
   }
+  if (clones.empty() && clone_being_deleted)
+    return Status(EBUSY, "snapshot " + full + " has a deleted clone whose space is still being released; try again "
+                             "shortly");
   if (!clones.empty())
     return Status(EBUSY, "snapshot " + full + " has clones (" + clones +
                              "); flatten them first (`edgestor vol flatten CLONE`) or delete them");
@@ -298,14 +303,17 @@ void VolumeSetImpl::StartReclaimerLocked() {
 void VolumeSetImpl::ReclaimLoop() {
   while (!stop_reclaimer_) {
     uint32_t victim = 0;
+    std::string volume_victim;
     {
       std::lock_guard lock(mu_);
       for (auto& [key, snapshot] : snapshots_)
         if (snapshot.entry.flags & format::kSnapshotDeleting) victim = snapshot.entry.snapshot_id;
-      if (victim == 0 || !CheckUsable().ok()) break;
+      for (auto& [name, volume] : volumes_)
+        if (IsDeletingVolumeName(name)) volume_victim = name;
+      if ((victim == 0 && volume_victim.empty()) || !CheckUsable().ok()) break;
     }
-    // A failure leaves the snapshot hidden; the next open resumes.
-    Status s = ReclaimOne(victim);
+    // A failure leaves the snapshot or volume hidden; the next open resumes.
+    Status s = volume_victim.empty() ? ReclaimOne(victim) : ReleaseVolumeStep(volume_victim);
     if (!s.ok()) {
       std::lock_guard lock(mu_);
       if (s.code() != ECANCELED)
