@@ -181,6 +181,11 @@ Status FaultDevice::Allocate(uint64_t offset, uint64_t len) {
   return BackLocked(offset, len);
 }
 
+bool FaultDevice::lost_power() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
+}
+
 void FaultDevice::SetHostFull(bool full) {
   std::lock_guard<std::mutex> lock(mu_);
   host_full_ = full;

@@ -64,6 +64,8 @@ class FaultDevice : public Device {
   // PowerCut) to see everything. Changes made through the reference are
   // seen by the next operation, on top of any still-unflushed writes.
   std::vector<uint8_t>& durable_image();
+  // True from the failure FailAfter() armed until PowerCut().
+  bool lost_power() const;
   // Number of writes completed since the last flush.
   size_t unflushed_writes() const;
 

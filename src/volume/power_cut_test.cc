@@ -63,14 +63,20 @@ PoolOpenOptions OpenOptions(const Codecs& codecs) {
 
 class PowerCutHarness {
  public:
-  PowerCutHarness(uint64_t seed, uint32_t cluster_size, Codecs codecs)
-      : rng_(seed), codecs_(codecs), pool_(16 * kMiB, CreateOptions(cluster_size, codecs), OpenOptions(codecs)) {}
+  // With `host_fills`, the host file system under the (sparse) pool fills
+  // and frees at random: requests may get ENOSPC, the pool never stops.
+  PowerCutHarness(uint64_t seed, uint32_t cluster_size, Codecs codecs, bool host_fills = false)
+      : rng_(seed),
+        codecs_(codecs),
+        host_fills_(host_fills),
+        pool_(16 * kMiB, CreateOptions(cluster_size, codecs), OpenOptions(codecs)) {}
 
   // One round: arm the cut, run operations until the device dies or the
   // round ends, crash, recover, verify.
   void Round() {
     pool_.device().FailAfter(static_cast<int64_t>(rng_() % 400));
     for (int op = 0; op < 80 && !dead_; op++) Step();
+    pool_.device().SetHostFull(false);
     Status s = pool_.CrashAndReopen(rng_);
     ASSERT_TRUE(s.ok()) << "reopen after power cut: " << s.ToString();
     dead_ = false;
@@ -83,10 +89,18 @@ class PowerCutHarness {
 
  private:
   void Note(const Status& s) {
-    if (s.code() == EIO) dead_ = true;
+    if (s.code() != EIO) return;
+    dead_ = true;
+    // Only the power loss may fail a request with EIO: a full host is a
+    // request's ENOSPC, never a stopped pool.
+    if (host_fills_) ASSERT_TRUE(pool_.device().lost_power()) << "EIO without a power loss: " << s.ToString();
   }
 
   void Step() {
+    if (host_fills_ && rng_() % 16 == 0) {
+      host_full_ = !host_full_;
+      pool_.device().SetHostFull(host_full_);
+    }
     std::string name = rng_() % 2 ? "a" : "b";
     auto it = volumes_.find(name);
     if (it == volumes_.end()) return Create(name);
@@ -136,6 +150,7 @@ class PowerCutHarness {
     uint64_t size = (1 + rng_() % 4) * kMiB;
     auto v = pool_.set().CreateVolume(name, size);
     Note(v.status());
+    if (v.status().code() == ENOSPC) return;  // refused before anything changed
     ModelVolume mv;
     mv.size = size;
     mv.maybe_absent = !v.ok();
@@ -196,6 +211,8 @@ class PowerCutHarness {
   std::mt19937_64 rng_;
   Codecs codecs_;
   bool compression_on_ = true;
+  bool host_fills_ = false;
+  bool host_full_ = false;
   TestPool pool_;
   std::map<std::string, ModelVolume> volumes_;
   uint64_t next_tag_ = 1;
@@ -206,8 +223,8 @@ class PowerCutHarness {
   uint64_t compressed_clusters_seen_ = 0;  // summed over verifications
 };
 
-void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {}) {
-  PowerCutHarness harness(seed, cluster_size, codecs);
+void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {}, bool host_fills = false) {
+  PowerCutHarness harness(seed, cluster_size, codecs, host_fills);
   for (int i = 0; i < rounds; i++) {
     harness.Round();
     if (::testing::Test::HasFatalFailure()) {
@@ -231,6 +248,9 @@ TEST(PowerCut, RandomWorkloadSurvivesCutsWith64KiBClusters) { RunCuts(2, 65536, 
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith4KiBClusters) { RunCuts(3, 4096, 200); }
 TEST(PowerCut, EncryptedVolumesSurviveCuts) { RunCuts(4, 65536, 300, {.encrypt = true}); }
 TEST(PowerCut, Lz4CompressedVolumesSurviveCuts) { RunCuts(5, 65536, 300, {.compression = {Compression::kLz4, 0}}); }
+// Issue 12, item 8: the host file system under the sparse pool file fills
+// and frees between requests.
+TEST(PowerCut, AFillingHostFileSystemNeverStopsThePool) { RunCuts(7, 16384, 300, {}, /*host_fills=*/true); }
 TEST(PowerCut, ZstdCompressedEncryptedVolumesSurviveCuts) {
   RunCuts(6, 16384, 300, {.encrypt = true, .compression = {Compression::kZstd, 3}});
 }
