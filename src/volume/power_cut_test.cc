@@ -93,7 +93,9 @@ class PowerCutHarness {
     dead_ = true;
     // Only the power loss may fail a request with EIO: a full host is a
     // request's ENOSPC, never a stopped pool.
-    if (host_fills_) ASSERT_TRUE(pool_.device().lost_power()) << "EIO without a power loss: " << s.ToString();
+    if (host_fills_) {
+      ASSERT_TRUE(pool_.device().lost_power()) << "EIO without a power loss: " << s.ToString();
+    }
   }
 
   void Step() {
