@@ -8,8 +8,11 @@
 // block's checksum so the mutation reaches the parsers behind the CRC check.
 // Opening (recovery) and fsck must then either succeed or fail with a clean
 // Status: never crash, hang, or touch memory they should not.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -54,8 +57,15 @@ const std::vector<uint8_t>& BaseImage() {
   return image;
 }
 
-// Recomputes the CRC of a block whose magic we recognise.
+// Recomputes the CRC of a block whose magic we recognise: the label's plain
+// CRC, or (format version 4) the CRC bound to the base image's pool uuid,
+// as the pool computes it, so that mutations reach the parsers behind it.
 void Reseal(uint8_t* block) {
+  static const std::vector<uint8_t> uuid = [] {
+    format::Label label;
+    std::memcpy(&label, BaseImage().data(), sizeof label);
+    return std::vector<uint8_t>(label.pool_uuid, label.pool_uuid + sizeof label.pool_uuid);
+  }();
   uint32_t magic32;
   uint64_t magic64;
   std::memcpy(&magic32, block, 4);
@@ -67,7 +77,8 @@ void Reseal(uint8_t* block) {
     crc_offset = offsetof(format::CheckpointBlockHeader, crc);
   else if (magic32 == format::kMapPageMagic) crc_offset = offsetof(format::MapPageHeader, crc);
   else return;
-  uint32_t crc = format::BlockCrc(block, format::kBlockSize, crc_offset);
+  uint32_t crc = magic64 == format::kLabelMagic ? format::BlockCrc(block, format::kBlockSize, crc_offset)
+                                                : format::BoundBlockCrc(uuid.data(), block, format::kBlockSize, crc_offset);
   std::memcpy(block + crc_offset, &crc, 4);
 }
 
@@ -82,6 +93,17 @@ const std::vector<uint64_t>& MetadataBlocks() {
       if (magic == format::kJournalMagic || magic == format::kCheckpointMagic || magic == format::kMapPageMagic ||
           magic == format::kSnapshotDirectoryMagic || magic == static_cast<uint32_t>(format::kLabelMagic))
         out.push_back(b);
+    }
+    // Re-sealing an untouched block must give back its own CRC: otherwise
+    // every re-sealed input dies at the checksum and the parsers go unfuzzed.
+    for (uint64_t b : out) {
+      std::vector<uint8_t> copy(image.begin() + b * format::kBlockSize, image.begin() + (b + 1) * format::kBlockSize);
+      Reseal(copy.data());
+      if (!std::equal(copy.begin(), copy.end(), image.begin() + b * format::kBlockSize)) {
+        std::fprintf(stderr, "metadata_fuzz: Reseal() does not reproduce the CRC of block %llu\n",
+                     static_cast<unsigned long long>(b));
+        std::abort();
+      }
     }
     return out;
   }();

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config g++ clang
-  liburing-dev libssl-dev libzstd-dev liblz4-dev libisal-dev
+  liburing-dev libblkid-dev libssl-dev libzstd-dev liblz4-dev libisal-dev
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   fio qemu-utils nbdkit libnbd-bin

@@ -89,6 +89,50 @@ es_ok pool info f.img --json
 json_true "d['device_bytes'] == 64 * 2**20"
 pass
 
+check "pool create refuses a file system unless --force"
+truncate -s 64M fs.img
+mkfs.ext4 -q -F fs.img
+sum=$(md5 fs.img)
+es_fails 1 pool create fs.img
+err_has "ext4"
+err_has "--force"
+[[ $(md5 fs.img) == "$sum" ]] || fail "fs.img changed"
+es_ok pool create fs.img --force
+es_ok pool fsck fs.img
+pass
+
+check "pool create refuses a pool whose labels are all damaged unless --force"
+truncate -s 64M dmg.img
+es_ok pool create dmg.img
+for block in 0 1 $((64 * 256 - 2)) $((64 * 256 - 1)); do
+  printf '\xff' | dd of=dmg.img bs=1 seek=$((block * 4096 + 100)) conv=notrunc status=none
+done
+es_fails 1 pool info dmg.img
+err_has "damaged"
+es_fails 1 pool create dmg.img
+err_has "label"
+es_ok pool create dmg.img --force
+es_ok pool fsck dmg.img
+pass
+
+check "pool create refuses a grown pool file (its labels moved) unless --force"
+truncate -s 64M grown.img
+es_ok pool create grown.img
+truncate -s 80M grown.img
+es_fails 1 pool create grown.img
+err_has "label"
+es_ok pool create grown.img --force
+pass
+
+check "pool create --preallocate reserves the whole file; without it only the journal"
+es_ok pool create pre.img --size 64M --preallocate
+used_kib=$(du -k pre.img | cut -f1)
+((used_kib >= 64 * 1024)) || fail "preallocated pool file uses only $used_kib KiB"
+es_ok pool create sparse.img --size 256M --journal-size 4M
+used_kib=$(du -k sparse.img | cut -f1)
+((used_kib >= 4 * 1024 && used_kib < 32 * 1024)) || fail "sparse pool file uses $used_kib KiB"
+pass
+
 check "pool create with an invalid cluster size is a usage error and creates nothing"
 es_fails 2 pool create new.img --cluster-size 3K
 [[ ! -e new.img ]] || fail "new.img was created"

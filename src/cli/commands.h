@@ -26,6 +26,8 @@ struct PoolCreateArgs {
   uint64_t journal_bytes = 0;  // 0: chosen by the engine
   bool encrypt = false;        // new volumes encrypted by default (needs --keyfile/--passphrase-file)
   std::string compress = "off";  // default compression of new volumes
+  bool force = false;        // format over a pool label, file system or partition table
+  bool preallocate = false;  // reserve host space for the whole pool file now
 };
 // The pool key comes from the global --keyfile / --passphrase-file.
 void RunPoolCreate(const PoolCreateArgs& args);

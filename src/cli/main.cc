@@ -125,6 +125,12 @@ void AddPoolCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
   create->add_flag("--encrypt", c->encrypt, "encrypt new volumes by default (needs --keyfile or --passphrase-file)");
   create->add_option("--compress", c->compress, "default compression of new volumes: off, lz4, zstd[:LEVEL]")
       ->default_str("off");
+  create->add_flag("--force", c->force,
+                   "format even over a pool label (damaged, another version or size), a file system or a "
+                   "partition table: whatever the device holds is lost");
+  create->add_flag("--preallocate", c->preallocate,
+                   "reserve host file system space for the whole pool file now (labels and journal always are), "
+                   "so that a full host can never refuse a data write");
   create->callback([c, &g, &action] {
     c->path = PoolPath(c->path, g.pool);
     action = [c] {

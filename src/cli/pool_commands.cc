@@ -83,9 +83,12 @@ void RunPoolCreate(const PoolCreateArgs& args) {
   options.secret = LoadSecret(GetKeyArgs());
   options.encrypt_by_default = args.encrypt;
   options.compression = Unwrap(ParseCompression(args.compress), "bad --compress");
+  options.force = args.force;
+  options.preallocate = args.preallocate;
   Result<std::unique_ptr<VolumeSet>> created = VolumeSet::Create(std::move(device), options);
   if (!created.ok() && created.status().code() == EEXIST) {
-    Fail(path + " is already an edgestor pool; refusing to format it again");
+    Fail("refusing to format " + path + ": " + created.status().message() +
+         "; add --force to format it anyway (what it holds is lost)");
   }
   PoolSession session(path, std::move(lock), Unwrap(std::move(created), "cannot create pool " + path));
   PoolInfo info = session.pool().Info();

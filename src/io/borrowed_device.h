@@ -26,6 +26,10 @@ class BorrowedDevice : public Device {
     if (read_only_) return Status(EROFS, "device is opened read-only");
     return device_.FlushSync();
   }
+  Status Allocate(uint64_t offset, uint64_t len) override {
+    if (read_only_) return Status(EROFS, "device is opened read-only");
+    return device_.Allocate(offset, len);
+  }
   DeviceStats stats() const override { return device_.stats(); }
 
  private:

@@ -79,6 +79,15 @@ class Device {
   virtual Status ReadSync(uint64_t offset, void* buf, size_t len) = 0;
   virtual Status WriteSync(uint64_t offset, const void* buf, size_t len) = 0;
   virtual Status FlushSync() = 0;
+  // Has the host reserve space for [offset, offset+len), so that writes
+  // there cannot fail for lack of room in the file system holding a sparse
+  // file (fallocate). ENOSPC if the host has no room. Devices that need no
+  // reservation (block devices, memory) succeed at once.
+  virtual Status Allocate(uint64_t offset, uint64_t len) {
+    (void)offset;
+    (void)len;
+    return Status::Ok();
+  }
 
   // Counters since the device was opened (thread-safe snapshot).
   virtual DeviceStats stats() const = 0;

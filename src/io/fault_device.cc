@@ -151,12 +151,49 @@ Status FaultDevice::WriteLocked(uint64_t offset, const void* buf, size_t len) {
   RefreshAfterImageAccessLocked();
   ES_RETURN_IF_ERROR(CheckBuffer(buf, offset, len));
   ES_RETURN_IF_ERROR(CheckOp(offset, len, /*is_io=*/true));
+  ES_RETURN_IF_ERROR(BackLocked(offset, len));
   const auto* p = static_cast<const uint8_t*>(buf);
   PendingWrite& w = pending_.emplace_back(PendingWrite{offset, std::vector<uint8_t>(p, p + len)});
   Apply(current_, offset, w.data);
   stats_.writes++;
   stats_.bytes_written += len;
   return Status::Ok();
+}
+
+Status FaultDevice::BackLocked(uint64_t offset, uint64_t len) {
+  if (len == 0) return Status::Ok();
+  constexpr uint64_t kHostBlock = 4096;
+  if (host_backed_.empty()) host_backed_.assign((current_.size() + kHostBlock - 1) / kHostBlock, false);
+  uint64_t first = offset / kHostBlock, end = (offset + len + kHostBlock - 1) / kHostBlock;
+  assert(end <= host_backed_.size());
+  if (host_full_) {
+    for (uint64_t b = first; b < end; b++)
+      if (!host_backed_[b]) return Status(ENOSPC, "host file system is full (simulated): " + Where(offset, len));
+  }
+  for (uint64_t b = first; b < end; b++) host_backed_[b] = true;
+  return Status::Ok();
+}
+
+Status FaultDevice::Allocate(uint64_t offset, uint64_t len) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (offset > current_.size() || len > current_.size() - offset) return Status(EINVAL, "allocation past the end: " + Where(offset, len));
+  if (failed_) return Status(EIO, "fault-device has lost power");
+  return BackLocked(offset, len);
+}
+
+bool FaultDevice::lost_power() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
+}
+
+void FaultDevice::SetHostFull(bool full) {
+  std::lock_guard<std::mutex> lock(mu_);
+  host_full_ = full;
+}
+
+uint64_t FaultDevice::host_backed_blocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<uint64_t>(std::count(host_backed_.begin(), host_backed_.end(), true));
 }
 
 Status FaultDevice::FlushLocked() {

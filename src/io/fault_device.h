@@ -31,7 +31,16 @@ class FaultDevice : public Device {
   Status ReadSync(uint64_t offset, void* buf, size_t len) override;
   Status WriteSync(uint64_t offset, const void* buf, size_t len) override;
   Status FlushSync() override;
+  Status Allocate(uint64_t offset, uint64_t len) override;
   DeviceStats stats() const override;
+
+  // Simulates a sparse file on a host file system: a 4 KiB block gets host
+  // space when first written or Allocate()d. While the host is full, a write
+  // touching a block without host space fails with ENOSPC (changing
+  // nothing), and so does Allocate() of such a block.
+  void SetHostFull(bool full);
+  // Blocks that have host space.
+  uint64_t host_backed_blocks() const;
 
   // After `ops` more device operations (reads, writes, flushes) succeed, the
   // device "loses power": every later operation fails with EIO and changes
@@ -55,6 +64,8 @@ class FaultDevice : public Device {
   // PowerCut) to see everything. Changes made through the reference are
   // seen by the next operation, on top of any still-unflushed writes.
   std::vector<uint8_t>& durable_image();
+  // True from the failure FailAfter() armed until PowerCut().
+  bool lost_power() const;
   // Number of writes completed since the last flush.
   size_t unflushed_writes() const;
 
@@ -70,6 +81,9 @@ class FaultDevice : public Device {
   Status ReadLocked(uint64_t offset, void* buf, size_t len);
   Status WriteLocked(uint64_t offset, const void* buf, size_t len);
   Status FlushLocked();
+  // ENOSPC if the host is full and [offset, offset+len) has a block without
+  // host space; otherwise gives every block there host space.
+  Status BackLocked(uint64_t offset, uint64_t len);
   // Rebuilds current_ from durable_ + pending_ after durable_image() was
   // handed out, so edits made through it become visible to reads.
   void RefreshAfterImageAccessLocked();
@@ -81,7 +95,9 @@ class FaultDevice : public Device {
   std::vector<std::pair<uint64_t, uint64_t>> error_ranges_;
   int64_t ops_until_failure_ = -1;
   bool failed_ = false;
-  bool image_exposed_ = false;  // durable_image() was called since the last refresh
+  bool image_exposed_ = false;
+  bool host_full_ = false;
+  std::vector<bool> host_backed_;  // per 4 KiB block  // durable_image() was called since the last refresh
   DeviceStats stats_;
 };
 

@@ -186,6 +186,24 @@ Status FileDevice::FlushSync() {
   return Status::Ok();
 }
 
+Status FileDevice::Allocate(uint64_t offset, uint64_t len) {
+  if (read_only_) return Status(EROFS, path_ + " is opened read-only");
+  if (offset > size_ || len > size_ - offset) return Status(EINVAL, "allocation past the end of " + path_);
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return Status(errno, "cannot stat " + path_);
+  if (!S_ISREG(st.st_mode) || len == 0) return Status::Ok();
+  int rc;
+  do {
+    rc = fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(len));
+  } while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Status::Ok();
+  if (errno == EOPNOTSUPP) return Status::Ok();
+  if (errno == ENOSPC)
+    return Status(ENOSPC, "the file system holding " + path_ + " is full (cannot reserve " + std::to_string(len) +
+                              " bytes); free space on the host");
+  return Status(errno, "cannot allocate space in " + path_);
+}
+
 DeviceStats FileDevice::stats() const {
   DeviceStats s;
   s.bytes_read = bytes_read_.load(std::memory_order_relaxed);

@@ -27,6 +27,10 @@ class FileDevice final : public Device {
   Status ReadSync(uint64_t offset, void* buf, size_t len) override;
   Status WriteSync(uint64_t offset, const void* buf, size_t len) override;
   Status FlushSync() override;
+  // fallocate on a regular file; nothing to do on a block device, nor on a
+  // file system that cannot reserve space (the write path then reports a
+  // full host per request).
+  Status Allocate(uint64_t offset, uint64_t len) override;
   DeviceStats stats() const override;
 
   int fd() const { return fd_; }

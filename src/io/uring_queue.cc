@@ -32,11 +32,23 @@ uint32_t RingDepth(uint32_t depth) {
 }
 
 // Turns a kernel result into the IoRequest contract: 0 or -errno, with a
-// short transfer reported as -EIO.
-int CompletionResult(const IoRequest& req, int res) {
+// short read reported as -EIO. A short write is usually a host file system
+// that just filled (buffered I/O on tmpfs, say): the rest is written here to
+// learn why, so that the request fails with ENOSPC, not a vague EIO.
+int CompletionResult(int fd, const IoRequest& req, int res) {
   if (res < 0) return res;
   if (req.op == IoOp::kFlush) return 0;
-  return static_cast<uint32_t>(res) == req.length ? 0 : -EIO;
+  if (static_cast<uint32_t>(res) == req.length) return 0;
+  if (req.op != IoOp::kWrite) return -EIO;
+  uint32_t done = static_cast<uint32_t>(res);
+  while (done < req.length) {
+    ssize_t n = pwrite(fd, req.buf + done, req.length - done, static_cast<off_t>(req.offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno == EINVAL ? -EIO : -errno;  // EINVAL: an unaligned rest under O_DIRECT
+    if (n == 0) return -EIO;
+    done += static_cast<uint32_t>(n);
+  }
+  return 0;
 }
 
 void CountSuccess(FileDevice& device, const IoRequest& req) {
@@ -172,7 +184,7 @@ int UringQueue::Reap() {
     io_uring_cq_advance(&ring_, 1);  // before the callback, which may Submit
     assert(in_ring_ > 0);
     in_ring_--;
-    Complete(device_, req, CompletionResult(*req, res));
+    Complete(device_, req, CompletionResult(fd_, *req, res));
     n++;
   }
   return n;

@@ -10,7 +10,10 @@
 //
 // Every metadata block carries a magic, a CRC32C of the whole block (with the
 // crc field taken as zero) and a generation, so that a torn, stale or foreign
-// block is detected and never trusted. All integers are little-endian (the
+// block is detected and never trusted. Since version 4 the CRC of every
+// journal, checkpoint, snapshot-directory and map block is seeded with the
+// pool's uuid (BoundBlockCrc): a block another pool wrote on the same device
+// never verifies, even with the right magic, generation and sequence. All integers are little-endian (the
 // structs are written as they are in memory; x86-64 and arm64 are both LE).
 //
 // See docs/ARCHITECTURE.md for the commit protocol that ties these together.
@@ -26,9 +29,12 @@ inline constexpr uint32_t kBlockSize = 4096;
 // per-volume attributes and pool defaults to the checkpoint. Version 3 added
 // snapshots: a snapshot table in the checkpoint, snapshot directories in
 // side chains, map pages and data runs shared between them, and a clone's
-// origin in its attributes. Older pools open and are written in the current
-// version from their first checkpoint on.
-inline constexpr uint32_t kVersion = 3;
+// origin in its attributes. Version 4 binds metadata blocks to their pool:
+// their CRC is seeded with the pool uuid from Label::bound_since_gen on.
+// Older pools open and are written in the current version from their first
+// checkpoint on.
+inline constexpr uint32_t kVersion = 4;
+inline constexpr uint32_t kFirstBoundVersion = 4;
 inline constexpr uint32_t kOldestReadableVersion = 1;
 inline constexpr uint64_t kLabelMagic = 0x31524f5453474445ull;  // "EDGSTOR1"
 inline constexpr uint32_t kJournalMagic = 0x4c4e524aU;          // "JRNL"
@@ -87,11 +93,17 @@ struct Label {
   uint8_t kdf[kKdfRecordBytes];           // passphrase pools: scrypt parameters and salt
   uint8_t key_check[kWrappedKeyBytes];    // a random key wrapped by the pool key: unwraps
                                           // only with the right pool key
-  uint8_t reserved[4096 - 240];
+  // Version 4: metadata blocks stamped with this generation or a later one
+  // carry a CRC bound to pool_uuid (BoundBlockCrc); older ones (written
+  // before a version 1-3 pool was upgraded) a plain BlockCrc. 1 for a pool
+  // formatted as version 4. Never above checkpoint_gen.
+  uint64_t bound_since_gen;
+  uint8_t reserved[4096 - 248];
 };
 static_assert(sizeof(Label) == kBlockSize);
 static_assert(offsetof(Label, key_source) == 112);
-static_assert(offsetof(Label, reserved) == 240);
+static_assert(offsetof(Label, bound_since_gen) == 240);
+static_assert(offsetof(Label, reserved) == 248);
 
 // Journal block: a header then records, packed. One commit writes one or more
 // whole blocks; a block is never rewritten within a checkpoint generation, so
@@ -276,5 +288,8 @@ static_assert(sizeof(VolumeTableEntry) == 24);
 // Computes the CRC32C of a metadata block whose crc field is at `crc_offset`,
 // as if that field were zero.
 uint32_t BlockCrc(const void* block, size_t len, size_t crc_offset);
+// The same CRC seeded with a pool's uuid (16 bytes): what version 4 stores
+// in journal, checkpoint, snapshot-directory and map blocks.
+uint32_t BoundBlockCrc(const uint8_t* pool_uuid, const void* block, size_t len, size_t crc_offset);
 
 }  // namespace edgestor::format

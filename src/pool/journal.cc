@@ -64,7 +64,7 @@ Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
     }
     assert(h.record_count > 0);
     std::memcpy(buf.get(), &h, sizeof h);
-    uint32_t crc = format::BlockCrc(buf.get(), kBlockSize, offsetof(format::JournalBlockHeader, crc));
+    uint32_t crc = MetadataCrc(gen, buf.get(), offsetof(format::JournalBlockHeader, crc));
     std::memcpy(buf.get() + offsetof(format::JournalBlockHeader, crc), &crc, 4);
     ES_RETURN_IF_ERROR(device_->WriteSync(JournalBlockOffset(seq), buf.get(), kBlockSize));
     std::lock_guard lock(mu_);
@@ -137,7 +137,7 @@ Result<uint64_t> Pool::ReplayJournal(const RecordVisitor& apply) {
     std::memcpy(&h, buf.get(), sizeof h);
     bool valid = h.magic == format::kJournalMagic && h.seq == seq && h.checkpoint_gen == label_.checkpoint_gen &&
                  h.used_bytes <= format::kJournalPayload &&
-                 format::BlockCrc(buf.get(), kBlockSize, offsetof(format::JournalBlockHeader, crc)) == h.crc;
+                 MetadataCrc(h.checkpoint_gen, buf.get(), offsetof(format::JournalBlockHeader, crc)) == h.crc;
     if (!valid) break;  // end of the journal (or a torn last commit)
     const uint8_t* p = buf.get() + sizeof h;
     uint32_t pos = 0;

@@ -14,7 +14,7 @@ namespace {
 constexpr uint64_t kMiB = 1 << 20;
 
 std::unique_ptr<Pool> NewPool(FaultDevice& device, uint64_t journal_bytes) {
-  auto pool = Pool::Format(Borrow(device), 65536, journal_bytes);
+  auto pool = Pool::Format(Borrow(device), {.cluster_size = 65536, .journal_bytes = journal_bytes});
   EXPECT_TRUE(pool.ok()) << pool.status().ToString();
   return pool.ok() ? std::move(pool).value() : nullptr;
 }

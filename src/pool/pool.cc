@@ -9,18 +9,28 @@
 #include <random>
 
 #include "base/checksum.h"
+#include "io/signature_probe.h"
 
 namespace edgestor {
 
 using format::kBlockSize;
 
 namespace format {
-uint32_t BlockCrc(const void* block, size_t len, size_t crc_offset) {
+static uint32_t SeededBlockCrc(uint32_t seed, const void* block, size_t len, size_t crc_offset) {
+  assert(crc_offset + 4 <= len);
   const uint8_t* p = static_cast<const uint8_t*>(block);
   static const uint8_t kZeros[4] = {};
-  uint32_t crc = Crc32c(p, crc_offset, 0xffffffffu);
+  uint32_t crc = Crc32c(p, crc_offset, seed);
   crc = Crc32c(kZeros, 4, crc);
   return Crc32c(p + crc_offset + 4, len - crc_offset - 4, crc) ^ 0xffffffffu;
+}
+
+uint32_t BlockCrc(const void* block, size_t len, size_t crc_offset) {
+  return SeededBlockCrc(0xffffffffu, block, len, crc_offset);
+}
+
+uint32_t BoundBlockCrc(const uint8_t* pool_uuid, const void* block, size_t len, size_t crc_offset) {
+  return SeededBlockCrc(Crc32c(pool_uuid, sizeof(Label::pool_uuid), 0xffffffffu), block, len, crc_offset);
 }
 }  // namespace format
 
@@ -57,7 +67,9 @@ Status CheckLabelGeometry(const format::Label& l) {
   bool journal_ok = l.journal_start == kLabelBlocksFront && l.journal_blocks >= format::kMinJournalBlocks &&
                     l.journal_blocks <= format::kMaxJournalBlocks && l.journal_start + l.journal_blocks < total;
   bool checkpoint_ok = l.checkpoint_block < total;
-  if (l.block_size != kBlockSize || !cluster_ok || !journal_ok || !checkpoint_ok)
+  bool binding_ok = l.version < format::kFirstBoundVersion ||
+                    (l.bound_since_gen >= 1 && l.bound_since_gen <= l.checkpoint_gen);
+  if (l.block_size != kBlockSize || !cluster_ok || !journal_ok || !checkpoint_ok || !binding_ok)
     return Status(EUCLEAN, "pool label has impossible geometry");
   return Status::Ok();
 }
@@ -68,12 +80,17 @@ Pool::Pool(std::unique_ptr<Device> device, const format::Label& label)
     : device_(std::move(device)),
       label_(label),
       opened_version_(label.version),
+      // A version 1-3 pool binds its blocks from its first checkpoint on:
+      // journal blocks of its current generation stay plain until then, so
+      // the old label (still current after a crash) can replay them.
+      bound_since_gen_(label.version >= format::kFirstBoundVersion ? label.bound_since_gen : label.checkpoint_gen + 1),
       allocator_(label.device_bytes / kBlockSize, label.cluster_size / kBlockSize) {
   geometry_.device_bytes = label.device_bytes;
   geometry_.cluster_size = label.cluster_size;
   geometry_.journal_start = label.journal_start;
   geometry_.journal_blocks = label.journal_blocks;
   geometry_.total_blocks = label.device_bytes / kBlockSize;
+  std::memcpy(uuid_.data(), label.pool_uuid, uuid_.size());
   journal_head_seq_ = label.replay_seq;
   // Labels and journal are fixed; everything else is marked by recovery.
   allocator_.MarkUsed(0, label.journal_start + label.journal_blocks);
@@ -129,15 +146,51 @@ void SetKeys(format::Label* label, const KeyProtection& keys) {
 
 }  // namespace
 
-Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint32_t cluster_size,
-                                           uint64_t journal_bytes, const KeyProtection& keys) {
+namespace {
+
+// Why a device may not be formatted without force: any block at a label
+// position with the label magic (a pool, even a damaged one, one of a newer
+// version, or one whose device was resized), or anything libblkid knows.
+Status CheckNothingToLose(Device& device) {
+  Result<format::Label> existing = ReadBestLabel(device);
+  if (existing.ok()) return Status(EEXIST, device.name() + " already holds an edgestor pool");
+  uint64_t total_blocks = device.size() / kBlockSize;
+  AlignedBuffer buf = AllocateAligned(kBlockSize);
+  for (int copy = 0; copy < static_cast<int>(format::kLabelCopies); copy++) {
+    ES_RETURN_IF_ERROR(device.ReadSync(LabelBlock(total_blocks, copy) * kBlockSize, buf.get(), kBlockSize));
+    uint64_t magic;
+    std::memcpy(&magic, buf.get(), sizeof magic);
+    if (magic == format::kLabelMagic)
+      return Status(EEXIST, device.name() + " holds an edgestor pool label that cannot be used (" +
+                                existing.status().message() + ")");
+  }
+  return ProbeForeignSignatures(device);
+}
+
+// Zeros the journal ring: no block of a pool that was here before may be
+// replayed, whatever its generation and sequence.
+Status ZeroJournal(Device& device, uint64_t journal_start, uint64_t journal_blocks) {
+  constexpr uint64_t kChunkBlocks = 256;  // 1 MiB per write
+  AlignedBuffer zeros = AllocateAligned(kChunkBlocks * kBlockSize);
+  for (uint64_t done = 0; done < journal_blocks;) {
+    uint64_t n = std::min(kChunkBlocks, journal_blocks - done);
+    ES_RETURN_IF_ERROR(device.WriteSync((journal_start + done) * kBlockSize, zeros.get(), n * kBlockSize));
+    done += n;
+  }
+  return device.FlushSync();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, const FormatOptions& options) {
+  const uint32_t cluster_size = options.cluster_size;
   if (cluster_size < format::kMinClusterSize || cluster_size > format::kMaxClusterSize ||
       (cluster_size & (cluster_size - 1)) != 0)
     return Status(EINVAL, "cluster size must be a power of two from 4 KiB to 256 KiB");
   uint64_t device_bytes = device->size() / kBlockSize * kBlockSize;
   uint64_t total_blocks = device_bytes / kBlockSize;
-  uint64_t journal_blocks = journal_bytes / kBlockSize;
-  if (journal_bytes == 0)
+  uint64_t journal_blocks = options.journal_bytes / kBlockSize;
+  if (options.journal_bytes == 0)
     journal_blocks = std::clamp(total_blocks / 100, format::kMinJournalBlocks, format::kMaxJournalBlocks);
   if (journal_blocks < format::kMinJournalBlocks || journal_blocks > format::kMaxJournalBlocks)
     return Status(EINVAL, "journal size must be from 1 MiB to 256 MiB");
@@ -146,7 +199,19 @@ Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint3
   if (total_blocks < min_blocks)
     return Status(EINVAL, "device is too small for a pool: " + std::to_string(device->size()) +
                               " bytes, need at least " + std::to_string(min_blocks * kBlockSize));
-  if (ReadBestLabel(*device).ok()) return Status(EEXIST, device->name() + " already holds an edgestor pool");
+  if (!options.force) ES_RETURN_IF_ERROR(CheckNothingToLose(*device));
+
+  // Host space first: labels and journal must never meet a full host file
+  // system later (a failed journal write stops the pool).
+  if (options.preallocate) {
+    ES_RETURN_IF_ERROR(device->Allocate(0, device_bytes).WithContext("preallocating the pool"));
+  } else {
+    ES_RETURN_IF_ERROR(device->Allocate(0, (kLabelBlocksFront + journal_blocks) * kBlockSize)
+                           .WithContext("allocating the journal"));
+    ES_RETURN_IF_ERROR(device->Allocate((total_blocks - kLabelBlocksBack) * kBlockSize, kLabelBlocksBack * kBlockSize)
+                           .WithContext("allocating the labels"));
+  }
+  ES_RETURN_IF_ERROR(ZeroJournal(*device, kLabelBlocksFront, journal_blocks).WithContext("clearing the journal"));
 
   format::Label label{};
   label.magic = format::kLabelMagic;
@@ -161,12 +226,11 @@ Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint3
   label.journal_blocks = journal_blocks;
   label.checkpoint_block = 0;
   label.checkpoint_gen = 1;
+  label.bound_since_gen = 1;  // every block this pool writes is bound to its uuid
   label.replay_seq = 0;
-  SetKeys(&label, keys);
+  SetKeys(&label, options.keys);
 
   std::unique_ptr<Pool> pool(new Pool(std::move(device), label));
-  // Stale journal blocks of an older pool on this device carry another
-  // generation or sequence and are ignored; no need to zero the ring.
   std::lock_guard commit(pool->commit_mu_);
   ES_RETURN_IF_ERROR(pool->WriteLabels(label));
   return pool;
@@ -174,11 +238,22 @@ Result<std::unique_ptr<Pool>> Pool::Format(std::unique_ptr<Device> device, uint3
 
 Result<std::unique_ptr<Pool>> Pool::Open(std::unique_ptr<Device> device) {
   ES_ASSIGN_OR_RETURN(format::Label label, ReadBestLabel(*device));
+  // Pools formatted before their journal was allocated get it now, while
+  // the host has room. Best effort: a read-only or full host opens anyway.
+  (void)device->Allocate(0, (label.journal_start + label.journal_blocks) * kBlockSize);
   return std::unique_ptr<Pool>(new Pool(std::move(device), label));
 }
 
+uint32_t Pool::MetadataCrc(uint64_t generation, const void* block, size_t crc_offset) const {
+  if (generation >= bound_since_gen_) return format::BoundBlockCrc(uuid_.data(), block, kBlockSize, crc_offset);
+  return format::BlockCrc(block, kBlockSize, crc_offset);
+}
+
 Status Pool::WriteLabels(format::Label label) {
-  label.version = format::kVersion;  // a version 1 pool is upgraded by its first checkpoint
+  label.version = format::kVersion;  // a version 1-3 pool is upgraded by its first checkpoint
+  // Its first version 4 label names the generation from which blocks are bound.
+  assert(label.checkpoint_gen >= bound_since_gen_);
+  label.bound_since_gen = bound_since_gen_;
   label.generation = label_.generation + 1;
   label.crc = 0;
   label.crc = format::BlockCrc(&label, kBlockSize, kLabelCrcOffset);
@@ -353,9 +428,62 @@ Result<uint64_t> Pool::AllocateRun(uint64_t count) {
 
 Result<uint64_t> Pool::AllocateMetaBlock() {
   std::lock_guard lock(mu_);
+  if (!prepared_.empty()) {
+    uint64_t block = prepared_.back();
+    prepared_.pop_back();
+    return block;
+  }
   auto block = allocator_.AllocateBlock();
   UpdateReservePressure();
   return block;
+}
+
+Status Pool::PrepareMetadataBlocks(uint64_t count) {
+  std::vector<uint64_t> taken;
+  {
+    std::lock_guard lock(mu_);
+    if (prepared_.size() >= count) return Status::Ok();
+    for (uint64_t i = prepared_.size(); i < count; i++) {
+      auto block = allocator_.AllocateBlock();
+      if (!block.ok()) {
+        for (uint64_t b : taken) allocator_.Free(b, 1);
+        UpdateReservePressure();
+        return block.status();
+      }
+      taken.push_back(block.value());
+    }
+    UpdateReservePressure();
+  }
+  // Host space for the blocks, a run of consecutive ones per call.
+  std::sort(taken.begin(), taken.end());
+  Status s;
+  for (size_t i = 0; i < taken.size() && s.ok();) {
+    size_t j = i + 1;
+    while (j < taken.size() && taken[j] == taken[j - 1] + 1) j++;
+    s = device_->Allocate(taken[i] * kBlockSize, (j - i) * kBlockSize);
+    i = j;
+  }
+  std::lock_guard lock(mu_);
+  if (!s.ok()) {
+    for (uint64_t b : taken) allocator_.Free(b, 1);
+    UpdateReservePressure();
+    return s.WithContext("reserving host space for metadata");
+  }
+  // Handed out lowest first (AllocateMetaBlock takes from the back).
+  prepared_.insert(prepared_.end(), taken.rbegin(), taken.rend());
+  return Status::Ok();
+}
+
+void Pool::ReleasePreparedBlocks() {
+  std::lock_guard lock(mu_);
+  for (uint64_t b : prepared_) allocator_.Free(b, 1);
+  prepared_.clear();
+  UpdateReservePressure();
+}
+
+uint64_t Pool::prepared_blocks() const {
+  std::lock_guard lock(mu_);
+  return prepared_.size();
 }
 
 void Pool::FreeUnreferenced(BlockRun run) {
@@ -386,7 +514,7 @@ Status Pool::ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* p
   ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
   std::memcpy(page, buf.get(), kBlockSize);
   if (page->header.magic != format::kMapPageMagic ||
-      format::BlockCrc(page, kBlockSize, offsetof(format::MapPageHeader, crc)) != page->header.crc)
+      MetadataCrc(page->header.generation, page, offsetof(format::MapPageHeader, crc)) != page->header.crc)
     return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is damaged (bad checksum)");
   if (page->header.generation != generation)
     return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is stale (generation " +
@@ -399,7 +527,7 @@ Status Pool::WriteMapPage(uint64_t block, format::MapPage* page) {
   page->header.magic = format::kMapPageMagic;
   page->header.generation = next_checkpoint_gen();
   page->header.crc = 0;
-  page->header.crc = format::BlockCrc(page, kBlockSize, offsetof(format::MapPageHeader, crc));
+  page->header.crc = MetadataCrc(page->header.generation, page, offsetof(format::MapPageHeader, crc));
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   std::memcpy(buf.get(), page, kBlockSize);
   Status s = device_->WriteSync(block * kBlockSize, buf.get(), kBlockSize);
@@ -429,7 +557,7 @@ Result<std::vector<uint8_t>> Pool::ReadChain(uint64_t head, uint64_t generation,
     format::CheckpointBlockHeader h;
     std::memcpy(&h, buf.get(), sizeof h);
     bool valid = h.magic == magic &&
-                 format::BlockCrc(buf.get(), kBlockSize, offsetof(format::CheckpointBlockHeader, crc)) == h.crc &&
+                 MetadataCrc(h.generation, buf.get(), offsetof(format::CheckpointBlockHeader, crc)) == h.crc &&
                  h.generation == generation && h.index == index && h.payload_bytes <= format::kCheckpointPayload;
     if (!valid) return Status(EUCLEAN, "metadata chain block " + std::to_string(block) + " is damaged or stale");
     if (blocks) {
@@ -470,7 +598,7 @@ static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const u
     h.payload_bytes = static_cast<uint32_t>(std::min<size_t>(format::kCheckpointPayload, payload.size() - std::min(offset, payload.size())));
     std::memcpy(buf.get(), &h, sizeof h);
     if (h.payload_bytes) std::memcpy(buf.get() + sizeof h, payload.data() + offset, h.payload_bytes);
-    uint32_t crc = format::BlockCrc(buf.get(), kBlockSize, offsetof(format::CheckpointBlockHeader, crc));
+    uint32_t crc = pool.MetadataCrc(generation, buf.get(), offsetof(format::CheckpointBlockHeader, crc));
     std::memcpy(buf.get() + offsetof(format::CheckpointBlockHeader, crc), &crc, 4);
     ES_RETURN_IF_ERROR(device.WriteSync(where[i] * kBlockSize, buf.get(), kBlockSize));
   }

@@ -65,11 +65,25 @@ struct KeyProtection {
   std::array<uint8_t, format::kWrappedKeyBytes> key_check{};
 };
 
+struct FormatOptions {
+  uint32_t cluster_size = 64 * 1024;
+  uint64_t journal_bytes = 0;  // 0: 1% of the device, 1..256 MiB
+  KeyProtection keys;
+  // Format over whatever the device holds: a pool (valid or not), a file
+  // system or a partition table. Without it they are refused with EEXIST.
+  bool force = false;
+  // Reserve host space for the whole device (a file on a file system), not
+  // only for labels and journal: data writes then never meet a full host.
+  bool preallocate = false;
+};
+
 class Pool {
  public:
-  // Writes the labels of an empty pool. EEXIST if a valid label is present.
-  static Result<std::unique_ptr<Pool>> Format(std::unique_ptr<Device> device, uint32_t cluster_size,
-                                              uint64_t journal_bytes, const KeyProtection& keys = {});
+  // Writes the labels of an empty pool over a zeroed journal ring, with
+  // host space allocated for labels and journal. EEXIST (unless
+  // options.force) if the device holds any label copy, even a damaged one or
+  // one of another version or size, or a file system or partition table.
+  static Result<std::unique_ptr<Pool>> Format(std::unique_ptr<Device> device, const FormatOptions& options);
   // Reads the newest valid label. Writes nothing.
   static Result<std::unique_ptr<Pool>> Open(std::unique_ptr<Device> device);
 
@@ -120,7 +134,17 @@ class Pool {
   // AllocateCluster.
   Result<uint64_t> AllocateRun(uint64_t count);
   // A block for metadata (map pages, checkpoint chain); may use the reserve.
+  // Taken from the prepared blocks first (see PrepareMetadataBlocks).
   Result<uint64_t> AllocateMetaBlock();
+  // Takes `count` free blocks (beyond those already prepared) for the
+  // metadata the next checkpoint writes and has the device allocate their
+  // host space. ENOSPC, with nothing taken, if the pool or the host file
+  // system has no room: the checkpoint can then be refused before it writes
+  // anything, instead of failing midway and stopping the pool.
+  Status PrepareMetadataBlocks(uint64_t count);
+  // Returns the prepared blocks no metadata took (after a checkpoint).
+  void ReleasePreparedBlocks();
+  uint64_t prepared_blocks() const;
   // Returns space never referenced by anything durable (e.g. a cluster
   // allocated for a write that failed). Reusable at once. REQUIRES: a single
   // reference.
@@ -170,6 +194,10 @@ class Pool {
   Status WriteCheckpoint(std::span<const uint8_t> payload, std::vector<BlockRun> superseded,
                          const KeyProtection* new_keys = nullptr);
 
+  // CRC of a metadata block (4 KiB) stamped with `generation`: bound to this
+  // pool's uuid from the label's bound_since_gen on (format version 4).
+  uint32_t MetadataCrc(uint64_t generation, const void* block, size_t crc_offset) const;
+
   // ---- Information ----
   const PoolGeometry& geometry() const { return geometry_; }
   std::string uuid() const;
@@ -212,6 +240,9 @@ class Pool {
   mutable std::mutex mu_;
   format::Label label_;              // GUARDED_BY(mu_) as last written
   const uint32_t opened_version_;    // label version found at open
+  const uint64_t bound_since_gen_;   // blocks of this generation on carry a bound CRC
+  std::array<uint8_t, 16> uuid_{};   // the label's pool_uuid (never changes)
+  std::vector<uint64_t> prepared_;   // GUARDED_BY(mu_): blocks PrepareMetadataBlocks took
   Allocator allocator_;              // GUARDED_BY(mu_)
   uint64_t metadata_reserve_ = 0;    // GUARDED_BY(mu_)
   uint64_t metadata_short_below_ = 0;  // GUARDED_BY(mu_)

@@ -63,14 +63,20 @@ PoolOpenOptions OpenOptions(const Codecs& codecs) {
 
 class PowerCutHarness {
  public:
-  PowerCutHarness(uint64_t seed, uint32_t cluster_size, Codecs codecs)
-      : rng_(seed), codecs_(codecs), pool_(16 * kMiB, CreateOptions(cluster_size, codecs), OpenOptions(codecs)) {}
+  // With `host_fills`, the host file system under the (sparse) pool fills
+  // and frees at random: requests may get ENOSPC, the pool never stops.
+  PowerCutHarness(uint64_t seed, uint32_t cluster_size, Codecs codecs, bool host_fills = false)
+      : rng_(seed),
+        codecs_(codecs),
+        host_fills_(host_fills),
+        pool_(16 * kMiB, CreateOptions(cluster_size, codecs), OpenOptions(codecs)) {}
 
   // One round: arm the cut, run operations until the device dies or the
   // round ends, crash, recover, verify.
   void Round() {
     pool_.device().FailAfter(static_cast<int64_t>(rng_() % 400));
     for (int op = 0; op < 80 && !dead_; op++) Step();
+    pool_.device().SetHostFull(false);
     Status s = pool_.CrashAndReopen(rng_);
     ASSERT_TRUE(s.ok()) << "reopen after power cut: " << s.ToString();
     dead_ = false;
@@ -83,10 +89,21 @@ class PowerCutHarness {
 
  private:
   void Note(const Status& s) {
-    if (s.code() == EIO) dead_ = true;
+    if (s.code() == ENOSPC && host_full_) host_refusals_++;
+    if (s.code() != EIO) return;
+    dead_ = true;
+    // Only the power loss may fail a request with EIO: a full host is a
+    // request's ENOSPC, never a stopped pool.
+    if (host_fills_) {
+      ASSERT_TRUE(pool_.device().lost_power()) << "EIO without a power loss: " << s.ToString();
+    }
   }
 
   void Step() {
+    if (host_fills_ && rng_() % 16 == 0) {
+      host_full_ = !host_full_;
+      pool_.device().SetHostFull(host_full_);
+    }
     std::string name = rng_() % 2 ? "a" : "b";
     auto it = volumes_.find(name);
     if (it == volumes_.end()) return Create(name);
@@ -122,7 +139,26 @@ class PowerCutHarness {
     Status s = pool_.Io(v, op, first * 512, count * 512, op == VolumeOp::kWrite ? buf.get() : nullptr, fua);
     Note(s);
     ASSERT_TRUE(s.ok() || s.code() == EIO || s.code() == ENOSPC) << s.ToString();
+    if (s.code() == ENOSPC && host_fills_) return LearnFailedWrite(v, mv, first, count, tag);
     mv.model.Write(first, count, tag, s.ok() && fua);
+  }
+
+  // A write the host refused may have landed in some clusters and not in
+  // others; the next flush makes whatever each sector now holds durable, so
+  // the model learns it by reading (each sector: the new tag or its latest).
+  void LearnFailedWrite(Volume& v, ModelVolume& mv, uint64_t first, uint64_t count, uint64_t tag) {
+    auto now = pool_.Read(v, first * 512, count * 512);
+    if (!now.ok()) {
+      Note(now.status());
+      mv.model.Write(first, count, tag, false);
+      return;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+      uint64_t got = DecodeSector(now->data() + i * 512, first + i);
+      ASSERT_TRUE(got == tag || got == mv.model.Latest(first + i))
+          << "after a refused write, sector " << first + i << " holds tag " << got;
+      mv.model.Write(first + i, 1, got, false);
+    }
   }
 
   // Compression changes apply to new writes; old clusters keep theirs.
@@ -136,6 +172,7 @@ class PowerCutHarness {
     uint64_t size = (1 + rng_() % 4) * kMiB;
     auto v = pool_.set().CreateVolume(name, size);
     Note(v.status());
+    if (v.status().code() == ENOSPC) return;  // refused before anything changed
     ModelVolume mv;
     mv.size = size;
     mv.maybe_absent = !v.ok();
@@ -196,6 +233,8 @@ class PowerCutHarness {
   std::mt19937_64 rng_;
   Codecs codecs_;
   bool compression_on_ = true;
+  bool host_fills_ = false;
+  bool host_full_ = false;
   TestPool pool_;
   std::map<std::string, ModelVolume> volumes_;
   uint64_t next_tag_ = 1;
@@ -204,10 +243,11 @@ class PowerCutHarness {
 
  public:
   uint64_t compressed_clusters_seen_ = 0;  // summed over verifications
+  uint64_t host_refusals_ = 0;             // ENOSPC while the host was full
 };
 
-void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {}) {
-  PowerCutHarness harness(seed, cluster_size, codecs);
+void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {}, bool host_fills = false) {
+  PowerCutHarness harness(seed, cluster_size, codecs, host_fills);
   for (int i = 0; i < rounds; i++) {
     harness.Round();
     if (::testing::Test::HasFatalFailure()) {
@@ -218,6 +258,10 @@ void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {
   // The workload must have reached what it tests.
   if (codecs.compression.algorithm != Compression::kOff) {
     EXPECT_GT(harness.compressed_clusters_seen_, 0u);
+  }
+  if (host_fills) {
+    EXPECT_GT(harness.host_refusals_, 0u);
+    std::printf("requests refused by the full host: %llu\n", static_cast<unsigned long long>(harness.host_refusals_));
   }
   std::printf("power cuts survived: %d (seed %llu, cluster %u, %s, compression %s; compressed clusters verified: "
               "%llu)\n",
@@ -231,6 +275,9 @@ TEST(PowerCut, RandomWorkloadSurvivesCutsWith64KiBClusters) { RunCuts(2, 65536, 
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith4KiBClusters) { RunCuts(3, 4096, 200); }
 TEST(PowerCut, EncryptedVolumesSurviveCuts) { RunCuts(4, 65536, 300, {.encrypt = true}); }
 TEST(PowerCut, Lz4CompressedVolumesSurviveCuts) { RunCuts(5, 65536, 300, {.compression = {Compression::kLz4, 0}}); }
+// Issue 12, item 8: the host file system under the sparse pool file fills
+// and frees between requests.
+TEST(PowerCut, AFillingHostFileSystemNeverStopsThePool) { RunCuts(7, 16384, 300, {}, /*host_fills=*/true); }
 TEST(PowerCut, ZstdCompressedEncryptedVolumesSurviveCuts) {
   RunCuts(6, 16384, 300, {.encrypt = true, .compression = {Compression::kZstd, 3}});
 }

@@ -66,8 +66,11 @@ VolumeSetImpl::MetadataNeed VolumeSetImpl::VolumeNeed(const std::string& name, u
 Status VolumeSetImpl::CheckMetadataRoomLocked(const MetadataNeed& need) {
   uint64_t needed = budget_.dirty_pages + ChainBlocks(PayloadBytesLocked() + need.payload_bytes) +
                     need.side_chain_blocks + need.slack_blocks;
-  uint64_t free = pool_->free_blocks();
-  if (needed <= free) return Status::Ok();
+  // Blocks prepared for an earlier check of this operation count as free.
+  uint64_t free = pool_->free_blocks() + pool_->prepared_blocks();
+  // Host space too (a sparse pool file on a full file system): taken now,
+  // so the checkpoint cannot fail midway for it.
+  if (needed <= free) return pool_->PrepareMetadataBlocks(needed);
   return Status(ENOSPC, "pool is full: this needs " + Bytes(needed) + " of metadata space and " + Bytes(free) +
                             " is free; nothing was changed (free space by deleting snapshots or volumes, or by "
                             "discarding, then try again)");
@@ -112,8 +115,12 @@ Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> dev
   ES_ASSIGN_OR_RETURN(auto keys, VolumeSetImpl::NewKeyProtection(options.secret, options.kdf));
   if (options.encrypt_by_default && !keys.second)
     return Status(EINVAL, "encrypting volumes by default needs a pool key (--keyfile or --passphrase-file)");
-  ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool,
-                      Pool::Format(std::move(device), options.cluster_size, options.journal_bytes, keys.first));
+  FormatOptions format_options{.cluster_size = options.cluster_size,
+                               .journal_bytes = options.journal_bytes,
+                               .keys = keys.first,
+                               .force = options.force,
+                               .preallocate = options.preallocate};
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Pool> pool, Pool::Format(std::move(device), format_options));
   auto set = std::make_unique<VolumeSetImpl>(std::move(pool), open_options);
   format::PoolDefaults defaults{};
   defaults.encrypt = options.encrypt_by_default;
@@ -496,7 +503,12 @@ Status VolumeSetImpl::SetVolumeCompression(const std::string& name, const Compre
 
 Status VolumeSetImpl::Flush() {
   ES_RETURN_IF_ERROR(CheckUsable());
-  if (pool_->JournalWantsCheckpoint()) return Checkpoint();
+  if (pool_->JournalWantsCheckpoint()) {
+    Status s = Checkpoint();
+    // A checkpoint refused for space (pool or host) changed nothing: the
+    // journal, still half empty, takes this commit.
+    if (s.code() != ENOSPC || pool_->is_failed() || failed_) return s;
+  }
   Status s = pool_->Commit();
   // Records that outgrew the journal while waiting are committed by a
   // checkpoint instead (the pool refused them before writing anything).
@@ -521,6 +533,10 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
   ES_RETURN_IF_ERROR(CheckMetadataRoomLocked({}));
   // Data of completed writes must be durable before pages that map it.
   Status s = pool_->device().FlushSync();
+  struct ReleaseUnused {
+    Pool& pool;
+    ~ReleaseUnused() { pool.ReleasePreparedBlocks(); }
+  } release_unused{*pool_};
   for (auto& [name, volume] : volumes_)
     if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
   // A change that refuses leaves memory as it was; the pages just written

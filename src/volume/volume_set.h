@@ -62,6 +62,12 @@ struct PoolCreateOptions {
   // Defaults for new volumes.
   bool encrypt_by_default = false;
   CompressionSetting compression;
+  // Format over a device holding a pool label (even a damaged one), a file
+  // system or a partition table; refused with EEXIST otherwise.
+  bool force = false;
+  // Reserve host space for the whole pool file now (labels and journal
+  // always are): data writes then never meet a full host file system.
+  bool preallocate = false;
 };
 
 struct PoolOpenOptions {
