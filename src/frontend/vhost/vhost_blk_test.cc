@@ -534,10 +534,11 @@ TEST_F(VhostBlkTest, AStalledDiskHoldsNoMoreThanTheInflightBudget) {
   const InflightBudget& budget = *shared_budget_;  // one queue: the same bytes as its own budget
   EXPECT_EQ(budget.in_flight(), 2 * kRequest);
   EXPECT_LE(budget.peak(), kQueueBudget);
-  // The bounce buffers are anonymous memory: two of 32 MiB, and little else.
+  // The bounce buffers are anonymous memory: two of 32 MiB, and little else
+  // (the sanitizer build adds about 12 MiB of shadow and red zones).
   uint64_t anon_now = AnonRssBytes();
   uint64_t anon_growth = anon_now > anon_before ? anon_now - anon_before : 0;
-  EXPECT_LE(anon_growth, kQueueBudget + 16 * kMiB);
+  EXPECT_LE(anon_growth, kQueueBudget + 32 * kMiB);
   std::printf("held: %llu MiB queued on the disk, %llu MiB in the budget (peak %llu MiB), anonymous RSS +%llu MiB\n",
               static_cast<unsigned long long>(disk.queued_bytes() / kMiB),
               static_cast<unsigned long long>(budget.in_flight() / kMiB),
