@@ -112,6 +112,7 @@ struct ServeArgs {
   std::string nbd_socket;      // default: beside the pool
   std::string nbd_listen;      // host:port; empty: no TCP
   uint64_t map_cache_bytes = 64ull << 20;
+  uint64_t inflight_bytes = 256ull << 20;  // kDefaultDaemonInflightBytes
   KeyArgs key;  // the pool key, if the pool has one (else encrypted volumes wait for `pool unlock`)
 };
 // Runs the daemon in the foreground until SIGINT/SIGTERM; then drains,

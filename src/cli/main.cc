@@ -420,6 +420,10 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
   serve->add_option("--nbd-socket", args->nbd_socket, "NBD unix socket (default: beside the pool)");
   serve->add_option("--nbd-listen", args->nbd_listen, "also serve NBD over TCP on HOST:PORT (e.g. 127.0.0.1:10809)");
   serve->add_option("--map-cache", args->map_cache_bytes, "memory for cached map pages")->transform(SizeArg())->default_str("64M");
+  serve->add_option("--inflight-memory", args->inflight_bytes,
+                    "request data all NBD and vhost-user clients together may hold in flight")
+      ->transform(SizeArg())
+      ->default_str("256M");
   serve->callback([args, &g, &action] {
     args->pool = PoolPath("", g.pool);
     args->control_socket = g.control;  // --control: where to answer (default: beside the pool)

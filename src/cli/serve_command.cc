@@ -27,6 +27,7 @@ void RunServe(const ServeArgs& args) {
   options.nbd_socket = args.nbd_socket;
   options.nbd_listen = args.nbd_listen;
   options.map_cache_bytes = args.map_cache_bytes;
+  options.inflight_bytes = args.inflight_bytes;
   options.secret = LoadSecret(args.key);
   std::unique_ptr<Daemon> daemon = Unwrap(Daemon::Start(options), "cannot serve pool " + args.pool);
 

@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <chrono>
@@ -62,7 +63,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
     return pool.status().WithContext("cannot open pool " + options.pool_path);
   }
   std::unique_ptr<Daemon> daemon(new Daemon(options, lock_fd, std::move(pool).value()));
-  daemon->nbd_ = std::make_unique<NbdServer>(*daemon, NbdServerOptions{});
+  daemon->nbd_ = std::make_unique<NbdServer>(*daemon, NbdServerOptions{.shared_budget = &daemon->inflight_budget_});
   ES_RETURN_IF_ERROR(daemon->nbd_->ListenUnix(options.nbd_socket));
   if (!options.nbd_listen.empty()) ES_RETURN_IF_ERROR(daemon->nbd_->ListenTcp(options.nbd_listen));
   daemon->RegisterMethods();
@@ -75,7 +76,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
 }
 
 Daemon::Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool)
-    : options_(std::move(options)), lock_fd_(lock_fd), pool_(std::move(pool)) {}
+    : options_(std::move(options)),
+      lock_fd_(lock_fd),
+      pool_(std::move(pool)),
+      inflight_budget_(std::max<uint64_t>(options_.inflight_bytes, 1)) {}
 
 Daemon::~Daemon() {
   Status s = Stop();
@@ -173,6 +177,7 @@ Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions
   if (vhost_exports_.count(options.socket_path)) return Status(EEXIST, "an export already uses " + options.socket_path);
   if (options.serial.empty()) options.serial = SerialOf(*volume);
   if (volume->read_only()) options.read_only = true;  // a snapshot: the guest sees a read-only disk
+  options.shared_budget = &inflight_budget_;
   auto started = vhost::VhostBlkExport::Start(*volume, options, [this] { return CreateQueue(256); });
   if (!started.ok()) return started.status().WithContext("cannot export " + name + " on " + options.socket_path);
   vhost_exports_[options.socket_path] = std::move(started).value();

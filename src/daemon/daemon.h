@@ -18,6 +18,7 @@
 #include "daemon/control_server.h"
 #include "frontend/nbd/nbd_server.h"
 #include "frontend/vhost/vhost_blk_export.h"
+#include "io/inflight_budget.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
@@ -28,6 +29,10 @@ struct DaemonOptions {
   std::string nbd_socket;      // default: DefaultNbdSocket(pool_path)
   std::string nbd_listen;      // "host:port" for NBD over TCP; empty: unix socket only
   uint64_t map_cache_bytes = 64ull << 20;
+  // Request data all NBD connections and vhost-user queues together may
+  // hold in flight (bounce buffers); each vhost-user queue is also held to
+  // kDefaultQueueInflightBytes, each NBD connection to its max_buffered_bytes.
+  uint64_t inflight_bytes = kDefaultDaemonInflightBytes;
   PoolSecret secret;  // empty: encrypted volumes stay locked until pool.unlock
 };
 
@@ -61,6 +66,9 @@ class Daemon : public ExportProvider {
   // A stable serial for the guest: pool uuid prefix and volume (or snapshot) id.
   std::string SerialOf(const Volume& volume);
 
+  // The daemon-wide in-flight budget (its counters).
+  const InflightBudget& inflight_budget() const { return inflight_budget_; }
+
   // Answers one JSON-RPC request line as the control socket would (fuzzing).
   std::string HandleControlLine(const std::string& line) { return control_.HandleLine(line); }
 
@@ -87,6 +95,7 @@ class Daemon : public ExportProvider {
   DaemonOptions options_;
   int lock_fd_;
   std::unique_ptr<VolumeSet> pool_;
+  InflightBudget inflight_budget_;  // shared by NBD connections and vhost-user queues; outlives both
   std::unique_ptr<NbdServer> nbd_;
   ControlServer control_;
   std::mutex mu_;  // guards users_, and orders delete/shrink against new connections

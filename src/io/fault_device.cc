@@ -43,20 +43,31 @@ class FaultDevice::Queue final : public IoQueue {
  public:
   explicit Queue(FaultDevice& device) : device_(device) {}
   // Requests never polled are dropped, as a crash would drop them.
-  ~Queue() override = default;
+  ~Queue() override {
+    for (IoRequest* req : queue_) device_.queued_bytes_.fetch_sub(req->length, std::memory_order_relaxed);
+  }
 
   void Submit(IoRequest* req) override {
     assert(req != nullptr && req->done != nullptr);
     queue_.push_back(req);
+    device_.queued_bytes_.fetch_add(req->length, std::memory_order_relaxed);
   }
 
-  int Poll(bool /*wait*/) override {
+  int Poll(bool wait) override {
+    if (queue_.empty()) return 0;
     // Only the requests present now: callbacks may submit more.
     std::vector<std::pair<IoRequest*, int>> finished;
     finished.reserve(queue_.size());
     {
-      std::lock_guard<std::mutex> lock(device_.mu_);
-      for (IoRequest* req : queue_) finished.emplace_back(req, -Execute(*req).code());
+      std::unique_lock<std::mutex> lock(device_.mu_);
+      if (device_.holding_) {
+        if (!wait) return 0;
+        device_.released_.wait(lock, [this] { return !device_.holding_; });
+      }
+      for (IoRequest* req : queue_) {
+        finished.emplace_back(req, -Execute(*req).code());
+        device_.queued_bytes_.fetch_sub(req->length, std::memory_order_relaxed);
+      }
     }
     queue_.clear();
     for (auto [req, result] : finished) req->done(req, result);
@@ -250,6 +261,21 @@ uint64_t FaultDevice::PowerCut(std::mt19937_64& rng, double tear_probability) {
   ops_until_failure_ = -1;
   return lost;
 }
+
+void FaultDevice::HoldCompletions() {
+  std::lock_guard<std::mutex> lock(mu_);
+  holding_ = true;
+}
+
+void FaultDevice::ReleaseCompletions() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    holding_ = false;
+  }
+  released_.notify_all();
+}
+
+uint64_t FaultDevice::queued_bytes() const { return queued_bytes_.load(std::memory_order_relaxed); }
 
 void FaultDevice::InjectError(uint64_t offset, uint64_t len) {
   std::lock_guard<std::mutex> lock(mu_);

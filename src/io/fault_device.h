@@ -10,6 +10,8 @@
 // Thread-safe: all methods may be called from any thread.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -54,6 +56,16 @@ class FaultDevice : public Device {
   // Returns how many unflushed writes were dropped or torn.
   uint64_t PowerCut(std::mt19937_64& rng, double tear_probability = 0.25);
 
+  // A stalled disk: requests submitted through queues are held, neither
+  // run nor completed (Poll without wait returns 0, with wait it blocks),
+  // until ReleaseCompletions(), after which they and later ones run as
+  // usual. The synchronous path is not held.
+  void HoldCompletions();
+  void ReleaseCompletions();
+  // Data bytes of reads and writes submitted through queues and not yet run
+  // (while held: everything a front-end put in flight on the device).
+  uint64_t queued_bytes() const;
+
   // Reads and writes touching [offset, offset+len) fail with EIO.
   void InjectError(uint64_t offset, uint64_t len);
   void ClearErrors();
@@ -95,9 +107,12 @@ class FaultDevice : public Device {
   std::vector<std::pair<uint64_t, uint64_t>> error_ranges_;
   int64_t ops_until_failure_ = -1;
   bool failed_ = false;
-  bool image_exposed_ = false;
+  bool image_exposed_ = false;  // durable_image() was called since the last refresh
   bool host_full_ = false;
-  std::vector<bool> host_backed_;  // per 4 KiB block  // durable_image() was called since the last refresh
+  std::vector<bool> host_backed_;  // per 4 KiB block
+  bool holding_ = false;           // HoldCompletions() until ReleaseCompletions()
+  std::condition_variable released_;
+  std::atomic<uint64_t> queued_bytes_{0};
   DeviceStats stats_;
 };
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -288,6 +289,33 @@ TEST(FaultDeviceTest, StatsCountSuccessfulOperations) {
   EXPECT_EQ(s.reads, 1u);
   EXPECT_EQ(s.bytes_read, kSectorSize);
   EXPECT_EQ(s.flushes, 1u);
+}
+
+TEST(FaultDeviceTest, HeldCompletionsWaitForRelease) {
+  FaultDevice device(kDeviceSize);
+  auto queue = device.CreateQueue(4);
+  AlignedBuffer buf = TaggedData(1, 0, 8);
+  int result = 1;
+  IoRequest req;
+  req.op = IoOp::kWrite;
+  req.offset = 0;
+  req.length = 8 * kSectorSize;
+  req.buf = buf.get();
+  req.context = &result;
+  req.done = [](IoRequest* r, int res) { *static_cast<int*>(r->context) = res; };
+  device.HoldCompletions();
+  queue->Submit(&req);
+  EXPECT_EQ(queue->Poll(/*wait=*/false), 0);
+  EXPECT_EQ(result, 1);
+  EXPECT_EQ(queue->InFlight(), 1u);
+  EXPECT_EQ(device.queued_bytes(), 8 * kSectorSize);
+  EXPECT_EQ(device.stats().writes, 0u);  // not run while held
+  std::thread releaser([&] { device.ReleaseCompletions(); });
+  EXPECT_EQ(queue->Poll(/*wait=*/true), 1);  // blocks until released
+  releaser.join();
+  EXPECT_EQ(result, 0);
+  EXPECT_EQ(device.queued_bytes(), 0u);
+  EXPECT_EQ(Writers(device)[0], 1);
 }
 
 }  // namespace

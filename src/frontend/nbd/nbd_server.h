@@ -57,6 +57,7 @@
 
 #include "base/status.h"
 #include "io/device.h"
+#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor {
@@ -88,6 +89,11 @@ struct NbdServerOptions {
   uint32_t queue_depth = 64;               // requests in flight per connection
   uint32_t max_request_bytes = 32 << 20;   // READ/WRITE payload limit (advertised; 4 KiB..32 MiB)
   uint64_t max_buffered_bytes = 64 << 20;  // READ/WRITE payload bytes in flight per connection
+  // Also charged with every READ/WRITE payload, if given: the daemon's
+  // budget, shared with other connections and vhost-user queues. A
+  // connection over it reads no new request until room is freed.
+  // Borrowed: must outlive the server.
+  InflightBudget* shared_budget = nullptr;
 };
 
 // Counters since the server was created, updated with relaxed atomics by

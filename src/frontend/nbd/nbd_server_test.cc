@@ -248,5 +248,42 @@ TEST(NbdServer, ServeNbdConnectionRunsOnTheCallingThread) {
   EXPECT_EQ(provider.pins(), 0);
 }
 
+
+// The daemon's in-flight budget is shared by every connection: over it, a
+// connection reads no new request until completions free room, and
+// nothing more than the budget is ever held (issue 12 item 4c).
+TEST(NbdServer, ConnectionsShareTheDaemonInflightBudget) {
+  InflightBudget budget(2 * kMiB);  // outlives the server
+  NbdServerOptions options;
+  options.shared_budget = &budget;
+  NbdServerHarness h(options);
+  auto a = h.Open();
+  auto b = h.Open();
+  h.gate().Close();
+  // Senders of their own: a server that reads nothing leaves them blocked.
+  auto send = [](NbdTestClient* c, uint64_t first) {
+    for (uint64_t i = first; i < first + 4; i++)
+      EXPECT_TRUE(c->SendRequest(kCmdWrite, 0, i, i * kMiB, kMiB, Pattern(kMiB, static_cast<uint8_t>(i))));
+  };
+  std::thread send_a(send, a.get(), 0), send_b(send, b.get(), 4);
+  for (int i = 0; i < 2000 && budget.in_flight() < 2 * kMiB; i++) ::usleep(5'000);
+  ::usleep(200'000);
+  EXPECT_EQ(budget.in_flight(), 2 * kMiB);
+  EXPECT_GT(budget.waits(), 0u);
+  h.gate().Open();
+  send_a.join();
+  send_b.join();
+  for (uint64_t i = 0; i < 4; i++) {
+    uint64_t cookie = 0;
+    EXPECT_EQ(a->ReadReply(&cookie), 0u);
+    EXPECT_EQ(b->ReadReply(&cookie), 0u);
+  }
+  // A slot's bytes are given back just after its reply is sent.
+  for (int i = 0; i < 2000 && budget.in_flight() > 0; i++) ::usleep(1'000);
+  EXPECT_EQ(budget.in_flight(), 0u);
+  EXPECT_EQ(budget.peak(), 2 * kMiB);
+  EXPECT_EQ(h.pool().Read(*h.pool().Find("vol"), 7 * kMiB, 4096).value(), Pattern(4096, 7));
+}
+
 }  // namespace
 }  // namespace edgestor::testing

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -35,6 +37,9 @@ constexpr size_t kBlockStatusEntryBytes = 8;
 constexpr size_t kMaxErrorMessageBytes = 512;
 // Successful replies sent in one sendmsg(), at most (two iovecs each).
 constexpr size_t kMaxBatchedReplies = 64;
+// How often a connection with nothing of its own in flight looks again for
+// room in the shared budget other connections and queues hold.
+constexpr int kSharedBudgetRecheckMs = 5;
 static_assert(2 * kMaxBatchedReplies <= kMaxWriteParts);
 
 // Maps an engine errno to the protocol's small set of error values.
@@ -94,7 +99,8 @@ NbdTransmission::NbdTransmission(int fd, Volume& volume, IoQueue& queue, const N
       stopping_(stopping),
       stats_(stats),
       max_payload_(MaxPayloadBytes(options)),
-      max_buffered_(std::max<uint64_t>(options.max_buffered_bytes, max_payload_)) {
+      max_buffered_(std::max<uint64_t>(options.max_buffered_bytes, max_payload_)),
+      shared_budget_(options.shared_budget) {
   assert(fd >= 0 && session.volume == &volume);
   assert(!session.block_status || session.structured_replies);
   uint32_t depth = std::clamp<uint32_t>(options.queue_depth, 1, kMaxQueueDepth);
@@ -268,9 +274,19 @@ uint32_t NbdTransmission::PayloadBytes(const Request& r) const {
 }
 
 // Bounds the payload memory of one connection: a request that would exceed
-// it waits for earlier ones to complete and be answered.
+// it waits for earlier ones to complete and be answered. No new request is
+// read meanwhile: that is the back-pressure on the client.
 void NbdTransmission::WaitForBufferSpace(uint32_t bytes) {
   while (buffered_bytes_ + bytes > max_buffered_ && (inflight_ > 0 || !unsent_.empty())) {
+    if (unsent_.empty()) queue_.Poll(/*wait=*/true);
+    FlushReplies();
+  }
+  // The daemon's budget, held by other connections and queues too.
+  while (shared_budget_ && bytes > 0 && !shared_budget_->TryAcquire(bytes)) {
+    if (inflight_ == 0 && unsent_.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(kSharedBudgetRecheckMs));
+      continue;
+    }
     if (unsent_.empty()) queue_.Poll(/*wait=*/true);
     FlushReplies();
   }
@@ -286,7 +302,10 @@ NbdTransmission::Slot* NbdTransmission::AcquireSlot(const Request& request) {
     slot->buffer.reset();  // never hold the old and the new one at once
     slot->capacity = 0;
     slot->buffer = TryAllocateAligned(bytes);  // zeroed: a failed read never sends old heap contents
-    if (!slot->buffer) return nullptr;
+    if (!slot->buffer) {
+      if (shared_budget_ && bytes > 0) shared_budget_->Release(bytes);
+      return nullptr;
+    }
     slot->capacity = bytes;
   }
   free_.pop_back();
@@ -299,6 +318,7 @@ void NbdTransmission::ReleaseSlot(Slot* slot) {
   uint32_t bytes = PayloadBytes(slot->request);
   assert(buffered_bytes_ >= bytes && free_.size() < slots_.size());
   buffered_bytes_ -= bytes;
+  if (shared_budget_ && bytes > 0) shared_budget_->Release(bytes);
   if (slot->capacity > kRetainedBufferBytes) {
     slot->buffer.reset();
     slot->capacity = 0;

@@ -24,6 +24,7 @@
 #include "frontend/nbd/nbd_handshake.h"
 #include "frontend/nbd/nbd_protocol.h"
 #include "frontend/nbd/nbd_socket.h"
+#include "io/inflight_budget.h"
 #include "io/device.h"
 #include "volume/volume.h"
 
@@ -75,6 +76,8 @@ class NbdTransmission {
   void TakeBlockStatus(const Request& request);
   Rejection Check(const Request& request) const;
   uint32_t PayloadBytes(const Request& request) const;
+  // Waits until `bytes` fit the connection's bound, then takes them from
+  // the shared budget (if any), waiting for room there too.
   void WaitForBufferSpace(uint32_t bytes);
   // A free slot with a buffer for the request's payload; nullptr if that
   // buffer cannot be allocated. May complete earlier requests first.
@@ -101,6 +104,7 @@ class NbdTransmission {
   NbdStats& stats_;
   const uint32_t max_payload_;
   const uint64_t max_buffered_;
+  InflightBudget* const shared_budget_;  // the daemon's (options.shared_budget), or null
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<Slot*> free_;       // slots neither in flight nor in unsent_
   // Successful replies of completed requests, sent together by FlushReplies

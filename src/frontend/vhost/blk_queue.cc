@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -26,6 +27,7 @@ struct BlkQueue::Request {
   uint64_t out_bytes = 0;
   AlignedBuffer bounce;
   uint32_t written = 0;      // bytes written into the guest's buffers, status included
+  uint64_t budgeted = 0;     // bytes taken from the budgets, given back in Finish
 };
 
 namespace {
@@ -63,7 +65,8 @@ uint8_t* StatusByte(const std::vector<Segment>& in) {
 
 }  // namespace
 
-BlkQueue::BlkQueue(const BlkSettings& settings, uint32_t index) : settings_(settings), index_(index) {}
+BlkQueue::BlkQueue(const BlkSettings& settings, uint32_t index)
+    : settings_(settings), index_(index), budget_(settings.inflight_bytes) {}
 
 BlkQueue::~BlkQueue() { Stop(); }
 
@@ -76,8 +79,10 @@ Status BlkQueue::Start(std::shared_ptr<const GuestMemory> memory, const Virtqueu
   inflight_owner_ = std::move(inflight_owner);
   resubmit_.clear();
   if (inflight_) {
-    if (inflight_->desc_num != layout.size) return Status(EINVAL, "inflight region is for another queue size");
-    resubmit_ = RecoverInflight();
+    InflightQueueHeader header;
+    std::memcpy(&header, inflight_, sizeof header);  // once: the front-end may change it under us
+    if (header.desc_num != layout.size) return Status(EINVAL, "inflight region is for another queue size");
+    resubmit_ = RecoverInflight(header);
   }
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (stop_fd_ < 0) return Status(errno, "eventfd failed");
@@ -101,17 +106,17 @@ uint16_t BlkQueue::Stop() {
   return ring_.last_avail_idx();
 }
 
-std::vector<uint16_t> BlkQueue::RecoverInflight() {
-  InflightQueueHeader& h = *inflight_;
+std::vector<uint16_t> BlkQueue::RecoverInflight(const InflightQueueHeader& h) {
+  assert(h.desc_num == ring_.size());
   if (h.version == 0) {  // fresh region
-    h.version = 1;
-    h.used_idx = ring_.used_idx();
+    inflight_->version = 1;
+    inflight_->used_idx = ring_.used_idx();
     return {};
   }
   if (h.used_idx != ring_.used_idx()) {
     // Stopped between returning last_batch_head and recording it.
     if (h.last_batch_head < h.desc_num) TrackedDesc(h.last_batch_head)->inflight = 0;
-    h.used_idx = ring_.used_idx();
+    inflight_->used_idx = ring_.used_idx();
   }
   std::vector<std::pair<uint64_t, uint16_t>> taken;
   for (uint16_t i = 0; i < h.desc_num; i++)
@@ -124,8 +129,8 @@ std::vector<uint16_t> BlkQueue::RecoverInflight() {
   }
   // Every head taken is either returned or still in flight.
   ring_.set_last_avail_idx(static_cast<uint16_t>(ring_.used_idx() + heads.size()));
-  spdlog::debug("vhost-blk queue {}: inflight region: used index {}, {} request(s) in flight", index_, h.used_idx,
-                heads.size());
+  spdlog::debug("vhost-blk queue {}: inflight region: used index {}, {} request(s) in flight", index_,
+                ring_.used_idx(), heads.size());
   if (!heads.empty())
     spdlog::warn("vhost-blk queue {}: running {} request(s) a previous back-end left in flight", index_, heads.size());
   return heads;
@@ -134,14 +139,21 @@ std::vector<uint16_t> BlkQueue::RecoverInflight() {
 void BlkQueue::Run() {
   for (uint16_t head : resubmit_) Begin(head);
   resubmit_.clear();
-  while (!stopping_) {
-    bool took = !broken_ && TakeAvailable();
+  // Parked requests were taken from the ring: they run even when stopping.
+  while (!stopping_ || !parked_.empty()) {
+    StartParked();
+    bool took = !broken_ && !stopping_ && parked_.empty() && TakeAvailable();
     if (io_queue_->InFlight() > 0) {
       io_queue_->Poll(/*wait=*/true);
       Notify();
       continue;
     }
     Notify();
+    if (!parked_.empty()) {
+      WaitForSharedBudget();
+      continue;
+    }
+    if (stopping_) break;
     if (took || (!broken_ && ring_.ArmKick())) continue;  // more may have come meanwhile
     pollfd fds[2] = {{kick_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
@@ -153,10 +165,26 @@ void BlkQueue::Run() {
   Notify();
 }
 
+void BlkQueue::StartParked() {
+  while (!parked_.empty() && TryAcquireBoth(budget_, settings_.shared_budget, parked_.front()->budgeted)) {
+    Request* r = parked_.front();
+    parked_.pop_front();
+    StartData(r);
+  }
+}
+
+void BlkQueue::WaitForSharedBudget() {
+  assert(!parked_.empty() && io_queue_->InFlight() == 0);
+  // Once stopping, stop_fd_ stays readable: just sleep.
+  pollfd stop{stop_fd_, POLLIN, 0};
+  ::poll(stopping_ ? nullptr : &stop, stopping_ ? 0 : 1, kBudgetRecheckMs);
+}
+
 bool BlkQueue::TakeAvailable() {
   bool took = false;
-  // Bounded batch, so completions are reaped between batches.
-  for (int i = 0; i < 64; i++) {
+  // Bounded batch, so completions are reaped between batches; none while a
+  // request waits for budget.
+  for (int i = 0; i < 64 && parked_.empty(); i++) {
     auto head = ring_.Pop();
     if (!head.ok()) {
       spdlog::error("vhost-blk queue {}: {}; queue stopped until the guest resets it", index_, head.status().message());
@@ -220,17 +248,15 @@ void BlkQueue::Begin(uint16_t head) {
       if (length % 512 || length > kMaxRequestBytes || header.sector > (UINT64_MAX >> 9))
         return Finish(r, kBlkStatusIoErr);
       if (length == 0) return Finish(r, kBlkStatusOk);
-      r->bounce = TryAllocateUninitialized(length);  // wholly overwritten before use
-      if (!r->bounce) {
-        spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, length);
-        return Finish(r, kBlkStatusIoErr);
-      }
-      if (write) Gather(r->out, sizeof header, r->bounce.get(), length);
       io.op = write ? VolumeOp::kWrite : VolumeOp::kRead;
       io.offset = header.sector * 512;
       io.length = length;
-      io.buf = r->bounce.get();
-      break;
+      r->budgeted = length;
+      if (!parked_.empty() || !TryAcquireBoth(budget_, settings_.shared_budget, length)) {
+        parked_.push_back(r);  // after those parked before it: requests start in order
+        return;
+      }
+      return StartData(r);
     }
     case kBlkFlushCmd:
       io.op = VolumeOp::kFlush;
@@ -262,6 +288,20 @@ void BlkQueue::Begin(uint16_t head) {
   settings_.volume->Submit(&io, *io_queue_);
 }
 
+void BlkQueue::StartData(Request* r) {
+  VolumeIo& io = r->io;
+  assert(r->budgeted == io.length && (io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite));
+  r->bounce = TryAllocateUninitialized(io.length);  // wholly overwritten before use
+  if (!r->bounce) {
+    spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, io.length);
+    return Finish(r, kBlkStatusIoErr);
+  }
+  // A write's data is copied once, now: the guest cannot change it later.
+  if (io.op == VolumeOp::kWrite) Gather(r->out, sizeof(BlkOutHeader), r->bounce.get(), io.length);
+  io.buf = r->bounce.get();
+  settings_.volume->Submit(&io, *io_queue_);
+}
+
 void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {
   auto* r = static_cast<Request*>(io->context);
   if (status.ok() && io->op == VolumeOp::kRead) {
@@ -272,6 +312,10 @@ void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {
 }
 
 void BlkQueue::Finish(Request* r, uint8_t status) {
+  // The bounce buffer is done with (a read's data is in the guest's buffers):
+  // its memory and budget are free before the guest sees the request return.
+  r->bounce.reset();
+  if (r->budgeted) ReleaseBoth(budget_, settings_.shared_budget, r->budgeted);
   if (r->in_bytes > 0) {
     *StatusByte(r->in) = status;
     r->written++;

@@ -9,10 +9,18 @@
 // an error status when it has a status byte to carry one, and never stops
 // the queue; a ring the guest broke (impossible indices) stops that queue
 // only.
+//
+// Bounce memory is bounded by the queue's in-flight budget (and the
+// daemon's, if shared): a read or write whose data does not fit is parked,
+// already taken from the ring, and the queue takes nothing more from the
+// ring until completions free room (rechecked after every completion, and
+// every kBudgetRecheckMs while only other queues hold the shared budget).
+// Parked requests start in the order they were taken.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -21,6 +29,7 @@
 
 #include "frontend/vhost/virtqueue.h"
 #include "io/device.h"
+#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor::vhost {
@@ -30,12 +39,17 @@ struct BlkSettings {
   bool read_only = false;
   std::string serial;  // GET_ID, at most 20 bytes
   std::function<std::unique_ptr<IoQueue>()> make_io_queue;
+  uint64_t inflight_bytes = kDefaultQueueInflightBytes;  // this queue's budget
+  InflightBudget* shared_budget = nullptr;  // also charged if given (the daemon's)
 };
 
 // The virtio-blk limits we advertise and enforce.
 inline constexpr uint32_t kSegMax = 126;
 inline constexpr uint32_t kMaxRequestBytes = 32u << 20;  // the engine's kMaxIoBytes
 inline constexpr uint32_t kMaxDiscardSectors = (32u << 20) / 512;
+// How often a queue with parked requests and nothing of its own in flight
+// looks again for room in the shared budget.
+inline constexpr int kBudgetRecheckMs = 5;
 
 class BlkQueue {
  public:
@@ -58,19 +72,31 @@ class BlkQueue {
   // Replaces the descriptor interrupts go to; returns the old one for the
   // caller to close (never while the worker may be writing to it).
   int ExchangeCallFd(int fd);
+  // This queue's budget (its counters: bytes in flight, peak, waits).
+  const InflightBudget& budget() const { return budget_; }
 
  private:
   struct Request;
   void Run();
   bool TakeAvailable();  // false if the ring is broken
   void Begin(uint16_t head);
+  // Allocates a read's or write's bounce buffer and submits it. REQUIRES:
+  // its budget was taken.
+  void StartData(Request* request);
+  // Starts parked requests, oldest first, while the budget has room.
+  void StartParked();
+  // With parked requests and nothing of our own in flight: waits briefly
+  // for other queues to free shared budget.
+  void WaitForSharedBudget();
   void Finish(Request* request, uint8_t status);
   static void OnVolumeIoDone(VolumeIo* io, const Status& status);
   void Notify();
 
   // Inflight region: the heads to run again, oldest first; fixes up a
-  // return that was interrupted half-way.
-  std::vector<uint16_t> RecoverInflight();
+  // return that was interrupted half-way. `header` is the region's header,
+  // copied once and checked: the front-end may change the shared one at any
+  // moment, so no decision rests on a second read of it.
+  std::vector<uint16_t> RecoverInflight(const InflightQueueHeader& header);
   InflightDesc* TrackedDesc(uint16_t head) { return reinterpret_cast<InflightDesc*>(inflight_ + 1) + head; }
 
   const BlkSettings settings_;
@@ -82,7 +108,9 @@ class BlkQueue {
   std::mutex call_mu_;  // guards call_fd_ against a close while signalling
   int call_fd_ = -1;
   std::atomic<bool> stopping_{false};
-  uint32_t in_flight_ = 0;  // requests taken and not yet returned
+  uint32_t in_flight_ = 0;  // requests taken and not yet returned (parked ones included)
+  InflightBudget budget_;
+  std::deque<Request*> parked_;  // taken, waiting for budget; nothing is popped meanwhile
   bool broken_ = false;     // the guest broke the ring; wait to be stopped
   bool pushed_ = false;     // used entries since the last Notify
   InflightQueueHeader* inflight_ = nullptr;  // null: no tracking

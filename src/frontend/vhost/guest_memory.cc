@@ -1,6 +1,7 @@
 #include "frontend/vhost/guest_memory.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -16,6 +17,17 @@ bool Inside(uint64_t address, uint64_t length, uint64_t start, uint64_t size) {
 
 }  // namespace
 
+Status CheckFileCovers(int fd, uint64_t offset, uint64_t size) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status(errno, std::string("cannot stat a shared memory descriptor: ") + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) return Status(EINVAL, "shared memory is not a regular file or memfd");
+  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (offset > file_size || size > file_size - offset)
+    return Status(EINVAL, std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                              " do not lie within their " + std::to_string(file_size) + "-byte file");
+  return Status::Ok();
+}
+
 Result<std::shared_ptr<GuestMemory>> GuestMemory::Map(const MemoryTable& table, std::span<const int> fds) {
   if (table.nregions == 0 || table.nregions > kMaxMemoryRegions || fds.size() != table.nregions)
     return Status(EINVAL, "memory table has " + std::to_string(table.nregions) + " regions and " +
@@ -26,6 +38,8 @@ Result<std::shared_ptr<GuestMemory>> GuestMemory::Map(const MemoryTable& table, 
     if (r.memory_size == 0 || r.mmap_offset > UINT64_MAX - r.memory_size ||
         r.guest_phys_addr > UINT64_MAX - r.memory_size || r.userspace_addr > UINT64_MAX - r.memory_size)
       return Status(EINVAL, "memory region " + std::to_string(i) + " has an impossible size or offset");
+    Status covered = CheckFileCovers(fds[i], r.mmap_offset, r.memory_size);
+    if (!covered.ok()) return Status(EINVAL, "memory region " + std::to_string(i) + ": " + covered.message());
     size_t length = r.mmap_offset + r.memory_size;
     void* base = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0);
     if (base == MAP_FAILED)

@@ -5,6 +5,8 @@
 //
 // Every translation checks that the whole range lies inside one region:
 // a descriptor pointing anywhere else gets nullptr, never a wild pointer.
+// Every region must lie inside its file (CheckFileCovers): pages mapped past
+// a file's end raise SIGBUS when touched, which would kill the daemon.
 // Immutable once built; replaced as a whole when the table changes.
 #pragma once
 
@@ -17,6 +19,13 @@
 #include "frontend/vhost/vhost_user_protocol.h"
 
 namespace edgestor::vhost {
+
+// OK if `fd` is a regular file (a memfd, or a tmpfs or hugetlbfs file) that
+// holds all of [offset, offset+size); EINVAL otherwise. Checked before any
+// memory a front-end shares (guest RAM, inflight regions) is mapped. A
+// front-end that shrinks the file after the check can still cause SIGBUS;
+// QEMU's memfd back-ends seal their size, and ours are never resized.
+Status CheckFileCovers(int fd, uint64_t offset, uint64_t size);
 
 class GuestMemory {
  public:

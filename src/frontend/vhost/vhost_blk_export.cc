@@ -133,6 +133,7 @@ class InflightRegion {
     if (queues == 0 || queue_size == 0 || queue_size > kMaxQueueSize || size < queues * InflightQueueBytes(queue_size) ||
         size > (64ull << 20))
       return Status(EINVAL, "inflight region has impossible dimensions");
+    ES_RETURN_IF_ERROR(CheckFileCovers(fd, offset, size));
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
     if (base == MAP_FAILED) return Status(errno, "cannot map the inflight region");
     return std::shared_ptr<InflightRegion>(new InflightRegion(base, size, queues, queue_size));
@@ -165,7 +166,8 @@ class Session {
  public:
   Session(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<IoQueue>()> make_io_queue)
       : volume_(volume), options_(options) {
-    BlkSettings settings{&volume, options.read_only, options.serial, std::move(make_io_queue)};
+    BlkSettings settings{&volume, options.read_only, options.serial, std::move(make_io_queue),
+                         options.queue_inflight_bytes, options.shared_budget};
     rings_.resize(options.queues);
     for (uint32_t i = 0; i < options.queues; i++) rings_[i].queue = std::make_unique<BlkQueue>(settings, i);
   }
@@ -490,6 +492,7 @@ Result<std::unique_ptr<VhostBlkExport>> VhostBlkExport::Start(Volume& volume, Vh
   if (options.queues == 0 || options.queues > kMaxQueues)
     return Status(EINVAL, "queues must be from 1 to " + std::to_string(kMaxQueues));
   if (options.serial.size() > kBlkIdBytes) return Status(EINVAL, "serial is longer than 20 bytes");
+  if (options.queue_inflight_bytes == 0) return Status(EINVAL, "the per-queue in-flight budget must not be 0");
   ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path));
   std::unique_ptr<VhostBlkExport> out(new VhostBlkExport(volume, std::move(options), nullptr));
   out->impl_ = std::make_unique<Impl>(volume, out->options_, std::move(make_io_queue), fd);

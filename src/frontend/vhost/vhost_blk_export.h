@@ -12,6 +12,7 @@
 
 #include "base/status.h"
 #include "io/device.h"
+#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor::vhost {
@@ -21,6 +22,12 @@ struct VhostExportOptions {
   uint16_t queues = 1;       // virtqueues offered (1..16)
   bool read_only = false;
   std::string serial;        // GET_ID (guest: /dev/disk/by-id/virtio-SERIAL), at most 20 bytes
+  // Request data (bounce buffers) each queue may hold in flight; a queue
+  // over it takes nothing from its ring until completions free room.
+  uint64_t queue_inflight_bytes = kDefaultQueueInflightBytes;
+  // Also charged, if given (the daemon's, shared with every export and NBD
+  // connection). Borrowed: must outlive the export.
+  InflightBudget* shared_budget = nullptr;
 };
 
 inline constexpr uint16_t kMaxQueues = 16;

@@ -36,11 +36,12 @@ struct TestDesc {
 
 class TestFrontEnd {
  public:
-  explicit TestFrontEnd(const std::string& socket_path, uint32_t queues = 1) : queues_(queues) {
+  explicit TestFrontEnd(const std::string& socket_path, uint32_t queues = 1, uint64_t memory_bytes = kGuestMemoryBytes)
+      : queues_(queues), memory_bytes_(memory_bytes) {
     memfd_ = ::memfd_create("guest", MFD_CLOEXEC);
     EXPECT_GE(memfd_, 0);
-    EXPECT_EQ(::ftruncate(memfd_, kGuestMemoryBytes), 0);
-    memory_ = static_cast<uint8_t*>(::mmap(nullptr, kGuestMemoryBytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0));
+    EXPECT_EQ(::ftruncate(memfd_, static_cast<off_t>(memory_bytes_)), 0);
+    memory_ = static_cast<uint8_t*>(::mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0));
     EXPECT_NE(memory_, MAP_FAILED);
     fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
@@ -60,7 +61,7 @@ class TestFrontEnd {
     if (fd_ >= 0) ::close(fd_);
     for (int fd : kick_) ::close(fd);
     for (int fd : call_) ::close(fd);
-    ::munmap(memory_, kGuestMemoryBytes);
+    ::munmap(memory_, memory_bytes_);
     ::close(memfd_);
   }
   void Disconnect() {
@@ -166,20 +167,26 @@ class TestFrontEnd {
     std::memcpy(&size, buf + 12, 8);
     return {fd, size};
   }
-  void SetInflightFd(int fd, uint64_t size) {
-    uint64_t request[3] = {size, 0, 0};
+  void SetInflightFd(int fd, uint64_t size) { EXPECT_EQ(SetInflightFdAcked(fd, size), 0u); }
+  // SET_INFLIGHT_FD of `size` bytes at `offset` in `fd`; the acknowledgement (0 = ok).
+  uint64_t SetInflightFdAcked(int fd, uint64_t size, uint64_t offset = 0) {
+    uint64_t request[3] = {size, offset, 0};
     uint16_t dims[2] = {static_cast<uint16_t>(queues_), kRingSize};
     std::memcpy(&request[2], dims, 4);
-    EXPECT_EQ(SendAcked(32, request, 24, fd), 0u);
+    return SendAcked(32, request, 24, fd);
   }
   uint32_t queues() const { return queues_; }
-  void SetMemTable() {
+  void SetMemTable() { EXPECT_EQ(SetMemTableFrom(memfd_, memory_bytes_), 0u); }
+  // SET_MEM_TABLE declaring one region of `size` bytes at `mmap_offset` in
+  // `fd`, at guest-physical 0 and at our own memory's address (so the rings
+  // and buffers laid out here fall inside it); the acknowledgement (0 = ok).
+  uint64_t SetMemTableFrom(int fd, uint64_t size, uint64_t mmap_offset = 0) {
     uint8_t table[8 + 32] = {};
     uint32_t one = 1;
     std::memcpy(table, &one, 4);
-    uint64_t region[4] = {0, kGuestMemoryBytes, reinterpret_cast<uint64_t>(memory_), 0};
+    uint64_t region[4] = {0, size, reinterpret_cast<uint64_t>(memory_), mmap_offset};
     std::memcpy(table + 8, region, sizeof region);
-    EXPECT_EQ(SendAcked(5, table, sizeof table, memfd_), 0u);
+    return SendAcked(5, table, sizeof table, fd);
   }
   void SetUpRing(uint32_t q) {
     uint32_t state[2] = {q, kRingSize};
@@ -208,7 +215,7 @@ class TestFrontEnd {
   uint8_t* Allocate(size_t bytes) {
     uint8_t* p = memory_ + next_buffer_;
     next_buffer_ += (bytes + 4095) / 4096 * 4096;
-    EXPECT_LE(next_buffer_, kGuestMemoryBytes);
+    EXPECT_LE(next_buffer_, memory_bytes_);
     std::memset(p, 0, bytes);
     return p;
   }
@@ -226,6 +233,7 @@ class TestFrontEnd {
     __atomic_store_n(&Avail(q)[1], avail_idx_[q], __ATOMIC_RELEASE);
     Kick(q);
   }
+  int kick_fd(uint32_t q) const { return kick_[q]; }
   void Kick(uint32_t q) {
     uint64_t one = 1;
     (void)!::write(kick_[q], &one, 8);
@@ -278,6 +286,7 @@ class TestFrontEnd {
   static uint64_t RingArea(uint32_t queues) { return uint64_t{queues} * 65536; }
 
   uint32_t queues_;
+  uint64_t memory_bytes_;
   int memfd_ = -1;
   int fd_ = -1;
   bool connected_ = false;
