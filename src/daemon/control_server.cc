@@ -44,8 +44,8 @@ ControlServer::~ControlServer() { Stop(); }
 
 void ControlServer::Register(const std::string& method, Handler handler) { handlers_[method] = std::move(handler); }
 
-Status ControlServer::Listen(const std::string& path) {
-  ES_ASSIGN_OR_RETURN(listen_fd_, ListenUnixSocket(path));
+Status ControlServer::Listen(const std::string& path, const SocketAccess& access) {
+  ES_ASSIGN_OR_RETURN(listen_fd_, ListenUnixSocket(path, access));
   path_ = path;
   return Status::Ok();
 }

@@ -490,7 +490,7 @@ Result<std::unique_ptr<VhostBlkExport>> VhostBlkExport::Start(Volume& volume, Vh
   if (options.queues == 0 || options.queues > kMaxQueues)
     return Status(EINVAL, "queues must be from 1 to " + std::to_string(kMaxQueues));
   if (options.serial.size() > kBlkIdBytes) return Status(EINVAL, "serial is longer than 20 bytes");
-  ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path));
+  ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path, options.access));
   std::unique_ptr<VhostBlkExport> out(new VhostBlkExport(volume, std::move(options), nullptr));
   out->impl_ = std::make_unique<Impl>(volume, out->options_, std::move(make_io_queue), fd);
   return out;
