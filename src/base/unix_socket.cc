@@ -168,11 +168,15 @@ Result<int> ListenUnixSocket(const std::string& path, const SocketAccess& access
   if (s.ok() && ::listen(fd, kListenBacklog) != 0) s = Errno(errno, "cannot listen on " + path);
   if (!s.ok()) {
     ::close(fd);
-    struct stat st;
-    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+    RemoveSocketFile(path);
     return s;
   }
   return fd;
+}
+
+void RemoveSocketFile(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
 }
 
 Status WriteAll(int fd, const void* data, size_t len) {

@@ -44,6 +44,9 @@ Result<gid_t> LookUpGroup(const std::string& name);
 // accepts on is EADDRINUSE. On any error nothing is left at `path` that was
 // not there before.
 Result<int> ListenUnixSocket(const std::string& path, const SocketAccess& access = {});
+// Removes the socket file at `path` when its server stops; whatever else may
+// have been put there since is left alone.
+void RemoveSocketFile(const std::string& path);
 Result<int> ConnectUnixSocket(const std::string& path);
 Status WriteAll(int fd, const void* data, size_t len);
 

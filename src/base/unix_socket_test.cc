@@ -129,6 +129,18 @@ TEST_F(UnixSocketTest, AccessThatCannotBeAppliedLeavesNoSocket) {
   }
 }
 
+TEST_F(UnixSocketTest, StoppingRemovesOnlyASocket) {
+  std::string path = Path("s.sock");
+  auto fd = ListenUnixSocket(path);
+  ASSERT_TRUE(fd.ok());
+  ::close(fd.value());
+  RemoveSocketFile(path);
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path)));
+  std::ofstream(path) << "put here since";  // e.g. the socket was replaced by hand
+  RemoveSocketFile(path);
+  EXPECT_EQ(Contents(path), "put here since");
+}
+
 TEST(SocketAccessParse, OwnerTakesNamesIdsAndGroups) {
   SocketAccess a;
   ASSERT_TRUE(ParseSocketOwner("root", &a).ok());

@@ -61,7 +61,7 @@ void ControlServer::Stop() {
   std::unique_lock lock(mu_);
   for (int fd : client_fds_) ::shutdown(fd, SHUT_RDWR);
   clients_gone_.wait(lock, [this] { return client_fds_.empty(); });
-  if (!path_.empty()) ::unlink(path_.c_str());
+  if (!path_.empty()) RemoveSocketFile(path_);
 }
 
 void ControlServer::AcceptLoop() {

@@ -100,7 +100,7 @@ Status NbdServer::ListenUnix(const std::string& path, const SocketAccess& access
   if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
     Status s = Errno("cannot make " + path + " non-blocking");
     ::close(fd);
-    ::unlink(path.c_str());
+    RemoveSocketFile(path);
     return s;
   }
   return AddListener(fd, path);
@@ -229,7 +229,7 @@ void NbdServer::Stop() {
   if (accept_thread_.joinable()) accept_thread_.join();
   for (const Listener& l : listeners_) {
     ::close(l.fd);
-    if (!l.unix_path.empty()) ::unlink(l.unix_path.c_str());
+    if (!l.unix_path.empty()) RemoveSocketFile(l.unix_path);
   }
   listeners_.clear();
   {

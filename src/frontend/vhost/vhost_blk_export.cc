@@ -443,7 +443,7 @@ class VhostBlkExport::Impl {
       if (connection_ >= 0) ::shutdown(connection_, SHUT_RDWR);
     }
     thread_.join();
-    ::unlink(options_.socket_path.c_str());
+    RemoveSocketFile(options_.socket_path);
   }
   bool connected() const {
     std::lock_guard lock(mu_);
