@@ -61,6 +61,8 @@ void RunPoolUnlock(const VolumeArgs& args);
 // Exports at run time (through the daemon).
 struct VhostExportArgs {
   std::string socket;
+  std::string socket_owner;  // USER[:GROUP]; empty: the daemon's user
+  std::string socket_mode;   // octal; empty: 0600
   uint32_t queues = 1;
   bool read_only = false;
 };
@@ -111,6 +113,9 @@ struct ServeArgs {
   std::string control_socket;  // default: beside the pool
   std::string nbd_socket;      // default: beside the pool
   std::string nbd_listen;      // host:port; empty: no TCP
+  std::string control_group;   // may use the control socket too (0660); empty: the daemon's user only
+  std::string nbd_socket_owner;  // USER[:GROUP]; empty: the daemon's user
+  std::string nbd_socket_mode;   // octal; empty: 0600
   uint64_t map_cache_bytes = 64ull << 20;
   uint64_t inflight_bytes = 256ull << 20;  // kDefaultDaemonInflightBytes
   KeyArgs key;  // the pool key, if the pool has one (else encrypted volumes wait for `pool unlock`)

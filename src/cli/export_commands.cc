@@ -33,6 +33,8 @@ void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost) {
   std::string socket = RequireDaemon(args);
   nlohmann::json params = {{"name", args.name},     {"protocol", "vhost-user-blk"}, {"socket", vhost.socket},
                            {"queues", vhost.queues}, {"readonly", vhost.read_only}};
+  if (!vhost.socket_owner.empty()) params["socket_owner"] = vhost.socket_owner;
+  if (!vhost.socket_mode.empty()) params["socket_mode"] = vhost.socket_mode;
   nlohmann::json result = Call(socket, "export.add", params, "cannot export volume " + args.name);
   std::cout << "exporting volume " << args.name << " over vhost-user-blk on " << result["socket"].get<std::string>()
             << " (" << vhost.queues << (vhost.queues == 1 ? " queue" : " queues")

@@ -385,6 +385,9 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   add->add_option("--socket", vhost->socket, "unix socket QEMU connects to")->required();
   add->add_option("--queues", vhost->queues, "virtqueues (1-16), served in parallel")->check(CLI::Range(1, 16))->default_str("1");
   add->add_flag("--readonly", vhost->read_only, "refuse writes");
+  add->add_option("--socket-owner", vhost->socket_owner,
+                  "USER[:GROUP] to own the socket (e.g. the user QEMU runs as; default: the daemon's user)");
+  add->add_option("--socket-mode", vhost->socket_mode, "socket permissions, octal (default 0600: the owner only)");
   add->callback([=, &action] {
     pool_of();
     action = [=] {
@@ -419,6 +422,11 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
   auto* serve = app.add_subcommand("serve", "serve every volume of a pool over NBD, with a control socket");
   serve->add_option("--nbd-socket", args->nbd_socket, "NBD unix socket (default: beside the pool)");
   serve->add_option("--nbd-listen", args->nbd_listen, "also serve NBD over TCP on HOST:PORT (e.g. 127.0.0.1:10809)");
+  serve->add_option("--control-group", args->control_group,
+                    "let this group use the control socket too (mode 0660; default: the daemon's user only)");
+  serve->add_option("--nbd-socket-owner", args->nbd_socket_owner,
+                    "USER[:GROUP] to own the NBD socket (e.g. the user QEMU runs as; default: the daemon's user)");
+  serve->add_option("--nbd-socket-mode", args->nbd_socket_mode, "NBD socket permissions, octal (default 0600)");
   serve->add_option("--map-cache", args->map_cache_bytes, "memory for cached map pages")->transform(SizeArg())->default_str("64M");
   serve->add_option("--inflight-memory", args->inflight_bytes,
                     "request data all NBD and vhost-user clients together may hold in flight")

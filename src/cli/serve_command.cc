@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/unix_socket.h"
 #include "cli/cli_error.h"
 #include "cli/commands.h"
 #include "cli/key_args.h"
@@ -28,6 +29,13 @@ void RunServe(const ServeArgs& args) {
   options.nbd_listen = args.nbd_listen;
   options.map_cache_bytes = args.map_cache_bytes;
   options.inflight_bytes = args.inflight_bytes;
+  if (!args.control_group.empty()) {
+    options.control_access.group = Unwrap(LookUpGroup(args.control_group), "--control-group");
+    options.control_access.mode = 0660;
+  }
+  if (!args.nbd_socket_owner.empty())
+    Check(ParseSocketOwner(args.nbd_socket_owner, &options.nbd_access), "--nbd-socket-owner");
+  if (!args.nbd_socket_mode.empty()) Check(ParseSocketMode(args.nbd_socket_mode, &options.nbd_access), "--nbd-socket-mode");
   options.secret = LoadSecret(args.key);
   std::unique_ptr<Daemon> daemon = Unwrap(Daemon::Start(options), "cannot serve pool " + args.pool);
 

@@ -1,6 +1,7 @@
 // vol write | read: byte-granular access to a volume through its data path.
 //
-// The volume takes only 512-byte-aligned requests. Both commands stream in
+// The volume serves any byte range, but ranges not aligned to 4 KiB take its
+// synchronous path, so the CLI keeps to sectors. Both commands stream in
 // chunks of at most kChunkBytes through one aligned buffer; a write that
 // starts or ends inside a sector first reads that sector back from the volume
 // (read-modify-write), so neighbouring bytes are kept.

@@ -44,8 +44,8 @@ ControlServer::~ControlServer() { Stop(); }
 
 void ControlServer::Register(const std::string& method, Handler handler) { handlers_[method] = std::move(handler); }
 
-Status ControlServer::Listen(const std::string& path) {
-  ES_ASSIGN_OR_RETURN(listen_fd_, ListenUnixSocket(path));
+Status ControlServer::Listen(const std::string& path, const SocketAccess& access) {
+  ES_ASSIGN_OR_RETURN(listen_fd_, ListenUnixSocket(path, access));
   path_ = path;
   return Status::Ok();
 }
@@ -61,7 +61,7 @@ void ControlServer::Stop() {
   std::unique_lock lock(mu_);
   for (int fd : client_fds_) ::shutdown(fd, SHUT_RDWR);
   clients_gone_.wait(lock, [this] { return client_fds_.empty(); });
-  if (!path_.empty()) ::unlink(path_.c_str());
+  if (!path_.empty()) RemoveSocketFile(path_);
 }
 
 void ControlServer::AcceptLoop() {

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "base/unix_socket.h"
 
 namespace edgestor {
 
@@ -35,7 +36,9 @@ class ControlServer {
 
   // REQUIRES: before Start().
   void Register(const std::string& method, Handler handler);
-  Status Listen(const std::string& path);  // replaces a stale socket file
+  // Listens on `path` (ListenUnixSocket: only a stale socket is replaced),
+  // with `access` deciding who may connect: the daemon's user by default.
+  Status Listen(const std::string& path, const SocketAccess& access = {});
   void Start();
   void Stop();  // closes the listener and every client, joins threads, unlinks the socket
 

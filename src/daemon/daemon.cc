@@ -64,10 +64,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   }
   std::unique_ptr<Daemon> daemon(new Daemon(options, lock_fd, std::move(pool).value()));
   daemon->nbd_ = std::make_unique<NbdServer>(*daemon, NbdServerOptions{.shared_budget = &daemon->inflight_budget_});
-  ES_RETURN_IF_ERROR(daemon->nbd_->ListenUnix(options.nbd_socket));
+  ES_RETURN_IF_ERROR(daemon->nbd_->ListenUnix(options.nbd_socket, options.nbd_access));
   if (!options.nbd_listen.empty()) ES_RETURN_IF_ERROR(daemon->nbd_->ListenTcp(options.nbd_listen));
   daemon->RegisterMethods();
-  ES_RETURN_IF_ERROR(daemon->control_.Listen(options.control_socket));
+  ES_RETURN_IF_ERROR(daemon->control_.Listen(options.control_socket, options.control_access));
   ES_RETURN_IF_ERROR(daemon->nbd_->Start());
   daemon->control_.Start();
   spdlog::info("serving pool {} ({} volumes); control socket {}, NBD socket {}", options.pool_path,

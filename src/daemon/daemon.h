@@ -28,6 +28,11 @@ struct DaemonOptions {
   std::string control_socket;  // default: DefaultControlSocket(pool_path)
   std::string nbd_socket;      // default: DefaultNbdSocket(pool_path)
   std::string nbd_listen;      // "host:port" for NBD over TCP; empty: unix socket only
+  // Who may connect. Both default to the daemon's user only (0600): the
+  // control socket can grant a group (serve --control-group), the NBD socket
+  // can be given to the user QEMU runs as without opening the control socket.
+  SocketAccess control_access;
+  SocketAccess nbd_access;
   uint64_t map_cache_bytes = 64ull << 20;
   // Request data all NBD connections and vhost-user queues together may
   // hold in flight (bounce buffers); each vhost-user queue is also held to

@@ -137,6 +137,14 @@ void Daemon::RegisterMethods() {
       options.queues = static_cast<uint16_t>(params["queues"].get<uint64_t>());
     }
     options.read_only = params.value("readonly", false);
+    if (params.contains("socket_owner")) {
+      ES_ASSIGN_OR_RETURN(std::string owner, StringParam(params, "socket_owner"));
+      ES_RETURN_IF_ERROR(ParseSocketOwner(owner, &options.access));
+    }
+    if (params.contains("socket_mode")) {
+      ES_ASSIGN_OR_RETURN(std::string mode, StringParam(params, "socket_mode"));
+      ES_RETURN_IF_ERROR(ParseSocketMode(mode, &options.access));
+    }
     ES_RETURN_IF_ERROR(AddVhostExport(name, options));
     return json{{"name", name}, {"socket", std::filesystem::absolute(options.socket_path).string()}};
   });

@@ -49,8 +49,9 @@ namespace {
 
 Status ValidateIo(const VolumeIo& io, uint64_t volume_size) {
   if (io.op == VolumeOp::kFlush) return Status::Ok();
-  if (io.offset % kSectorSize || io.length % kSectorSize)
-    return Status(EINVAL, "offset and length must be multiples of 512 bytes");
+  // Any byte range is served: what is not 4 KiB-aligned takes the
+  // synchronous read-modify-write path (NBD clients that agreed to no block
+  // size may send it).
   if (io.offset > volume_size || io.length > volume_size - io.offset)
     return Status(EINVAL, "I/O past the end of the volume (" + std::to_string(io.offset) + "+" +
                               std::to_string(io.length) + " > " + std::to_string(volume_size) + ")");

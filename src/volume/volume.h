@@ -5,7 +5,8 @@
 // passed to Submit. Several threads may submit to the same volume at once,
 // each with its own IoQueue (NBD multi-conn, vhost-user multi-queue).
 //
-// Semantics (all offsets/lengths multiples of 512, within the volume size):
+// Semantics (any offset and length within the volume size, byte-granular;
+// ranges not aligned to 4 KiB take a synchronous read-modify-write path):
 //  * kRead of never-written or discarded space returns zeros without I/O.
 //  * kWrite overwriting a cluster the volume owns goes to its place with no
 //    metadata change; the first write of a 4 KiB block records it in the
@@ -38,7 +39,7 @@ struct VolumeIo {
   // buffer, offset and length are 4 KiB-aligned take the asynchronous path,
   // others a synchronous bounce-buffer path.
   uint8_t* buf = nullptr;
-  // Called exactly once with the outcome: EINVAL (bad range/alignment),
+  // Called exactly once with the outcome: EINVAL (range out of the volume),
   // ENOSPC (pool full), EIO (device error), EUCLEAN (damaged metadata).
   // It may run before Submit returns (flush, discard, write-zeroes and
   // unaligned requests complete inline). After it returns the engine never

@@ -122,7 +122,8 @@ class Negotiation {
       provider_.ReleaseExport(volume);
       return s;
     }
-    session_ = NbdSession{volume, TransmissionFlags(*volume), structured_, BlockStatusFor(volume->name())};
+    // No block sizes were agreed: byte granularity (block_sizes_agreed false).
+    session_ = NbdSession{volume, TransmissionFlags(*volume), structured_, BlockStatusFor(volume->name()), false};
     return Status::Ok();
   }
 
@@ -147,10 +148,11 @@ class Negotiation {
     if (!r.U32(&name_len) || name_len > kMaxStringBytes || !r.String(name_len, &name) || !r.U16(&requests) ||
         r.remaining() != 2u * requests)
       return ReplyError(option, kRepErrInvalid, "malformed request");
-    bool want_name = false, want_description = false;
+    bool want_name = false, want_description = false, want_block_size = false;
     for (uint16_t i = 0, type = 0; i < requests && r.U16(&type); i++) {
       want_name |= type == kInfoName;
       want_description |= type == kInfoDescription;
+      want_block_size |= type == kInfoBlockSize;
     }
     auto volume = Acquire(name);
     if (!volume.ok()) return ReplyError(option, ErrorReplyFor(volume.status().code()), volume.status().message());
@@ -162,7 +164,7 @@ class Negotiation {
     if (s.ok()) s = Reply(option, kRepAck);
     if (go && s.ok())
       session_ = NbdSession{volume.value(), TransmissionFlags(*volume.value()), structured_,
-                            BlockStatusFor(volume.value()->name())};
+                            BlockStatusFor(volume.value()->name()), want_block_size};
     else if (go)
       provider_.ReleaseExport(volume.value());
     return s;
@@ -174,7 +176,8 @@ class Negotiation {
     exp.U64(volume.size());
     exp.U16(TransmissionFlags(volume));
     ES_RETURN_IF_ERROR(Reply(option, kRepInfo, exp.bytes()));
-    // Sent unasked too: clients that do not understand it ignore it.
+    // Sent unasked too: clients that do not understand it ignore it, and
+    // a client that did not ask is not bound by it.
     WireWriter sizes;
     sizes.U16(kInfoBlockSize);
     sizes.U32(kMinBlockBytes);

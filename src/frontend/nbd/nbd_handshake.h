@@ -12,7 +12,9 @@ namespace edgestor::nbd {
 
 // Block sizes we advertise (NBD_INFO_BLOCK_SIZE). 512-byte requests work
 // but a write smaller than 4 KiB takes the engine's synchronous
-// read-modify-write path, so 4 KiB is preferred.
+// read-modify-write path, so 4 KiB is preferred. The minimum binds only
+// clients that asked for it (NbdSession::block_sizes_agreed); the engine
+// serves any byte range.
 inline constexpr uint32_t kMinBlockBytes = 512;
 inline constexpr uint32_t kPreferredBlockBytes = 4096;
 // Volume::Submit refuses READ/WRITE larger than this; it is also the payload
@@ -28,6 +30,13 @@ struct NbdSession {
   uint16_t transmission_flags = 0;
   bool structured_replies = false;
   bool block_status = false;  // base:allocation was selected for this export
+  // The client asked for NBD_INFO_BLOCK_SIZE in the NBD_OPT_GO that entered
+  // transmission, and so agreed to keep to the sizes we advertised: its
+  // requests not aligned to kMinBlockBytes get EINVAL. Any other client
+  // (NBD_OPT_EXPORT_NAME, or GO without that request; asking in NBD_OPT_INFO
+  // commits to nothing) is served at byte granularity, as the protocol's
+  // default block sizes ask.
+  bool block_sizes_agreed = false;
 };
 
 // Sends the greeting on `fd` and haggles options until the client enters

@@ -1,14 +1,13 @@
 // NbdServer: listening sockets, the accept thread, one thread per connection.
 #include "frontend/nbd/nbd_server.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cassert>
@@ -18,6 +17,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/unix_socket.h"
 #include "frontend/nbd/nbd_handshake.h"
 #include "frontend/nbd/nbd_socket.h"
 #include "frontend/nbd/nbd_transmission.h"
@@ -32,21 +32,6 @@ constexpr int kListenBacklog = 64;
 constexpr auto kAcceptErrorPause = std::chrono::milliseconds(100);
 
 Status Errno(const std::string& what) { return Status(errno, what + ": " + std::strerror(errno)); }
-
-// Removes a socket file nobody accepts on any more (left by a crash). A
-// live socket or a file that is not a socket is left alone.
-Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT ? Status::Ok() : Errno("cannot stat " + path);
-  if (!S_ISSOCK(st.st_mode)) return Status(EEXIST, path + " exists and is not a socket");
-  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (probe < 0) return Errno("socket");
-  bool live = ::connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(probe);
-  if (live) return Status(EADDRINUSE, "another server is listening on " + path);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Errno("cannot remove stale socket " + path);
-  return Status::Ok();
-}
 
 // Splits "host:port" or "[v6host]:port".
 Status SplitHostPort(const std::string& host_port, std::string* host, std::string* port) {
@@ -109,18 +94,13 @@ Status NbdServer::AddListener(int fd, const std::string& unix_path) {
   return Status::Ok();
 }
 
-Status NbdServer::ListenUnix(const std::string& path) {
+Status NbdServer::ListenUnix(const std::string& path, const SocketAccess& access) {
   if (started_) return Status(EBUSY, "listen before Start()");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) return Status(ENAMETOOLONG, "bad socket path '" + path + "'");
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ES_RETURN_IF_ERROR(RemoveStaleSocket(path, addr));
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return Errno("socket");
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    Status s = Errno("cannot bind " + path);
+  ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(path, access));
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+    Status s = Errno("cannot make " + path + " non-blocking");
     ::close(fd);
+    RemoveSocketFile(path);
     return s;
   }
   return AddListener(fd, path);
@@ -249,7 +229,7 @@ void NbdServer::Stop() {
   if (accept_thread_.joinable()) accept_thread_.join();
   for (const Listener& l : listeners_) {
     ::close(l.fd);
-    if (!l.unix_path.empty()) ::unlink(l.unix_path.c_str());
+    if (!l.unix_path.empty()) RemoveSocketFile(l.unix_path);
   }
   listeners_.clear();
   {

@@ -9,9 +9,14 @@
 // whichever connection sent it.
 //
 // Choices within the protocol:
-//  * Block sizes: minimum 512, preferred 4096, maximum payload 32 MiB.
-//    Writes smaller than 4 KiB work but take the engine's synchronous
-//    read-modify-write path.
+//  * Block sizes: minimum 512, preferred 4096, maximum payload 32 MiB are
+//    advertised. A client that requests NBD_INFO_BLOCK_SIZE with the
+//    NBD_OPT_GO it enters transmission with has agreed to them, and its
+//    requests not aligned to 512 bytes get EINVAL. Every other client
+//    (NBD_OPT_EXPORT_NAME, or GO without that request) is served at byte
+//    granularity, as the protocol asks of a server whose sizes were not
+//    agreed. Writes smaller than 4 KiB or not aligned to it work but take
+//    the engine's synchronous read-modify-write path.
 //  * A READ is answered with one data chunk (so NBD_CMD_FLAG_DF always
 //    holds); unwritten ranges are sent as zeros, not as hole chunks.
 //  * WRITE_ZEROES may free whole clusters even with NBD_CMD_FLAG_NO_HOLE
@@ -56,6 +61,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "base/unix_socket.h"
 #include "io/device.h"
 #include "io/inflight_budget.h"
 #include "volume/volume.h"
@@ -118,9 +124,10 @@ class NbdServer {
   NbdServer(const NbdServer&) = delete;
   NbdServer& operator=(const NbdServer&) = delete;
 
-  // Listening sockets; call before Start(). A stale socket file (nobody
-  // accepting on it) is removed first; a live one gives EADDRINUSE.
-  Status ListenUnix(const std::string& path);
+  // Listening sockets; call before Start(). As ListenUnixSocket: only a
+  // stale socket file (nobody accepting on it) is replaced; anything else at
+  // `path` is EEXIST, a live socket EADDRINUSE. `access`: who may connect.
+  Status ListenUnix(const std::string& path, const SocketAccess& access = {});
   // "127.0.0.1:10809", "[::1]:10809"; port 0 picks a free port (BoundTcpPort).
   Status ListenTcp(const std::string& host_port);
   uint16_t BoundTcpPort() const;  // 0 if not listening on TCP

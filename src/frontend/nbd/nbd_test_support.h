@@ -281,15 +281,30 @@ class NbdTestClient {
     }
   }
   // Greets, optionally negotiates structured replies and base:allocation,
-  // and enters transmission with NBD_OPT_GO.
-  bool Go(const std::string& name, bool structured, bool meta, ExportInfo* info = nullptr) {
+  // and enters transmission with NBD_OPT_GO, requesting NBD_INFO_BLOCK_SIZE
+  // (agreeing to keep to the sizes) unless `request_block_size` is false.
+  bool Go(const std::string& name, bool structured, bool meta, ExportInfo* info = nullptr,
+          bool request_block_size = true) {
     if (!Greet()) return false;
     if (structured && Option(kOptStructured, {}) != kRepAck) return false;
     if (meta && Option(kOptSetMeta, MetaRequest(name, {"base:allocation"})) != kRepAck) return false;
     std::vector<OptionReply> replies;
-    if (Option(kOptGo, InfoRequest(name, {3}), &replies) != kRepAck) return false;
+    std::vector<uint16_t> infos;
+    if (request_block_size) infos.push_back(3);
+    if (Option(kOptGo, InfoRequest(name, infos), &replies) != kRepAck) return false;
     structured_ = structured;
     if (info) ParseInfo(replies, info);
+    return true;
+  }
+
+  // Enters transmission the oldest way, NBD_OPT_EXPORT_NAME (no block sizes
+  // can be agreed), without structured replies.
+  bool ExportName(const std::string& name) {
+    if (!Greet()) return false;
+    if (!SendOption(kOptExportName, Bytes().Str(name).v)) return false;
+    uint8_t reply[10];  // size and transmission flags; NO_ZEROES was set
+    if (!Recv(reply, sizeof reply)) return false;
+    structured_ = false;
     return true;
   }
 

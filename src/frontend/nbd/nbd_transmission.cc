@@ -259,8 +259,11 @@ NbdTransmission::Rejection NbdTransmission::Check(const Request& r) const {
   if (r.type == kCmdBlockStatus && !session_.block_status) return {kEinval, "base:allocation was not negotiated"};
   bool data = r.type == kCmdRead || r.type == kCmdWrite;
   if (data && r.length > max_payload_) return {kEinval, "request larger than the maximum payload"};
-  if (r.type != kCmdBlockStatus && (r.offset % kMinBlockBytes || r.length % kMinBlockBytes))
-    return {kEinval, "request not aligned to 512 bytes"};
+  // Only a client that agreed to our minimum block size is held to it;
+  // others get byte granularity (the protocol's default sizes).
+  bool misaligned = r.offset % kMinBlockBytes || r.length % kMinBlockBytes;
+  if (session_.block_sizes_agreed && r.type != kCmdBlockStatus && misaligned)
+    return {kEinval, "request not aligned to the 512-byte minimum block size this client agreed to"};
   uint64_t size = volume_.size();
   if (r.offset > size || r.length > size - r.offset) {
     bool writes = r.type == kCmdWrite || r.type == kCmdWriteZeroes;

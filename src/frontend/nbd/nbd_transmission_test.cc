@@ -49,6 +49,68 @@ TEST_P(NbdTransmissionTest, ReadAndWritePastTheEndFailWithTheSpecsErrors) {
   EXPECT_EQ(c->Read(16 * kMiB - 4096, 4096, &data), 0u);  // the connection goes on
 }
 
+// A client that did not ask for NBD_INFO_BLOCK_SIZE in its NBD_OPT_GO agreed
+// to no block size: the protocol's default minimum is 1 byte.
+TEST_P(NbdTransmissionTest, ClientThatAgreedToNoBlockSizeIsServedAtByteGranularity) {
+  NbdServerHarness h;
+  auto c = h.Connect();
+  ASSERT_TRUE(c && c->Go("vol", structured(), structured(), nullptr, /*request_block_size=*/false));
+  ASSERT_EQ(c->Write(1, {1, 1, 1}), 0u);  // qemu-io's "write -P 1 1 3"
+  ASSERT_EQ(c->Write(4095, {7, 8}), 0u);  // across a 4 KiB block boundary
+  ASSERT_EQ(c->Call(kCmdWriteZeroes, 0, 2, 1), 0u);
+  ASSERT_EQ(c->Write(8000, Pattern(1000, 4)), 0u);
+  ASSERT_EQ(c->Call(kCmdTrim, 0, 8100, 7), 0u);
+  std::vector<uint8_t> expected(16384, 0);
+  expected[1] = 1, expected[3] = 1, expected[4095] = 7, expected[4096] = 8;
+  auto p = Pattern(1000, 4);
+  std::copy(p.begin(), p.end(), expected.begin() + 8000);
+  std::fill(expected.begin() + 8100, expected.begin() + 8107, 0);
+  std::vector<uint8_t> data;
+  ASSERT_EQ(c->Read(0, 16384, &data), 0u);
+  EXPECT_EQ(data, expected);
+  ASSERT_EQ(c->Read(4094, 5, &data), 0u);  // an odd read: exactly its 5 bytes come back
+  EXPECT_EQ(data, std::vector<uint8_t>(expected.begin() + 4094, expected.begin() + 4099));
+  ASSERT_EQ(c->Read(1, 2, &data), 0u);
+  EXPECT_EQ(data, std::vector<uint8_t>({1, 0}));
+  // The end of the export still bounds every request.
+  EXPECT_EQ(c->Read(16 * kMiB - 1, 2, &data), kEinval);
+  EXPECT_EQ(c->Write(16 * kMiB - 1, {1, 2}), kEnospc);
+}
+
+// Asking in NBD_OPT_INFO only learns the sizes; it commits to nothing.
+TEST(NbdTransmission, BlockSizesAskedInInfoOnlyDoNotBindTheClient) {
+  NbdServerHarness h;
+  auto c = h.Connect();
+  ASSERT_TRUE(c && c->Greet());
+  std::vector<OptionReply> replies;
+  ASSERT_EQ(c->Option(kOptInfo, NbdTestClient::InfoRequest("vol", {3}), &replies), kRepAck);
+  ExportInfo info;
+  NbdTestClient::ParseInfo(replies, &info);
+  EXPECT_EQ(info.min_block, 512u);
+  ASSERT_EQ(c->Option(kOptGo, NbdTestClient::InfoRequest("vol", {})), kRepAck);
+  std::vector<uint8_t> data;
+  ASSERT_EQ(c->Write(100, {9, 9, 9, 9, 9}), 0u);
+  ASSERT_EQ(c->Read(99, 7, &data), 0u);
+  EXPECT_EQ(data, std::vector<uint8_t>({0, 9, 9, 9, 9, 9, 0}));
+}
+
+// NBD_OPT_EXPORT_NAME cannot agree to sizes: the oldest clients (the NBD
+// reference project's test client among them) send any byte range, and a
+// simple-reply READ that failed would leave them waiting for its data.
+TEST(NbdTransmission, ExportNameClientIsServedAtByteGranularity) {
+  NbdServerHarness h;
+  auto c = h.Connect();
+  ASSERT_TRUE(c && c->ExportName("vol"));
+  ASSERT_EQ(c->Write(513, Pattern(1023, 6)), 0u);
+  std::vector<uint8_t> data;
+  ASSERT_EQ(c->Read(513, 1023, &data), 0u);
+  EXPECT_EQ(data, Pattern(1023, 6));
+  ASSERT_EQ(c->Read(512, 3, &data), 0u);
+  EXPECT_EQ(data, std::vector<uint8_t>({0, Pattern(2, 6)[0], Pattern(2, 6)[1]}));
+}
+
+// A client that asked for NBD_INFO_BLOCK_SIZE in its NBD_OPT_GO agreed to
+// the 512-byte minimum; what breaks it is EINVAL (Open() asks for it).
 TEST_P(NbdTransmissionTest, UnknownCommandsFlagsAndUnalignedRequestsAreEinval) {
   NbdServerHarness h;
   auto c = h.Open("vol", structured(), structured());
@@ -59,6 +121,10 @@ TEST_P(NbdTransmissionTest, UnknownCommandsFlagsAndUnalignedRequestsAreEinval) {
   EXPECT_EQ(c->Call(kCmdTrim, kFlagReqOne, 0, 4096), kEinval);
   EXPECT_EQ(c->Read(100, 512, &data), kEinval);
   EXPECT_EQ(c->Write(4096, Pattern(1000, 2)), kEinval);  // the payload is consumed all the same
+  EXPECT_EQ(c->Call(kCmdTrim, 0, 4096, 100), kEinval);
+  EXPECT_EQ(c->Call(kCmdWriteZeroes, 0, 1, 512), kEinval);
+  ASSERT_EQ(c->Read(4096, 4096, &data), 0u);
+  EXPECT_EQ(data, std::vector<uint8_t>(4096, 0));  // the refused write changed nothing
   EXPECT_EQ(c->Write(4096, Pattern(4096, 2)), 0u);
 }
 

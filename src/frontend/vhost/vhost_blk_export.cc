@@ -445,7 +445,7 @@ class VhostBlkExport::Impl {
       if (connection_ >= 0) ::shutdown(connection_, SHUT_RDWR);
     }
     thread_.join();
-    ::unlink(options_.socket_path.c_str());
+    RemoveSocketFile(options_.socket_path);
   }
   bool connected() const {
     std::lock_guard lock(mu_);
@@ -493,7 +493,7 @@ Result<std::unique_ptr<VhostBlkExport>> VhostBlkExport::Start(Volume& volume, Vh
     return Status(EINVAL, "queues must be from 1 to " + std::to_string(kMaxQueues));
   if (options.serial.size() > kBlkIdBytes) return Status(EINVAL, "serial is longer than 20 bytes");
   if (options.queue_inflight_bytes == 0) return Status(EINVAL, "the per-queue in-flight budget must not be 0");
-  ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path));
+  ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path, options.access));
   std::unique_ptr<VhostBlkExport> out(new VhostBlkExport(volume, std::move(options), nullptr));
   out->impl_ = std::make_unique<Impl>(volume, out->options_, std::move(make_io_queue), fd);
   return out;

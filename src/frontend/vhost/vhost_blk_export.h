@@ -11,6 +11,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "base/unix_socket.h"
 #include "io/device.h"
 #include "io/inflight_budget.h"
 #include "volume/volume.h"
@@ -28,14 +29,16 @@ struct VhostExportOptions {
   // Also charged, if given (the daemon's, shared with every export and NBD
   // connection). Borrowed: must outlive the export.
   InflightBudget* shared_budget = nullptr;
+  SocketAccess access;       // who may connect: give it to the user QEMU runs as
 };
 
 inline constexpr uint16_t kMaxQueues = 16;
 
 class VhostBlkExport {
  public:
-  // Creates and listens on the socket (EADDRINUSE if something is there
-  // already: a stale socket file is removed only if nobody answers on it).
+  // Creates and listens on the socket (ListenUnixSocket: a stale socket
+  // file is replaced; anything else at the path is EEXIST, a live socket
+  // EADDRINUSE), owned and with the mode options.access gives.
   static Result<std::unique_ptr<VhostBlkExport>> Start(Volume& volume, VhostExportOptions options,
                                                        std::function<std::unique_ptr<IoQueue>()> make_io_queue);
   ~VhostBlkExport();  // Stop()
