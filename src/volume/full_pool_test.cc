@@ -192,7 +192,7 @@ TEST(Names, InternalSnapshotNamesAreNotReachable) {
   // The release resumes at the next open and the pool is whole.
   ASSERT_TRUE(pool.CloseAndReopen().ok());
   Impl(pool).WaitForBackgroundDeletes();
-  EXPECT_EQ(set.Info().snapshots_being_deleted, 0u);
+  EXPECT_EQ(pool.set().Info().snapshots_being_deleted, 0u);  // `set` died with the reopen
   ASSERT_TRUE(pool.Close().ok());
   ExpectFsckClean(pool.device());
 }
