@@ -75,9 +75,11 @@ std::vector<uint8_t> EncodeDirectory(const std::vector<format::DirectorySlot>& s
 }
 
 Result<std::vector<format::DirectorySlot>> ParseDirectory(std::span<const uint8_t> bytes, uint64_t slots,
-                                                          uint64_t total_blocks) {
-  if (bytes.size() != slots * sizeof(format::DirectorySlot))
+                                                          uint64_t total_blocks, bool prefix) {
+  const uint64_t needed = slots * sizeof(format::DirectorySlot);
+  if (prefix ? bytes.size() < needed || bytes.size() % sizeof(format::DirectorySlot) : bytes.size() != needed)
     return Status(EUCLEAN, "snapshot directory has the wrong length");
+  bytes = bytes.first(needed);
   std::vector<format::DirectorySlot> out(slots);
   if (slots) std::memcpy(out.data(), bytes.data(), bytes.size());
   for (const auto& slot : out)

@@ -59,8 +59,10 @@ bool IsDeletingVolumeName(const std::string& name);
 uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size);
 // A snapshot directory's side chain: its slots, packed.
 std::vector<uint8_t> EncodeDirectory(const std::vector<format::DirectorySlot>& slots);
+// A snapshot being deleted may hold a longer chain than it reads (its
+// release truncates it step by step): `prefix` accepts that.
 Result<std::vector<format::DirectorySlot>> ParseDirectory(std::span<const uint8_t> bytes, uint64_t slots,
-                                                          uint64_t total_blocks);
+                                                          uint64_t total_blocks, bool prefix = false);
 // Clusters needed to hold `size` bytes.
 uint64_t ClustersFor(uint64_t size, uint32_t cluster_size);
 

@@ -57,7 +57,10 @@ class SnapshotPowerCutHarness {
 
   // Every deletion in the background (crashes then land mid-way).
   void ConfigureSet() {
-    if (background_deletes_) dynamic_cast<VolumeSetImpl&>(pool_.set()).set_background_delete_pages(0);
+    if (!background_deletes_) return;
+    auto& set = dynamic_cast<VolumeSetImpl&>(pool_.set());
+    set.set_background_delete_pages(0);
+    set.set_release_step_pages(1);  // one page per committed step: cuts land between steps
   }
 
   void Round() {

@@ -95,6 +95,9 @@ class ThinVolume : public Volume {
   uint64_t ShrinkStepSizeLocked(uint64_t floor_size, uint64_t pages);
   // REQUIRES: mu_ held, no I/O in flight (a volume hidden for deletion).
   void Rename(std::string name) { name_ = std::move(name); }
+  // REQUIRES: mu_ held; a snapshot view being deleted, whose pages past
+  // `directory` were released: it now describes `size` bytes.
+  void TruncateView(const std::vector<format::DirectorySlot>& directory, uint64_t size);
   uint64_t inflight() const { return inflight_ios_; }
   // Checks an entry read from disk (journal or map page) for impossible values.
   bool EntryIsWellFormed(const format::MapEntry& entry) const;

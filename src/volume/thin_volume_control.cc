@@ -196,6 +196,12 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
   return Status::Ok();
 }
 
+void ThinVolume::TruncateView(const std::vector<format::DirectorySlot>& directory, uint64_t size) {
+  assert(read_only_ && size <= this->size());
+  map_.ReplaceDirectory(directory, ClustersFor(size, cluster_size_));
+  size_ = size;
+}
+
 uint64_t ThinVolume::ShrinkStepSizeLocked(uint64_t floor_size, uint64_t pages) {
   const uint64_t page_bytes = uint64_t{kEntriesPerMapPage} * cluster_size_;
   const uint64_t floor_slot = floor_size / page_bytes;  // the page holding the new end stays

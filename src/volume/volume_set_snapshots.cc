@@ -81,7 +81,9 @@ Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
     auto bytes = pool_->ReadSideChain(r.entry.directory_block, r.entry.directory_gen, format::kSnapshotDirectoryMagic,
                                       &snapshot.directory_chain);
     if (!bytes.ok()) return bytes.status().WithContext("directory of snapshot " + full);
-    ES_ASSIGN_OR_RETURN(auto directory, ParseDirectory(bytes.value(), r.entry.directory_slots, pool_->total_blocks()));
+    const bool deleting = r.entry.flags & format::kSnapshotDeleting;
+    ES_ASSIGN_OR_RETURN(auto directory,
+                        ParseDirectory(bytes.value(), r.entry.directory_slots, pool_->total_blocks(), deleting));
     snapshot.view = std::make_unique<ThinVolume>(*this, *pool_, budget_, r.entry.snapshot_id, full, r.entry.size,
                                                  r.attributes);
     snapshot.view->MakeSnapshotView(r.entry);
@@ -334,12 +336,22 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
     std::lock_guard view_lock(snapshots_.at(full).view->mutex());
     directory = snapshots_.at(full).view->map().Directory();
   }
+  // One step releases the last `release_step_pages_` stored pages of the
+  // directory, so memory stays bounded however large the snapshot.
+  uint64_t keep = directory.size();
+  for (uint64_t stored = 0; keep > 0; keep--) {
+    if (directory[keep - 1].block == 0) continue;
+    if (stored == release_step_pages_) break;
+    stored++;
+  }
+  std::vector<format::DirectorySlot> step(directory.begin() + keep, directory.end());
+  directory.resize(keep);
   // Hidden, the snapshot's own pages gain no reader: read them unlocked.
   const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
   std::vector<BlockRun> runs;
   std::unordered_set<uint64_t> read;
   format::MapPage page;
-  for (const auto& slot : directory) {
+  for (const auto& slot : step) {
     if (stop_reclaimer_) return Status(ECANCELED, "pool closing");
     if (slot.block == 0 || pool_->References(slot.block) != 1) continue;
     ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
@@ -353,8 +365,19 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
     std::string full = SnapshotNameOf(snapshot_id);
     Snapshot& snapshot = snapshots_.at(full);
     // Pages shared when read above may be this snapshot's alone by now.
-    ES_RETURN_IF_ERROR(ReleaseDirectory(directory, frees, &read));
+    ES_RETURN_IF_ERROR(ReleaseDirectory(step, frees, &read));
     frees->insert(frees->end(), runs.begin(), runs.end());
+    if (keep > 0) {
+      // The hidden snapshot now describes only its first `keep` pages. Its
+      // chain stays as it is (a snapshot being deleted may have a longer
+      // chain than it reads) until the last step frees it.
+      uint64_t size = keep * format::kEntriesPerMapPage * pool_->geometry().cluster_size;
+      snapshot.entry.size = size;
+      snapshot.entry.directory_slots = keep;
+      std::lock_guard view_lock(snapshot.view->mutex());
+      snapshot.view->TruncateView(directory, size);
+      return Status::Ok();
+    }
     frees->insert(frees->end(), snapshot.directory_chain.begin(), snapshot.directory_chain.end());
     snapshots_.erase(full);
     return Status::Ok();
