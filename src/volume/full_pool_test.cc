@@ -104,8 +104,8 @@ struct FullPool {
 
   // v (4 MiB, written, with snapshot v@before), c0 (a clone of v@before),
   // w (4 MiB, written, never snapshotted), big (2 TiB, thin, empty), fill
-  // (written until the pool is full).
-  void SetUp() {
+  // (written until the pool is full, if `fill`).
+  void SetUp(bool fill = true) {
     VolumeSet& set = pool.set();
     Volume* v = set.CreateVolume("v", 4 * kMiB).value();
     ASSERT_TRUE(pool.Write(*v, 0, v_content).ok());
@@ -115,7 +115,7 @@ struct FullPool {
     ASSERT_TRUE(pool.Write(*w, 0, v_content).ok());
     ASSERT_TRUE(set.CreateVolume("big", 2 * kTiB).ok());
     ASSERT_TRUE(set.CreateVolume("fill", 256 * kMiB).ok());
-    FillUntilFull(pool, "fill");
+    if (fill) FillUntilFull(pool, "fill");
   }
 };
 
@@ -176,6 +176,33 @@ TEST_P(FullPoolMatrix, ControlOperationsFailCleanlyAndTheDataPathGoesOn) {
 
 INSTANTIATE_TEST_SUITE_P(Journals, FullPoolMatrix, ::testing::Values(0, kMiB),
                          [](const auto& info) { return info.param ? "TinyJournal" : "DefaultJournal"; });
+
+// With the smallest journal (1 MiB) and room to spare, every control
+// operation succeeds while map changes pile journal records up between them
+// (4 KiB into each of 384 empty clusters, then a discard of them all), and
+// the pool reopens whole.
+TEST(TinyJournal, EveryControlOperationSucceedsBetweenBurstsOfMapChanges) {
+  FullPool pool_with_room(kMiB);
+  pool_with_room.SetUp(/*fill=*/false);
+  TestPool& pool = pool_with_room.pool;
+  VolumeSet& set = pool.set();
+  auto block = Pattern(4096, 7);
+  constexpr uint64_t kCluster = 64 * 1024, kClusters = 384;
+  for (auto& [what, op] : EveryControlOperation(set)) {
+    Volume* fill = pool.Find("fill");
+    for (uint64_t i = 0; i < kClusters; i++) ASSERT_TRUE(pool.Write(*fill, i * kCluster, block).ok());
+    ASSERT_TRUE(pool.Io(*fill, VolumeOp::kDiscard, 0, kClusters * kCluster).ok());
+    Status s = op();
+    EXPECT_TRUE(s.ok()) << what << ": " << s.ToString();
+  }
+  ASSERT_TRUE(pool.CloseAndReopenWith(OpenWith(KeyFileSecret(2))).ok());
+  auto clone = pool.Read(*pool.Find("c0"), 0, pool_with_room.v_content.size());
+  ASSERT_TRUE(clone.ok());
+  EXPECT_EQ(clone.value(), pool_with_room.v_content);
+  ASSERT_TRUE(Impl(pool).CheckReferencesForTest().ok());
+  ASSERT_TRUE(pool.Close().ok());
+  ExpectFsckClean(pool.device());
+}
 
 // Discarding frees space on a full pool, and the freed space takes writes.
 TEST(FullPool, DiscardFreesSpaceThatWritesThenUse) {
