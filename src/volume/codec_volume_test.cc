@@ -16,17 +16,11 @@
 namespace edgestor {
 namespace {
 
+using testing::KeyFileSecret;
+using testing::OpenWith;
 using testing::TestPool;
 
 constexpr uint64_t kMiB = 1 << 20;
-
-PoolSecret KeyFileSecret(uint8_t seed) {
-  std::array<uint8_t, kPoolKeyBytes> bytes;
-  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(seed + i * 13);
-  PoolSecret secret;
-  secret.key.emplace(bytes);
-  return secret;
-}
 
 PoolSecret PassphraseSecret(const std::string& passphrase) {
   PoolSecret secret;
@@ -38,12 +32,6 @@ PoolCreateOptions EncryptedPool(PoolSecret secret) {
   PoolCreateOptions options;
   options.secret = std::move(secret);
   options.kdf.n = kScryptMinN;  // fast in tests; the default is 2^15
-  return options;
-}
-
-PoolOpenOptions OpenWith(PoolSecret secret) {
-  PoolOpenOptions options;
-  options.secret = std::move(secret);
   return options;
 }
 

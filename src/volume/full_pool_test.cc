@@ -17,6 +17,8 @@
 namespace edgestor {
 namespace {
 
+using testing::KeyFileSecret;
+using testing::OpenWith;
 using testing::TestPool;
 
 constexpr uint64_t kMiB = 1 << 20;
@@ -73,24 +75,10 @@ void ExpectCleanOutcome(const Status& s, const std::string& what) {
   }
 }
 
-PoolSecret KeyFileSecret(uint8_t seed) {
-  std::array<uint8_t, kPoolKeyBytes> bytes;
-  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(seed + i * 13);
-  PoolSecret secret;
-  secret.key.emplace(bytes);
-  return secret;
-}
-
 PoolCreateOptions KeyedPool(uint64_t journal_bytes) {
   PoolCreateOptions options;
   options.journal_bytes = journal_bytes;
   options.secret = KeyFileSecret(1);
-  return options;
-}
-
-PoolOpenOptions OpenWith(PoolSecret secret) {
-  PoolOpenOptions options;
-  options.secret = std::move(secret);
   return options;
 }
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <memory>
 #include <random>
 #include <vector>
@@ -13,6 +14,21 @@
 #include "volume/volume_set.h"
 
 namespace edgestor::testing {
+
+// A pool key file's bytes, derived from `seed` (tests of keyed pools).
+inline PoolSecret KeyFileSecret(uint8_t seed) {
+  std::array<uint8_t, kPoolKeyBytes> bytes;
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(seed + i * 13);
+  PoolSecret secret;
+  secret.key.emplace(bytes);
+  return secret;
+}
+
+inline PoolOpenOptions OpenWith(PoolSecret secret) {
+  PoolOpenOptions options;
+  options.secret = std::move(secret);
+  return options;
+}
 
 class TestPool {
  public:
