@@ -13,6 +13,7 @@
 
 #include "volume/testing/test_pool.h"
 #include "volume/testing/snapshot_accounting.h"
+#include "volume/thin_volume.h"
 #include "volume/volume_set_impl.h"
 
 namespace edgestor {
@@ -387,6 +388,68 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 // 1,000 snapshots of one volume, each after a few writes: create them all,
 // read the oldest and newest (and samples) against a log of the writes,
 // delete them in random order; the space comes back exactly.
+// Many writes in flight at once into a freshly snapshotted volume, several
+// into the same clusters: each shared cluster is copied asynchronously;
+// copies racing on one cluster redo their part against the winner's copy.
+// The volume reads back every write, the snapshot its old content.
+void WriteManyInFlightAfterASnapshot(TestPool& pool) {
+  constexpr uint64_t kVolume = 4 * kMiB, kBlock = 4096, kWrites = 96;
+  Volume* v = pool.set().CreateVolume("vol", kVolume).value();
+  auto before = Pattern(kVolume, 3);
+  ASSERT_TRUE(pool.Write(*v, 0, before).ok());
+  ASSERT_TRUE(pool.set().CreateSnapshot("vol", "s").ok());
+  auto expected = before;
+  // Distinct blocks, drawn from 8 clusters so that copies race.
+  std::mt19937_64 rng(7);
+  std::set<uint64_t> blocks;
+  while (blocks.size() < kWrites) blocks.insert((rng() % 8) * (kCluster / kBlock) * 5 + rng() % (kCluster / kBlock));
+  std::vector<VolumeIo> ios(kWrites);
+  std::vector<AlignedBuffer> buffers;
+  int done = 0;
+  size_t i = 0;
+  for (uint64_t block : blocks) {
+    buffers.push_back(AllocateAligned(kBlock));
+    std::memset(buffers.back().get(), static_cast<int>(0x40 + i % 64), kBlock);
+    std::memcpy(expected.data() + block * kBlock, buffers.back().get(), kBlock);
+    VolumeIo& io = ios[i++];
+    io.op = VolumeOp::kWrite;
+    io.offset = block * kBlock;
+    io.length = kBlock;
+    io.buf = buffers.back().get();
+    io.context = &done;
+    io.done = [](VolumeIo* finished, const Status& status) {
+      if (!status.ok()) ADD_FAILURE() << status.ToString();
+      (*static_cast<int*>(finished->context))++;
+    };
+    v->Submit(&io, pool.queue());
+  }
+  while (done < static_cast<int>(kWrites)) pool.queue().Poll(/*wait=*/true);
+  auto& thin = dynamic_cast<ThinVolume&>(*v);
+  EXPECT_GT(thin.copies_started(), 0u);
+  EXPECT_GT(thin.copy_retries(), 0u) << "no two copies of one cluster raced";
+  EXPECT_TRUE(ReadAll(pool, "vol") == expected);
+  EXPECT_TRUE(ReadAll(pool, "vol@s") == before);
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  ExpectFsckClean(pool);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_TRUE(ReadAll(pool, "vol") == expected);
+  EXPECT_TRUE(ReadAll(pool, "vol@s") == before);
+  ExpectFsckClean(pool);
+}
+
+TEST(Snapshot, CopiesSharedClustersWithManyWritesInFlight) {
+  TestPool pool(64 * kMiB);
+  WriteManyInFlightAfterASnapshot(pool);
+}
+
+TEST(Snapshot, CopiesEncryptedSharedClustersWithManyWritesInFlight) {
+  PoolCreateOptions create;
+  create.secret = testing::KeyFileSecret(2);
+  create.encrypt_by_default = true;
+  TestPool pool(64 * kMiB, create, testing::OpenWith(testing::KeyFileSecret(2)));
+  WriteManyInFlightAfterASnapshot(pool);
+}
+
 TEST(Snapshot, AThousandSnapshotsOfOneVolume) {
   constexpr int kSnapshots = 1000;
   constexpr uint64_t kVolume = 32 * kMiB;

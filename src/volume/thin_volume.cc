@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "volume/cluster_bits.h"
 #include "volume/volume_set_impl.h"
 
 namespace edgestor {
@@ -59,13 +60,6 @@ Status ValidateIo(const VolumeIo& io, uint64_t volume_size) {
   if (has_data && io.length > kMaxIoBytes) return Status(EINVAL, "request larger than 32 MiB");
   if (has_data && io.buf == nullptr) return Status(EINVAL, "no data buffer");
   return Status::Ok();
-}
-
-// Mask of 4 KiB blocks [first, first+count) within a cluster.
-uint64_t BlockMask(uint64_t first, uint64_t count) {
-  assert(first + count <= 64);
-  uint64_t bits = count == 64 ? ~0ull : (1ull << count) - 1;
-  return bits << first;
 }
 
 bool IsAllZero(const uint8_t* p, size_t len) {
@@ -188,36 +182,49 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
 }
 
 void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
-  io->progress.pending = 1;
-  std::vector<SubIo*> subs;
+  io->progress.pending = 1;  // guard until every cluster's part is started
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
     if (io->progress.error) return;
-    const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
-    uint64_t offset = cluster * cluster_size_ + at;
-    if (n == cluster_size_ && IsAllZero(src, n)) {
-      // A whole cluster of zeros frees the cluster instead of storing zeros.
-      io->progress.error = WriteSyncRange(offset, n, nullptr).code();
+    WriteCluster(io, queue, cluster, at, n);
+  });
+  ReleaseGuard(io);
+}
+
+// Starts the part [at, at+n) of cluster `cluster` of an aligned write: in
+// place where the volume owns the cluster alone, as an asynchronous
+// copy-on-write where it shares it, synchronously for compressed clusters
+// and while a snapshot is being taken. Also restarts the part of a copy
+// that lost a race (see FinishCopy). Errors go to io->progress.
+void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n) {
+  assert(at % kBlockSize == 0 && n % kBlockSize == 0 && at + n <= cluster_size_);
+  const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
+  if (n == cluster_size_ && IsAllZero(src, n)) {
+    // A whole cluster of zeros frees the cluster instead of storing zeros.
+    io->progress.error = WriteSyncRange(cluster * cluster_size_, n, nullptr).code();
+    return;
+  }
+  if (codec_->compressing()) {
+    // Compression rewrites whole clusters: synchronous.
+    io->progress.error = WriteSyncRange(cluster * cluster_size_ + at, n, src).code();
+    return;
+  }
+  AlignedBuffer bounce;
+  if (codec_->encrypted()) {
+    // Encrypt outside the lock; the tweak depends only on the position.
+    bounce = TryAllocateUninitialized(n);  // wholly overwritten by the ciphertext
+    if (!bounce) {
+      io->progress.error = ENOMEM;
       return;
     }
-    if (codec_->compressing()) {
-      // Compression rewrites whole clusters: synchronous.
-      io->progress.error = WriteSyncRange(offset, n, src).code();
+    Status s = codec_->Encrypt(FirstLogicalBlock(cluster) + at / kBlockSize, std::span(src, n), std::span(bounce.get(), n));
+    if (!s.ok()) {
+      io->progress.error = s.code();
       return;
     }
-    AlignedBuffer bounce;
-    if (codec_->encrypted()) {
-      // Encrypt outside the lock; the tweak depends only on the position.
-      bounce = TryAllocateUninitialized(n);  // wholly overwritten by the ciphertext
-      if (!bounce) {
-        io->progress.error = ENOMEM;
-        return;
-      }
-      Status s = codec_->Encrypt(FirstLogicalBlock(cluster) + at / kBlockSize, std::span(src, n), std::span(bounce.get(), n));
-      if (!s.ok()) {
-        io->progress.error = s.code();
-        return;
-      }
-    }
+  }
+  SubIo* sub = nullptr;
+  ClusterCopy* copy = nullptr;
+  {
     std::lock_guard lock(mu_);
     auto page = map_.Page(cluster, /*create=*/true);
     if (!page.ok()) {
@@ -225,37 +232,41 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
       return;
     }
     const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
-    if (format::IsCompressed(current) || write_barrier_ || map_.IsShared(cluster, current)) {
-      // Compressed clusters are rewritten whole, and clusters a snapshot or
-      // clone shares are copied first (copy-on-write): both synchronously.
-      // So is every write while a snapshot is being taken.
+    if (format::IsCompressed(current) || write_barrier_) {
+      // Compressed clusters are rewritten whole, synchronously; so is every
+      // write while a snapshot is being taken.
       io->progress.error = WriteClusterBytes(page.value(), cluster, at, n, src).code();
       return;
     }
-    auto entry = EnsureMapped(page.value(), cluster);
-    if (!entry.ok()) {
-      io->progress.error = entry.status().code();
-      return;
+    if (map_.IsShared(cluster, current)) {
+      auto begun = BeginCopy(io, queue, page.value(), cluster, at, n, src, std::move(bounce));
+      if (!begun.ok()) io->progress.error = begun.status().code();
+      else copy = begun.value();
+    } else {
+      auto entry = EnsureMapped(page.value(), cluster);
+      if (!entry.ok()) {
+        io->progress.error = entry.status().code();
+        return;
+      }
+      sub = new SubIo{};
+      sub->req.op = IoOp::kWrite;
+      sub->req.offset = (entry->phys_block & format::kPhysBlockMask) * kBlockSize + at;
+      sub->req.length = static_cast<uint32_t>(n);
+      sub->req.buf = bounce ? bounce.get() : const_cast<uint8_t*>(src);
+      sub->bounce = std::move(bounce);
+      sub->volume = this;
+      sub->io = io;
+      sub->page = page.value();
+      sub->cluster = cluster;
+      sub->phys_block = entry->phys_block;
+      sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
+      sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
+      sub->page->pins++;
+      io->progress.pending++;
     }
-    auto* sub = new SubIo{};
-    sub->req.op = IoOp::kWrite;
-    sub->req.offset = (entry->phys_block & format::kPhysBlockMask) * kBlockSize + at;
-    sub->req.length = static_cast<uint32_t>(n);
-    sub->req.buf = bounce ? bounce.get() : const_cast<uint8_t*>(src);
-    sub->bounce = std::move(bounce);
-    sub->volume = this;
-    sub->io = io;
-    sub->page = page.value();
-    sub->cluster = cluster;
-    sub->phys_block = entry->phys_block;
-    sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
-    sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
-    sub->page->pins++;
-    io->progress.pending++;
-    subs.push_back(sub);
-  });
-  for (SubIo* sub : subs) SubmitSubIo(sub, queue);
-  ReleaseGuard(io);
+  }
+  if (sub) SubmitSubIo(sub, queue);
+  if (copy) StartCopy(copy);
 }
 
 // Reads a compressed cluster's whole frame into a bounce buffer; the

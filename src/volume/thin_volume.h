@@ -67,6 +67,8 @@ class ThinVolume : public Volume {
   // the asynchronous writes in flight to finish). REQUIRES: mu_ held.
   void set_write_barrier(bool on) { write_barrier_ = on; }
   uint64_t async_writes() const { return async_writes_.load(); }
+  uint64_t copies_started() const { return copies_started_.load(std::memory_order_relaxed); }
+  uint64_t copy_retries() const { return copy_retries_.load(std::memory_order_relaxed); }
   // Rollback: the volume's content becomes `view`'s. REQUIRES: mu_ held, no
   // I/O in flight, no dirty page (right after a checkpoint). The caller has
   // already taken references to the view's pages.
@@ -104,8 +106,26 @@ class ThinVolume : public Volume {
 
  private:
   struct SubIo;
+  struct ClusterCopy;
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
+  void WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
+
+  // ---- Asynchronous copy-on-write (thin_volume_copy.cc) ----
+  // REQUIRES: mu_ held; `cluster` plain and shared. The request stores
+  // `ciphertext` at [at, at+n) if the volume is encrypted, else `src` (part
+  // of the request's buffer).
+  Result<ClusterCopy*> BeginCopy(VolumeIo* io, IoQueue& queue, CachedPage* page, uint64_t cluster, uint64_t at,
+                                 uint64_t n, const uint8_t* src, AlignedBuffer ciphertext);
+  void StartCopy(ClusterCopy* copy);  // mu_ not held
+  static void OnCopyReadDone(IoRequest* req, int result);
+  static void OnCopyWriteDone(IoRequest* req, int result);
+  void WriteCopy(ClusterCopy* copy);
+  void FinishCopy(ClusterCopy* copy, int result);
+  bool SwapInCopyLocked(ClusterCopy* copy, int result);
+  // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: reads
+  // in flight on it keep it referenced until they finish.
+  void HoldForReadsInFlight(CachedPage* page, uint64_t cluster);
   // True when I/O must take the synchronous path: clusters are (or may
   // become) compressed, which makes every write a read-modify-write of a
   // whole cluster. REQUIRES: mu_ held.
@@ -167,6 +187,9 @@ class ThinVolume : public Volume {
   // under them even if every snapshot sharing it is deleted meanwhile.
   std::map<uint64_t, std::vector<BlockRun>> held_for_reads_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
+  // Data path counters (for metrics and tests).
+  std::atomic<uint64_t> copies_started_{0};  // asynchronous copy-on-writes begun
+  std::atomic<uint64_t> copy_retries_{0};    // copies that lost a race and were redone
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };

@@ -134,12 +134,7 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   // also held for the reads in flight (the sharers may go meanwhile).
   const bool shared = map_.IsShared(cluster, entry);
   bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry) && !shared;
-  if (shared && page->inflight[index] != 0 && !format::IsCompressed(entry)) {
-    // Reads in flight still use the old run: hold it until they finish.
-    BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
-    pool_.AddReference(run.block);
-    held_for_reads_[cluster].push_back(run);
-  }
+  if (shared && !format::IsCompressed(entry)) HoldForReadsInFlight(page, cluster);
   if (bits == 0 && !busy) {
     FreeEntry(page, cluster);
     return Status::Ok();
