@@ -20,7 +20,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/status.h"
 
@@ -45,10 +48,22 @@ struct IoRequest {
 };
 
 // Per-thread submission/completion queue (an io_uring ring for files).
-// NOT thread-safe: owned and used by exactly one thread.
+// NOT thread-safe: owned and used by exactly one thread, except for
+// PostForeign, which any thread may call.
 class IoQueue {
  public:
-  virtual ~IoQueue() = default;
+  IoQueue();
+  virtual ~IoQueue();
+  IoQueue(const IoQueue&) = delete;
+  IoQueue& operator=(const IoQueue&) = delete;
+
+  // ---- Work another thread finishes for this queue (group commits) ----
+  // `req` counts as in flight from ExpectForeign (owner thread) until
+  // PostForeign(req, result) (any thread); its callback then runs on this
+  // queue's thread, in Poll, like a device completion. Poll(wait) wakes for
+  // it.
+  void ExpectForeign(IoRequest* req);
+  void PostForeign(IoRequest* req, int result);
   // Queues `req`. Requests beyond the ring's depth wait in an internal
   // overflow list; Submit itself never blocks and never fails.
   virtual void Submit(IoRequest* req) = 0;
@@ -56,8 +71,26 @@ class IoQueue {
   // ones. With `wait`, blocks until at least one completes (if any are in
   // flight). Returns the number of callbacks run.
   virtual int Poll(bool wait) = 0;
-  // Requests submitted and not yet completed.
+  // Requests submitted (or expected from another thread) and not yet
+  // completed.
   virtual uint32_t InFlight() const = 0;
+
+ protected:
+  // For implementations of Poll. Foreign completions expected and not yet
+  // run.
+  uint32_t foreign_outstanding() const { return foreign_outstanding_; }
+  // Readable while posted completions wait to be run (an eventfd), or -1.
+  int foreign_fd() const { return foreign_fd_; }
+  // Runs the callbacks of posted completions; with `wait` and none posted
+  // yet, first waits until one is (if any is outstanding). Returns how many
+  // ran.
+  int RunForeign(bool wait);
+
+ private:
+  int foreign_fd_ = -1;
+  uint32_t foreign_outstanding_ = 0;  // owner thread only
+  std::mutex foreign_mu_;
+  std::vector<std::pair<IoRequest*, int>> foreign_posted_;  // GUARDED_BY(foreign_mu_)
 };
 
 struct DeviceStats {

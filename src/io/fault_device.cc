@@ -54,7 +54,16 @@ class FaultDevice::Queue final : public IoQueue {
   }
 
   int Poll(bool wait) override {
-    if (queue_.empty()) return 0;
+    int n = RunForeign(/*wait=*/false);
+    if (!queue_.empty()) n += RunQueued(wait);
+    if (wait && n == 0) n += RunForeign(/*wait=*/true);
+    return n;
+  }
+
+  uint32_t InFlight() const override { return static_cast<uint32_t>(queue_.size()) + foreign_outstanding(); }
+
+ private:
+  int RunQueued(bool wait) {
     // Only the requests present now: callbacks may submit more.
     std::vector<std::pair<IoRequest*, int>> finished;
     finished.reserve(queue_.size());
@@ -74,9 +83,6 @@ class FaultDevice::Queue final : public IoQueue {
     return static_cast<int>(finished.size());
   }
 
-  uint32_t InFlight() const override { return static_cast<uint32_t>(queue_.size()); }
-
- private:
   // REQUIRES: device_.mu_ held.
   Status Execute(const IoRequest& req) {
     switch (req.op) {

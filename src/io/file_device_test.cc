@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "io/device.h"
+#include "io/fault_device.h"
 
 namespace edgestor {
 namespace {
@@ -375,6 +377,49 @@ TEST(FileDeviceTest, DirectIoOnTmpfsWorksOrFallsBack) {
   ASSERT_NE(buffered, nullptr);
   ASSERT_TRUE(buffered->ReadSync(4096, in.get(), 32768).ok());
   EXPECT_EQ(std::memcmp(in.get(), out.get(), 32768), 0);
+}
+
+}  // namespace
+}  // namespace edgestor
+
+namespace edgestor {
+namespace {
+
+// Another thread finishes work for a queue (a group commit): its callback
+// runs on the queue's thread, and a Poll waiting for the device, or for
+// nothing else, wakes for it.
+void ExpectForeignCompletionsWakePoll(Device& device) {
+  auto queue = device.CreateQueue(8);
+  for (bool with_device_io : {false, true}) {
+    Completion foreign, read;
+    IoRequest foreign_req;
+    foreign_req.done = RecordCompletion;
+    foreign_req.context = &foreign;
+    queue->ExpectForeign(&foreign_req);
+    EXPECT_EQ(queue->InFlight(), 1u);
+    AlignedBuffer buf = AllocateAligned(4096);
+    IoRequest read_req{IoOp::kRead, 0, 4096, buf.get(), RecordCompletion, &read};
+    if (with_device_io) queue->Submit(&read_req);
+    std::thread poster([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      queue->PostForeign(&foreign_req, -EIO);
+    });
+    while (foreign.calls == 0) queue->Poll(/*wait=*/true);
+    poster.join();
+    EXPECT_EQ(foreign.calls, 1);
+    EXPECT_EQ(foreign.result, -EIO);
+    while (queue->InFlight() > 0) queue->Poll(/*wait=*/true);
+    EXPECT_EQ(read.calls, with_device_io ? 1 : 0);
+  }
+}
+
+TEST(FileDeviceTest, ForeignCompletionsRunOnTheQueueThread) {
+  TempDir dir("/var/tmp");
+  auto device = Open(dir.File("foreign"), 4 * kMiB);
+  ASSERT_NE(device, nullptr);
+  ExpectForeignCompletionsWakePoll(*device);
+  FaultDevice memory(4 * kMiB);
+  ExpectForeignCompletionsWakePoll(memory);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The asynchronous path of FileDevice: one io_uring ring per IoQueue, with a
 // small synchronous fallback for systems where io_uring is not allowed.
 #include <liburing.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -83,7 +84,7 @@ class UringQueue final : public IoQueue {
   void Submit(IoRequest* req) override;
   int Poll(bool wait) override;
   uint32_t InFlight() const override {
-    return static_cast<uint32_t>(overflow_.size() + rejected_.size()) + in_ring_;
+    return static_cast<uint32_t>(overflow_.size() + rejected_.size()) + in_ring_ + foreign_outstanding();
   }
 
  private:
@@ -92,6 +93,10 @@ class UringQueue final : public IoQueue {
   bool SubmitToKernel(bool wait);
   int CompleteRejected();
   int Reap();
+  // While foreign completions are outstanding, a poll of their eventfd sits
+  // in the ring, so a thread waiting for the device also wakes for them.
+  void ArmForeignWakeup();
+  bool IsForeignWakeup(const io_uring_cqe* cqe) const { return io_uring_cqe_get_data(cqe) == &foreign_wakeup_; }
 
   FileDevice& device_;
   const int fd_;  // borrowed from device_
@@ -102,6 +107,8 @@ class UringQueue final : public IoQueue {
   std::deque<IoRequest*> overflow_;  // valid, waiting for ring space
   std::deque<std::pair<IoRequest*, int>> rejected_;  // failed the checks; completed by Poll
   bool polling_ = false;
+  bool foreign_wakeup_armed_ = false;  // its poll is in the ring (not counted in in_ring_)
+  char foreign_wakeup_ = 0;            // its address marks the poll's completion
 };
 
 UringQueue::~UringQueue() {
@@ -114,8 +121,9 @@ UringQueue::~UringQueue() {
     if (rc < 0 && rc != -EINTR) break;
     io_uring_cqe* cqe = nullptr;
     while (in_ring_ > 0 && io_uring_peek_cqe(&ring_, &cqe) == 0) {
+      bool wakeup = IsForeignWakeup(cqe);
       io_uring_cq_advance(&ring_, 1);
-      in_ring_--;
+      if (!wakeup) in_ring_--;
     }
   }
   io_uring_queue_exit(&ring_);
@@ -179,6 +187,12 @@ int UringQueue::Reap() {
   int n = 0;
   io_uring_cqe* cqe = nullptr;
   while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
+    if (IsForeignWakeup(cqe)) {
+      io_uring_cq_advance(&ring_, 1);
+      foreign_wakeup_armed_ = false;
+      n += RunForeign(/*wait=*/false);
+      continue;
+    }
     auto* req = static_cast<IoRequest*>(io_uring_cqe_get_data(cqe));
     int res = cqe->res;
     io_uring_cq_advance(&ring_, 1);  // before the callback, which may Submit
@@ -194,17 +208,33 @@ int UringQueue::Poll(bool wait) {
   assert(!polling_ && "IoQueue::Poll is not reentrant");
   polling_ = true;
   int n = CompleteRejected();
+  n += RunForeign(/*wait=*/false);
   FillRing();
-  SubmitToKernel(/*wait=*/wait && n == 0 && in_ring_ > 0);
+  if (wait && n == 0) ArmForeignWakeup();
+  SubmitToKernel(/*wait=*/wait && n == 0 && (in_ring_ > 0 || foreign_wakeup_armed_));
   n += Reap();
-  // A wait can end early (a signal) with nothing reaped; wait again.
-  while (wait && n == 0 && in_ring_ > 0 && SubmitToKernel(/*wait=*/true)) n += Reap();
+  // A wait can end early (a signal, a wakeup whose completion an earlier
+  // look already ran) with nothing reaped; wait again.
+  while (wait && n == 0 && (in_ring_ > 0 || foreign_outstanding() > 0)) {
+    ArmForeignWakeup();
+    if (!(in_ring_ > 0 || foreign_wakeup_armed_) || !SubmitToKernel(/*wait=*/true)) break;
+    n += Reap();
+  }
   // Reaping made room, and callbacks may have submitted follow-up requests:
   // start them now rather than leaving the device idle until the next Poll().
   FillRing();
   if (io_uring_sq_ready(&ring_) > 0) SubmitToKernel(/*wait=*/false);
   polling_ = false;
   return n;
+}
+
+void UringQueue::ArmForeignWakeup() {
+  if (foreign_wakeup_armed_ || foreign_outstanding() == 0 || foreign_fd() < 0) return;
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) return;  // the SQ is full: device completions wake this Poll, the next one arms it
+  io_uring_prep_poll_add(sqe, foreign_fd(), POLLIN);
+  io_uring_sqe_set_data(sqe, &foreign_wakeup_);
+  foreign_wakeup_armed_ = true;
 }
 
 // Used where io_uring_queue_init is refused (seccomp, old kernels, memlock):
@@ -221,17 +251,18 @@ class SyncQueue final : public IoQueue {
     queue_.push_back(req);
   }
 
-  int Poll(bool /*wait*/) override {
-    int n = 0;
+  int Poll(bool wait) override {
+    int n = RunForeign(/*wait=*/false);
     for (size_t count = queue_.size(); count > 0; count--, n++) {
       IoRequest* req = queue_.front();
       queue_.pop_front();
       req->done(req, -Execute(*req).code());  // the sync path counts stats
     }
+    if (wait && n == 0) n += RunForeign(/*wait=*/true);
     return n;
   }
 
-  uint32_t InFlight() const override { return static_cast<uint32_t>(queue_.size()); }
+  uint32_t InFlight() const override { return static_cast<uint32_t>(queue_.size()) + foreign_outstanding(); }
 
  private:
   Status Execute(const IoRequest& req) {

@@ -389,10 +389,11 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 // read the oldest and newest (and samples) against a log of the writes,
 // delete them in random order; the space comes back exactly.
 // Many writes in flight at once into a freshly snapshotted volume, several
-// into the same clusters: each shared cluster is copied asynchronously;
-// copies racing on one cluster redo their part against the winner's copy.
-// The volume reads back every write, the snapshot its old content.
-void WriteManyInFlightAfterASnapshot(TestPool& pool) {
+// into the same clusters: each shared cluster is copied (or, compressed,
+// re-encoded) asynchronously; rewrites racing on one cluster redo their
+// part against the winner's. The volume reads back every write, the
+// snapshot its old content.
+void WriteManyInFlightAfterASnapshot(TestPool& pool, bool compressed = false) {
   constexpr uint64_t kVolume = 4 * kMiB, kBlock = 4096, kWrites = 96;
   Volume* v = pool.set().CreateVolume("vol", kVolume).value();
   auto before = Pattern(kVolume, 3);
@@ -425,8 +426,8 @@ void WriteManyInFlightAfterASnapshot(TestPool& pool) {
   }
   while (done < static_cast<int>(kWrites)) pool.queue().Poll(/*wait=*/true);
   auto& thin = dynamic_cast<ThinVolume&>(*v);
-  EXPECT_GT(thin.copies_started(), 0u);
-  EXPECT_GT(thin.copy_retries(), 0u) << "no two copies of one cluster raced";
+  EXPECT_GT(compressed ? thin.reencodes_started() : thin.copies_started(), 0u);
+  EXPECT_GT(thin.rewrite_retries(), 0u) << "no two rewrites of one cluster raced";
   EXPECT_TRUE(ReadAll(pool, "vol") == expected);
   EXPECT_TRUE(ReadAll(pool, "vol@s") == before);
   ASSERT_TRUE(pool.Flush(*v).ok());
@@ -440,6 +441,11 @@ void WriteManyInFlightAfterASnapshot(TestPool& pool) {
 TEST(Snapshot, CopiesSharedClustersWithManyWritesInFlight) {
   TestPool pool(64 * kMiB);
   WriteManyInFlightAfterASnapshot(pool);
+}
+
+TEST(Snapshot, ReencodesCompressedClustersWithManyWritesInFlight) {
+  TestPool pool(64 * kMiB, PoolCreateOptions{.compression = {Compression::kLz4, 0}});
+  WriteManyInFlightAfterASnapshot(pool, /*compressed=*/true);
 }
 
 TEST(Snapshot, CopiesEncryptedSharedClustersWithManyWritesInFlight) {

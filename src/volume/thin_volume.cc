@@ -74,6 +74,8 @@ bool IsAllZero(const uint8_t* p, size_t len) {
 
 void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   io->progress = {};
+  io->progress.volume = this;
+  io->progress.queue = &queue;
   Status s = set_.CheckUsable();
   if (s.ok()) s = ValidateIo(*io, size());
   if (!s.ok()) return Fail(io, s);
@@ -190,11 +192,13 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
   ReleaseGuard(io);
 }
 
-// Starts the part [at, at+n) of cluster `cluster` of an aligned write: in
-// place where the volume owns the cluster alone, as an asynchronous
-// copy-on-write where it shares it, synchronously for compressed clusters
-// and while a snapshot is being taken. Also restarts the part of a copy
-// that lost a race (see FinishCopy). Errors go to io->progress.
+// Starts the part [at, at+n) of cluster `cluster` of an aligned write:
+// in place where the volume owns a plain cluster alone; as an asynchronous
+// rewrite where the cluster is shared (copied) or compressed, or where a
+// compressing volume writes a new or whole cluster (re-encoded); and
+// synchronously while a snapshot is being taken. Also restarts the part of
+// a rewrite that lost a race (see FinishRewrite). Errors go to
+// io->progress.
 void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n) {
   assert(at % kBlockSize == 0 && n % kBlockSize == 0 && at + n <= cluster_size_);
   const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
@@ -203,27 +207,8 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
     io->progress.error = WriteSyncRange(cluster * cluster_size_, n, nullptr).code();
     return;
   }
-  if (codec_->compressing()) {
-    // Compression rewrites whole clusters: synchronous.
-    io->progress.error = WriteSyncRange(cluster * cluster_size_ + at, n, src).code();
-    return;
-  }
-  AlignedBuffer bounce;
-  if (codec_->encrypted()) {
-    // Encrypt outside the lock; the tweak depends only on the position.
-    bounce = TryAllocateUninitialized(n);  // wholly overwritten by the ciphertext
-    if (!bounce) {
-      io->progress.error = ENOMEM;
-      return;
-    }
-    Status s = codec_->Encrypt(FirstLogicalBlock(cluster) + at / kBlockSize, std::span(src, n), std::span(bounce.get(), n));
-    if (!s.ok()) {
-      io->progress.error = s.code();
-      return;
-    }
-  }
   SubIo* sub = nullptr;
-  ClusterCopy* copy = nullptr;
+  ClusterRewrite* rewrite = nullptr;
   {
     std::lock_guard lock(mu_);
     auto page = map_.Page(cluster, /*create=*/true);
@@ -232,41 +217,64 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
       return;
     }
     const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
-    if (format::IsCompressed(current) || write_barrier_) {
-      // Compressed clusters are rewritten whole, synchronously; so is every
-      // write while a snapshot is being taken.
+    if (write_barrier_) {
+      // A snapshot is waiting for the asynchronous writes in flight.
       io->progress.error = WriteClusterBytes(page.value(), cluster, at, n, src).code();
       return;
     }
-    if (map_.IsShared(cluster, current)) {
-      auto begun = BeginCopy(io, queue, page.value(), cluster, at, n, src, std::move(bounce));
-      if (!begun.ok()) io->progress.error = begun.status().code();
-      else copy = begun.value();
+    bool shared = map_.IsShared(cluster, current);
+    bool reencode = format::IsCompressed(current) ||
+                    (codec_->compressing() && (current.phys_block == 0 || n == cluster_size_ || shared));
+    Status s;
+    if (reencode || shared) {
+      auto begun = BeginRewrite(io, queue, page.value(), cluster, at, n, reencode);
+      s = begun.status();
+      if (begun.ok()) rewrite = begun.value();
     } else {
-      auto entry = EnsureMapped(page.value(), cluster);
-      if (!entry.ok()) {
-        io->progress.error = entry.status().code();
-        return;
-      }
-      sub = new SubIo{};
-      sub->req.op = IoOp::kWrite;
-      sub->req.offset = (entry->phys_block & format::kPhysBlockMask) * kBlockSize + at;
-      sub->req.length = static_cast<uint32_t>(n);
-      sub->req.buf = bounce ? bounce.get() : const_cast<uint8_t*>(src);
-      sub->bounce = std::move(bounce);
-      sub->volume = this;
-      sub->io = io;
-      sub->page = page.value();
-      sub->cluster = cluster;
-      sub->phys_block = entry->phys_block;
-      sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
-      sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
-      sub->page->pins++;
-      io->progress.pending++;
+      auto begun = BeginInPlaceWrite(io, page.value(), cluster, at, n);
+      s = begun.status();
+      if (begun.ok()) sub = begun.value();
     }
+    if (!s.ok()) io->progress.error = s.code();
   }
-  if (sub) SubmitSubIo(sub, queue);
-  if (copy) StartCopy(copy);
+  if (rewrite) StartRewrite(rewrite);
+  if (sub) SubmitInPlaceWrite(sub, queue);
+}
+
+// REQUIRES: mu_ held; the cluster plain and owned by this volume alone.
+Result<ThinVolume::SubIo*> ThinVolume::BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster,
+                                                         uint64_t at, uint64_t n) {
+  ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
+  auto* sub = new SubIo{};
+  sub->req.op = IoOp::kWrite;
+  sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + at;
+  sub->req.length = static_cast<uint32_t>(n);
+  sub->req.buf = io->buf + (cluster * cluster_size_ + at - io->offset);
+  sub->volume = this;
+  sub->io = io;
+  sub->page = page;
+  sub->cluster = cluster;
+  sub->phys_block = entry.phys_block;
+  sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
+  sub->first_logical_block = FirstLogicalBlock(cluster) + at / kBlockSize;
+  page->inflight[ThinMap::IndexInPage(cluster)]++;
+  page->pins++;
+  io->progress.pending++;
+  return sub;
+}
+
+// Outside the lock: encrypts into a bounce buffer if the volume is
+// encrypted (the tweak depends only on the position), then submits.
+void ThinVolume::SubmitInPlaceWrite(SubIo* sub, IoQueue& queue) {
+  if (codec_->encrypted()) {
+    std::span<const uint8_t> plain(sub->req.buf, sub->req.length);
+    sub->bounce = TryAllocateUninitialized(plain.size());  // wholly overwritten by the ciphertext
+    if (!sub->bounce) return FinishSubIo(sub, -ENOMEM);
+    Status s = codec_->Encrypt(sub->first_logical_block, plain, std::span(sub->bounce.get(), plain.size()));
+    if (!s.ok()) return FinishSubIo(sub, -s.code());
+    sub->req.buf = sub->bounce.get();
+  }
+  SubmitSubIo(sub, queue);
 }
 
 // Reads a compressed cluster's whole frame into a bounce buffer; the
@@ -431,13 +439,30 @@ static std::string DescribeError(int code) {
 }
 
 void ThinVolume::Complete(VolumeIo* io) {
-  // Before the flush below, which may wait for a checkpoint that a snapshot
+  // Before the commit, which may wait for a checkpoint that a snapshot
   // (waiting for this count) holds up.
   if (io->progress.async_write) async_writes_--;
+  if (io->progress.error) return Finish(io, Status(io->progress.error, "volume " + name_ + ": " + DescribeError(io->progress.error)));
+  if (io->op != VolumeOp::kFlush && !io->fua) return Finish(io, Status::Ok());
+  // Durable once the next group commit is: it runs on the committer's
+  // thread and comes back through this queue.
+  IoRequest& commit = io->progress.commit;
+  commit.done = &ThinVolume::OnCommitted;
+  commit.context = io;
+  io->progress.queue->ExpectForeign(&commit);
+  set_.committer().Enqueue(&commit, *io->progress.queue);
+}
+
+void ThinVolume::OnCommitted(IoRequest* req, int result) {
+  auto* io = static_cast<VolumeIo*>(req->context);
+  auto* volume = static_cast<ThinVolume*>(io->progress.volume);
   Status status;
-  if (io->progress.error) status = Status(io->progress.error, "volume " + name_ + ": " + DescribeError(io->progress.error));
-  bool needs_commit = io->op == VolumeOp::kFlush || io->fua;
-  if (status.ok() && needs_commit) status = set_.Flush();
+  if (result < 0)
+    status = Status(-result, "volume " + volume->name_ + ": commit failed: " + volume->set_.committer().last_error());
+  volume->Finish(io, status);
+}
+
+void ThinVolume::Finish(VolumeIo* io, const Status& status) {
   {
     std::lock_guard lock(mu_);
     assert(inflight_ios_ > 0);

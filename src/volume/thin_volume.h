@@ -68,7 +68,8 @@ class ThinVolume : public Volume {
   void set_write_barrier(bool on) { write_barrier_ = on; }
   uint64_t async_writes() const { return async_writes_.load(); }
   uint64_t copies_started() const { return copies_started_.load(std::memory_order_relaxed); }
-  uint64_t copy_retries() const { return copy_retries_.load(std::memory_order_relaxed); }
+  uint64_t reencodes_started() const { return reencodes_started_.load(std::memory_order_relaxed); }
+  uint64_t rewrite_retries() const { return rewrite_retries_.load(std::memory_order_relaxed); }
   // Rollback: the volume's content becomes `view`'s. REQUIRES: mu_ held, no
   // I/O in flight, no dirty page (right after a checkpoint). The caller has
   // already taken references to the view's pages.
@@ -106,23 +107,24 @@ class ThinVolume : public Volume {
 
  private:
   struct SubIo;
-  struct ClusterCopy;
+  struct ClusterRewrite;
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
   void WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
+  Result<SubIo*> BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n);
+  void SubmitInPlaceWrite(SubIo* sub, IoQueue& queue);
 
-  // ---- Asynchronous copy-on-write (thin_volume_copy.cc) ----
-  // REQUIRES: mu_ held; `cluster` plain and shared. The request stores
-  // `ciphertext` at [at, at+n) if the volume is encrypted, else `src` (part
-  // of the request's buffer).
-  Result<ClusterCopy*> BeginCopy(VolumeIo* io, IoQueue& queue, CachedPage* page, uint64_t cluster, uint64_t at,
-                                 uint64_t n, const uint8_t* src, AlignedBuffer ciphertext);
-  void StartCopy(ClusterCopy* copy);  // mu_ not held
-  static void OnCopyReadDone(IoRequest* req, int result);
-  static void OnCopyWriteDone(IoRequest* req, int result);
-  void WriteCopy(ClusterCopy* copy);
-  void FinishCopy(ClusterCopy* copy, int result);
-  bool SwapInCopyLocked(ClusterCopy* copy, int result);
+  // ---- Asynchronous rewrites: copy-on-write, re-encoding (thin_volume_rewrite.cc) ----
+  // REQUIRES: mu_ held. Without `reencode`, `cluster` is plain and shared.
+  Result<ClusterRewrite*> BeginRewrite(VolumeIo* io, IoQueue& queue, CachedPage* page, uint64_t cluster, uint64_t at,
+                                       uint64_t n, bool reencode);
+  void StartRewrite(ClusterRewrite* rewrite);  // mu_ not held
+  static void OnRewriteReadDone(IoRequest* req, int result);
+  static void OnRewriteWriteDone(IoRequest* req, int result);
+  Status MergeForCopy(ClusterRewrite* rewrite);
+  Status ReencodeForRewrite(ClusterRewrite* rewrite);
+  void FinishRewrite(ClusterRewrite* rewrite, int result);
+  bool SwapInRewriteLocked(ClusterRewrite* rewrite, int result);
   // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: reads
   // in flight on it keep it referenced until they finish.
   void HoldForReadsInFlight(CachedPage* page, uint64_t cluster);
@@ -162,6 +164,8 @@ class ThinVolume : public Volume {
   // REQUIRES: mu_ held and no I/O in flight on `cluster`.
   void ReleaseHeldRuns(uint64_t cluster);
   void Complete(VolumeIo* io);
+  static void OnCommitted(IoRequest* req, int result);
+  void Finish(VolumeIo* io, const Status& status);
   void Fail(VolumeIo* io, const Status& status);
 
   VolumeSetImpl& set_;
@@ -188,8 +192,9 @@ class ThinVolume : public Volume {
   std::map<uint64_t, std::vector<BlockRun>> held_for_reads_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
   // Data path counters (for metrics and tests).
-  std::atomic<uint64_t> copies_started_{0};  // asynchronous copy-on-writes begun
-  std::atomic<uint64_t> copy_retries_{0};    // copies that lost a race and were redone
+  std::atomic<uint64_t> copies_started_{0};    // asynchronous copy-on-writes begun
+  std::atomic<uint64_t> reencodes_started_{0};  // asynchronous compressed rewrites begun
+  std::atomic<uint64_t> rewrite_retries_{0};    // rewrites that lost a race and were redone
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };

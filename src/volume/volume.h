@@ -28,6 +28,8 @@
 
 namespace edgestor {
 
+class Volume;
+
 enum class VolumeOp : uint8_t { kRead, kWrite, kFlush, kDiscard, kWriteZeroes };
 
 struct VolumeIo {
@@ -52,6 +54,9 @@ struct VolumeIo {
     uint32_t pending = 0;  // sub-requests outstanding
     int error = 0;         // first errno seen
     bool async_write = false;  // counted in the volume's asynchronous writes
+    Volume* volume = nullptr;  // where it was submitted
+    IoQueue* queue = nullptr;  // with which queue
+    IoRequest commit;          // a FLUSH or FUA waiting for its group commit
   } progress;
 };
 

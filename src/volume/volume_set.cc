@@ -100,9 +100,11 @@ Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t 
 
 VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
   budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
+  committer_ = std::make_unique<Committer>([this] { return Flush(); }, [this] { CheckpointIfNeeded(); });
 }
 
 VolumeSetImpl::~VolumeSetImpl() {
+  committer_->Stop();
   // No I/O here (beyond a background deletion's step finishing): without
   // Close() this is a crash, as the tests intend.
   StopReclaimer();
@@ -577,13 +579,17 @@ bool VolumeSetImpl::NeedsCheckpoint() const {
 }
 
 void VolumeSetImpl::AfterIo() {
+  if (NeedsCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
+}
+
+void VolumeSetImpl::CheckpointIfNeeded() {
   if (!NeedsCheckpoint() || closed_ || failed_) return;
   // After a checkpoint refused for lack of space, wait before trying again
   // rather than after every request.
   int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
   if (now < space_retry_after_.load(std::memory_order_relaxed)) return;
-  // One thread checkpoints; others go on (they will block on volume locks
-  // only while the checkpoint writes).
+  // A control operation holding the table checkpoints anyway; the data path
+  // goes on meanwhile (it blocks on volume locks only while one writes).
   std::unique_lock lock(mu_, std::try_to_lock);
   if (!lock.owns_lock() || !NeedsCheckpoint()) return;
   // A device failure marks the set failed (later I/O reports it); a refusal

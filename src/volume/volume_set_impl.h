@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pool/pool.h"
+#include "volume/committer.h"
 #include "volume/checkpoint_codec.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
@@ -62,9 +63,11 @@ class VolumeSetImpl : public VolumeSet {
   Device& device() override { return pool_->device(); }
 
   // ---- For ThinVolume ----
-  // Called after each request completes, with no volume lock held: starts a
-  // checkpoint when the journal or the dirty map pages need one.
+  // Called after each request completes, with no volume lock held: has the
+  // committer checkpoint when the journal or the dirty map pages need one.
   void AfterIo();
+  // FLUSH and FUA wait here for their group commit.
+  Committer& committer() { return *committer_; }
   // Recomputes the space kept back for the next checkpoint's metadata.
   void UpdateMetadataReserve();
   Status CheckUsable() const;
@@ -171,6 +174,8 @@ class VolumeSetImpl : public VolumeSet {
   Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
   bool NeedsCheckpoint() const;
+  // On the committer's thread: the checkpoint AfterIo asked for.
+  void CheckpointIfNeeded();
   ThinVolume* FindLocked(const std::string& name);
   ThinVolume* FindById(uint32_t id);
 
@@ -202,6 +207,7 @@ class VolumeSetImpl : public VolumeSet {
   // this time (steady_clock ticks).
   std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
+  std::unique_ptr<Committer> committer_;  // last: its thread uses the members above
 };
 
 }  // namespace edgestor

@@ -1,0 +1,73 @@
+#include "volume/committer.h"
+
+#include <cassert>
+
+namespace edgestor {
+
+Committer::Committer(std::function<Status()> commit, std::function<void()> checkpoint)
+    : commit_(std::move(commit)), checkpoint_(std::move(checkpoint)), thread_([this] { Loop(); }) {}
+
+Committer::~Committer() { Stop(); }
+
+void Committer::Enqueue(IoRequest* req, IoQueue& queue) {
+  assert(req != nullptr && req->done != nullptr);
+  {
+    std::lock_guard lock(mu_);
+    assert(!stopping_);
+    waiting_.emplace_back(req, &queue);
+  }
+  wake_.notify_one();
+}
+
+void Committer::WantCheckpoint() {
+  {
+    std::lock_guard lock(mu_);
+    if (checkpoint_wanted_) return;
+    checkpoint_wanted_ = true;
+  }
+  wake_.notify_one();
+}
+
+void Committer::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Committer::last_error() const {
+  std::lock_guard lock(mu_);
+  return last_error_;
+}
+
+void Committer::Loop() {
+  std::vector<std::pair<IoRequest*, IoQueue*>> batch;
+  for (;;) {
+    bool checkpoint = false;
+    {
+      std::unique_lock lock(mu_);
+      wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || checkpoint_wanted_; });
+      if (waiting_.empty() && stopping_) return;  // a wanted checkpoint is left to Close
+      batch.swap(waiting_);
+      checkpoint = std::exchange(checkpoint_wanted_, false) && !stopping_;
+    }
+    if (!batch.empty()) CommitBatch(batch);
+    batch.clear();
+    if (checkpoint) checkpoint_();
+  }
+}
+
+void Committer::CommitBatch(const std::vector<std::pair<IoRequest*, IoQueue*>>& batch) {
+  Status s = commit_();
+  commits_.fetch_add(1, std::memory_order_relaxed);
+  waiters_served_.fetch_add(batch.size(), std::memory_order_relaxed);
+  if (!s.ok()) {
+    std::lock_guard lock(mu_);
+    last_error_ = s.ToString();
+  }
+  for (auto [req, queue] : batch) queue->PostForeign(req, s.ok() ? 0 : -s.code());
+}
+
+}  // namespace edgestor

@@ -1,0 +1,255 @@
+// ThinVolume: asynchronous rewrites of whole clusters. Two kinds:
+//
+//  * copy-on-write of a shared plain cluster (a snapshot or clone reads
+//    it): its blocks move to fresh space as they are. Ciphertext is copied
+//    unchanged: the XTS tweak is the logical block, so an encrypted block
+//    decrypts the same at its new place;
+//  * re-encoding, for a compressed cluster or a compressing volume's first
+//    or whole-cluster write: the old content is decoded, merged with the
+//    request and compressed again (stored plain when that saves nothing).
+//
+// Either way the shared or compressed run is never changed in place, and
+// the request goes through steps that each wait for one device I/O on the
+// submitter's queue, with the volume mutex held only between them (the
+// codec work runs outside it, on the polling thread):
+//
+//   Begin     (mutex)  the old run, if any, gains an in-memory reference for
+//                      the rewrite's duration, so it stays shared (nobody
+//                      writes it in place) and is neither freed nor reused
+//                      under the read below;
+//   ReadOld   (device) what the request does not overwrite: the old written
+//                      blocks, or a compressed cluster's frame (skipped when
+//                      the request covers every written block);
+//   WriteNew  (device) merged (and re-encoded) content to fresh space;
+//   Swap      (mutex)  if the entry is still the one read, it now names the
+//                      fresh space, journaled with the old run as its
+//                      release; if another writer changed the cluster
+//                      meanwhile, the fresh space is returned and the
+//                      request's part is written again against the entry
+//                      that won.
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+#include "volume/cluster_bits.h"
+#include "volume/thin_volume.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+namespace {
+
+bool AllZero(const uint8_t* p, size_t len) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < len / 8; i++)
+    if (w[i]) return false;
+  return true;
+}
+
+}  // namespace
+
+struct ThinVolume::ClusterRewrite {
+  IoRequest req;
+  ThinVolume* volume = nullptr;
+  VolumeIo* io = nullptr;
+  IoQueue* queue = nullptr;
+  CachedPage* page = nullptr;  // pinned until the swap
+  uint64_t cluster = 0;
+  uint64_t at = 0, length = 0;  // the request's bytes within the cluster
+  const uint8_t* src = nullptr;  // their plaintext, in the request's buffer
+  bool reencode = false;         // decode, merge, compress; else copy blocks as stored
+  format::MapEntry old_entry{};
+  BlockRun old_run{};            // {0, 0} if the cluster was unmapped
+  uint64_t write_mask = 0;       // blocks the request writes
+  uint64_t keep_mask = 0;        // old written blocks it does not
+  format::MapEntry new_entry{};  // what the swap stores (phys 0: the cluster reads as zeros)
+  AlignedBuffer buffer;          // one cluster, laid out as the cluster
+  AlignedBuffer frame;           // re-encoding: the old frame, then the new one
+};
+
+void ThinVolume::HoldForReadsInFlight(CachedPage* page, uint64_t cluster) {
+  const format::MapEntry& entry = page->entries[ThinMap::IndexInPage(cluster)];
+  assert(entry.phys_block != 0 && !format::IsCompressed(entry));
+  if (page->inflight[ThinMap::IndexInPage(cluster)] == 0) return;
+  // Reads in flight still use the old run: hold it until they finish.
+  BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
+  pool_.AddReference(run.block);
+  held_for_reads_[cluster].push_back(run);
+}
+
+Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQueue& queue, CachedPage* page,
+                                                             uint64_t cluster, uint64_t at, uint64_t n, bool reencode) {
+  const format::MapEntry old = page->entries[ThinMap::IndexInPage(cluster)];
+  assert(reencode || (old.phys_block != 0 && !format::IsCompressed(old) && map_.IsShared(cluster, old)));
+  AlignedBuffer buffer = TryAllocateUninitialized(cluster_size_);
+  AlignedBuffer frame = reencode ? TryAllocateUninitialized(cluster_size_) : AlignedBuffer();
+  if (!buffer || (reencode && !frame)) return Status(ENOMEM, "out of memory rewriting a cluster");
+  auto* rewrite = new ClusterRewrite{};
+  rewrite->volume = this;
+  rewrite->io = io;
+  rewrite->queue = &queue;
+  rewrite->page = page;
+  rewrite->cluster = cluster;
+  rewrite->at = at;
+  rewrite->length = n;
+  rewrite->src = io->buf + (cluster * cluster_size_ + at - io->offset);
+  rewrite->reencode = reencode;
+  rewrite->old_entry = old;
+  if (old.phys_block != 0) {
+    rewrite->old_run = {format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
+    pool_.AddReference(rewrite->old_run.block);
+  }
+  rewrite->write_mask = BlockMask(at / kBlockSize, n / kBlockSize);
+  rewrite->keep_mask = old.written_bits & ~rewrite->write_mask;
+  rewrite->buffer = std::move(buffer);
+  rewrite->frame = std::move(frame);
+  page->inflight[ThinMap::IndexInPage(cluster)]++;
+  page->pins++;
+  io->progress.pending++;
+  (reencode ? reencodes_started_ : copies_started_).fetch_add(1, std::memory_order_relaxed);
+  return rewrite;
+}
+
+void ThinVolume::StartRewrite(ClusterRewrite* rewrite) {
+  IoRequest& req = rewrite->req;
+  req.context = rewrite;
+  req.done = &ThinVolume::OnRewriteReadDone;
+  if (rewrite->keep_mask == 0) return OnRewriteReadDone(&req, 0);  // nothing old survives
+  req.op = IoOp::kRead;
+  if (format::IsCompressed(rewrite->old_entry)) {
+    req.offset = rewrite->old_run.block * kBlockSize;
+    req.length = static_cast<uint32_t>(rewrite->old_run.count * kBlockSize);
+    req.buf = rewrite->frame.get();
+  } else {
+    uint64_t first = FirstBlockOf(rewrite->keep_mask), end = EndBlockOf(rewrite->keep_mask);
+    req.offset = (rewrite->old_run.block + first) * kBlockSize;
+    req.length = static_cast<uint32_t>((end - first) * kBlockSize);
+    req.buf = rewrite->buffer.get() + first * kBlockSize;
+  }
+  rewrite->queue->Submit(&req);
+}
+
+void ThinVolume::OnRewriteReadDone(IoRequest* req, int result) {
+  auto* rewrite = static_cast<ClusterRewrite*>(req->context);
+  ThinVolume* volume = rewrite->volume;
+  if (result < 0) return volume->FinishRewrite(rewrite, result);
+  Status s = rewrite->reencode ? volume->ReencodeForRewrite(rewrite) : volume->MergeForCopy(rewrite);
+  if (!s.ok()) return volume->FinishRewrite(rewrite, -s.code());
+  if (rewrite->new_entry.phys_block == 0) return volume->FinishRewrite(rewrite, 0);  // now all zeros
+  req->op = IoOp::kWrite;
+  req->done = &ThinVolume::OnRewriteWriteDone;
+  rewrite->queue->Submit(req);
+}
+
+void ThinVolume::OnRewriteWriteDone(IoRequest* req, int result) {
+  auto* rewrite = static_cast<ClusterRewrite*>(req->context);
+  rewrite->volume->FinishRewrite(rewrite, result);
+}
+
+// Copy-on-write: the request's blocks (encrypted at their logical place)
+// over the old blocks as stored; the cluster's written span goes to a fresh
+// cluster. Blocks of the span that hold nothing are zeroed: the buffer's
+// heap bytes never reach the device.
+Status ThinVolume::MergeForCopy(ClusterRewrite* rewrite) {
+  uint8_t* buf = rewrite->buffer.get();
+  ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster) + rewrite->at / kBlockSize,
+                                     std::span(rewrite->src, rewrite->length),
+                                     std::span(buf + rewrite->at, rewrite->length)));
+  uint64_t bits = rewrite->keep_mask | rewrite->write_mask;
+  uint64_t first = FirstBlockOf(bits), end = EndBlockOf(bits);
+  for (uint64_t b = first; b < end; b++)
+    if (!((bits >> b) & 1)) std::memset(buf + b * kBlockSize, 0, kBlockSize);
+  ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateCluster());
+  rewrite->new_entry = {block, bits};
+  rewrite->req.offset = (block + first) * kBlockSize;
+  rewrite->req.length = static_cast<uint32_t>((end - first) * kBlockSize);
+  rewrite->req.buf = buf + first * kBlockSize;
+  return Status::Ok();
+}
+
+// Re-encoding: the old plaintext (unwritten blocks read as zeros) with the
+// request merged in, compressed into a run of its own size, or a whole
+// plain cluster when compression saves nothing. A cluster that became all
+// zeros is unmapped instead (new_entry stays empty).
+Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
+  uint8_t* plain = rewrite->buffer.get();
+  const format::MapEntry& old = rewrite->old_entry;
+  if (rewrite->keep_mask != 0 && format::IsCompressed(old)) {
+    std::span<uint8_t> frame(rewrite->frame.get(), rewrite->old_run.count * kBlockSize);
+    ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(rewrite->cluster), frame));
+    ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(plain, cluster_size_))
+                           .WithContext("volume " + name_ + " cluster " + std::to_string(rewrite->cluster)));
+  } else if (rewrite->keep_mask != 0) {
+    uint64_t first = FirstBlockOf(rewrite->keep_mask), end = EndBlockOf(rewrite->keep_mask);
+    ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(rewrite->cluster) + first,
+                                       std::span(plain + first * kBlockSize, (end - first) * kBlockSize)));
+  }
+  for (uint64_t b = 0; b < cluster_blocks_; b++)  // unwritten blocks read as zeros
+    if (!((rewrite->keep_mask >> b) & 1)) std::memset(plain + b * kBlockSize, 0, kBlockSize);
+  std::memcpy(plain + rewrite->at, rewrite->src, rewrite->length);
+  if (AllZero(plain, cluster_size_)) return Status::Ok();
+  uint64_t bits = old.written_bits | rewrite->write_mask;
+  uint8_t* out = rewrite->frame.get();
+  auto compressed = codec_->Compress(std::span<const uint8_t>(plain, cluster_size_), std::span(out, cluster_size_));
+  if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
+  uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  if (!compressed.ok()) std::memcpy(out, plain, cluster_size_);
+  uint64_t bytes = blocks * kBlockSize;
+  ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster), std::span(out, bytes), std::span(out, bytes)));
+  ES_ASSIGN_OR_RETURN(uint64_t block, compressed.ok() ? pool_.AllocateRun(blocks) : pool_.AllocateCluster());
+  rewrite->new_entry = compressed.ok() ? format::CompressedEntry(block, blocks, bits) : format::MapEntry{block, bits};
+  rewrite->req.offset = block * kBlockSize;
+  rewrite->req.length = static_cast<uint32_t>(bytes);
+  rewrite->req.buf = out;
+  return Status::Ok();
+}
+
+void ThinVolume::FinishRewrite(ClusterRewrite* rewrite, int result) {
+  VolumeIo* io = rewrite->io;
+  bool lost_race = false;
+  {
+    std::lock_guard lock(mu_);
+    lost_race = SwapInRewriteLocked(rewrite, result);
+  }
+  if (result < 0 && io->progress.error == 0) io->progress.error = -result;
+  // The entry that won is written as any other (in place, or rewritten
+  // again); the part keeps this rewrite's pending count until that has
+  // started.
+  if (lost_race && io->progress.error == 0) {
+    rewrite_retries_.fetch_add(1, std::memory_order_relaxed);
+    WriteCluster(io, *rewrite->queue, rewrite->cluster, rewrite->at, rewrite->length);
+  }
+  delete rewrite;
+  ReleaseGuard(io);
+}
+
+// REQUIRES: mu_ held. Returns true if the cluster changed while it was
+// rewritten (the new run is dropped and the request's part must be written
+// again).
+bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
+  CachedPage* page = rewrite->page;
+  uint64_t cluster = rewrite->cluster;
+  uint32_t index = ThinMap::IndexInPage(cluster);
+  assert(page->inflight[index] > 0 && page->pins > 0);
+  page->inflight[index]--;
+  page->pins--;
+  const format::MapEntry current = page->entries[index];
+  const format::MapEntry& old = rewrite->old_entry;
+  // The old run cannot have been reused while this rewrite held it, so the
+  // same block with the same bits means nobody changed the cluster.
+  bool unchanged = current.phys_block == old.phys_block && current.written_bits == old.written_bits;
+  const format::MapEntry& fresh = rewrite->new_entry;
+  if (result == 0 && unchanged) {
+    if (old.phys_block != 0 && !format::IsCompressed(old)) HoldForReadsInFlight(page, cluster);
+    std::span<const BlockRun> release = old.phys_block != 0 ? std::span(&rewrite->old_run, 1) : std::span<const BlockRun>();
+    if (fresh.phys_block != 0 || old.phys_block != 0) SetEntry(page, cluster, fresh, /*journal=*/true, release);
+  } else if (fresh.phys_block != 0) {
+    pool_.FreeUnreferenced({format::FirstBlock(fresh), format::StoredBlocks(fresh, cluster_blocks_)});
+  }
+  if (old.phys_block != 0) pool_.DropHeldReference(rewrite->old_run);
+  if (page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(cluster);
+  return result == 0 && !unchanged;
+}
+
+}  // namespace edgestor
