@@ -37,6 +37,7 @@
 
 #include "base/size_parse.h"
 #include "base/status.h"
+#include "codec/compressor.h"
 #include "io/device.h"
 #include "volume/thin_map.h"
 #include "volume/volume.h"
@@ -72,7 +73,12 @@ struct Options {
   uint64_t read_ios = kRssReadIos;
   uint64_t map_cache = 64ull << 20;
   uint64_t seed = 1;
+  std::string compression_name = "off";
+  CompressionSetting compression;  // on: the data written compresses about 2:1
 };
+
+// Set once from the options, before any runner exists.
+bool g_compressible_data = false;
 
 [[noreturn]] void Die(const Status& status, const std::string& what) {
   std::cerr << "engine_bench: " << what << ": " << status.ToString() << "\n";
@@ -148,7 +154,9 @@ using OffsetSource = std::function<std::optional<uint64_t>()>;
 
 // Keeps up to `depth` requests of one kind in flight on one queue. Buffers
 // are allocated once, up front, and filled with random non-zero bytes (an
-// all-zero cluster write would be turned into a discard by the engine).
+// all-zero cluster write would be turned into a discard by the engine);
+// with g_compressible_data, the second half of every 4 KiB block repeats one
+// word, so the data compresses about 2:1.
 //
 // Not thread-safe: the thread calling Run() owns the runner and the queue.
 class LoadRunner {
@@ -162,7 +170,8 @@ class LoadRunner {
       slot.runner = this;
       slot.buf = AllocateAligned(io_bytes);
       for (uint64_t i = 0; i < io_bytes; i += sizeof(uint64_t)) {
-        uint64_t word = rng() | 1;  // never zero
+        bool repeat = g_compressible_data && i % kIoBytes >= kIoBytes / 2;
+        uint64_t word = repeat ? 0x5a5a5a5a5a5a5a5aull : rng() | 1;  // never zero
         std::memcpy(slot.buf.get() + i, &word, sizeof word);
       }
       idle_.push_back(&slot);
@@ -256,7 +265,7 @@ Engine CreateEngine(const Options& opt) {
   device_options.create_size = opt.pool_size;
   auto device = OpenFileDevice(opt.pool, device_options);
   if (!device.ok()) Die(device.status(), "open " + opt.pool);
-  PoolCreateOptions create{.cluster_size = opt.cluster_size};
+  PoolCreateOptions create{.cluster_size = opt.cluster_size, .compression = opt.compression};
   PoolOpenOptions open{.map_cache_bytes = opt.map_cache};
   auto set = VolumeSet::Create(std::move(device).value(), create, open);
   if (!set.ok()) Die(set.status(), "create pool on " + opt.pool);
@@ -451,11 +460,20 @@ Options ParseOptions(int argc, char** argv) {
   app.add_option("--read-ios", opt.read_ios, "rss: reads after the writes")->check(CLI::PositiveNumber);
   app.add_option("--map-cache", opt.map_cache, "map page cache budget")->transform(SizeArg());
   app.add_option("--seed", opt.seed, "random seed");
+  app.add_option("--compression", opt.compression_name, "off|lz4|zstd[:LEVEL]: the volume's compression; "
+                                                        "on, the data written compresses about 2:1");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     std::exit(app.exit(e));
   }
+  auto compression = ParseCompression(opt.compression_name);
+  if (!compression.ok()) {
+    std::cerr << "engine_bench: --compression: " << compression.status().ToString() << "\n";
+    std::exit(2);
+  }
+  opt.compression = compression.value();
+  g_compressible_data = opt.compression.algorithm != Compression::kOff;
   static const std::pair<const char*, Mode> kModes[] = {
       {"firstwrite", Mode::kFirstWrite}, {"overwrite", Mode::kOverwrite}, {"read", Mode::kRead}, {"rss", Mode::kRss}};
   for (const auto& [name, mode] : kModes)

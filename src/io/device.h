@@ -62,8 +62,9 @@ class IoQueue {
   // PostForeign(req, result) (any thread); its callback then runs on this
   // queue's thread, in Poll, like a device completion. Poll(wait) wakes for
   // it.
-  void ExpectForeign(IoRequest* req);
-  void PostForeign(IoRequest* req, int result);
+  // Virtual so that a queue wrapping another forwards them to it.
+  virtual void ExpectForeign(IoRequest* req);
+  virtual void PostForeign(IoRequest* req, int result);
   // Queues `req`. Requests beyond the ring's depth wait in an internal
   // overflow list; Submit itself never blocks and never fails.
   virtual void Submit(IoRequest* req) = 0;

@@ -1,7 +1,7 @@
 // IoQueue: completions of work that another thread finishes for a queue.
 //
-// The poster appends to a locked list and then signals an eventfd; the
-// owner reads (resets) the eventfd before taking the list. In that order a
+// The poster appends to a locked list and signals an eventfd; the owner
+// reads (resets) the eventfd before taking the list. In that order a
 // completion posted while the owner takes the list is either taken now or
 // signals the eventfd again afterwards, so a waiting owner never misses one.
 #include <poll.h>
@@ -31,10 +31,10 @@ void IoQueue::ExpectForeign(IoRequest* req) {
 
 void IoQueue::PostForeign(IoRequest* req, int result) {
   assert(result <= 0);
-  {
-    std::lock_guard lock(foreign_mu_);
-    foreign_posted_.emplace_back(req, result);
-  }
+  // Signalled under the lock: once the owner can take the completion it may
+  // run it and destroy the queue, so the poster must be done with it by then.
+  std::lock_guard lock(foreign_mu_);
+  foreign_posted_.emplace_back(req, result);
   if (foreign_fd_ < 0) return;  // the owner polls the list instead
   uint64_t one = 1;
   while (::write(foreign_fd_, &one, sizeof one) < 0 && errno == EINTR) {

@@ -175,12 +175,17 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
   // snapshot shares it: wait for them (new writes meanwhile go through the
   // synchronous path, which the checkpoint's locks hold back). No lock is
   // held: a completion may need one for a checkpoint of its own.
+  // Once the count has been seen at zero, writes counted later see the
+  // barrier before they look at any cluster: they are no reason to refuse.
   auto deadline = std::chrono::steady_clock::now() + kWriteDrainTimeout;
-  while (volume->async_writes() > 0 && std::chrono::steady_clock::now() < deadline)
+  bool drained = volume->async_writes() == 0;
+  while (!drained && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
+    drained = volume->async_writes() == 0;
+  }
   std::lock_guard lock(mu_);
   const uint64_t slots = DirectorySlotsFor(volume->size(), pool_->geometry().cluster_size);
-  Status s = volume->async_writes() > 0
+  Status s = !drained
                  ? Status(EBUSY, "writes to volume " + volume_name +
                                   " in flight did not finish within 30 s (is the disk stuck?); no snapshot was "
                                   "taken, nothing changed: try again")

@@ -86,6 +86,8 @@ class GatedQueue : public IoQueue {
   }
   int Poll(bool wait) override { return gate_.Pass(wait && inner_->InFlight() > 0) ? inner_->Poll(wait) : 0; }
   uint32_t InFlight() const override { return inner_->InFlight(); }
+  void ExpectForeign(IoRequest* req) override { inner_->ExpectForeign(req); }
+  void PostForeign(IoRequest* req, int result) override { inner_->PostForeign(req, result); }
 
  private:
   std::unique_ptr<IoQueue> inner_;
