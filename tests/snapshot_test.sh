@@ -135,6 +135,25 @@ check "snap create through the daemon" says "^created snapshot live@s1 " snap cr
 check "qemu-io writes pattern B (0xbb)" qemu-io -f raw -c 'write -P 0xbb 0 4M' "$(uri live)"
 check "qemu-io reads pattern A from live@s1 (read-only)" qemu-io -r -f raw -c 'read -P 0xaa 0 4M' "$(uri live@s1)"
 check "and pattern B from live" qemu-io -r -f raw -c 'read -P 0xbb 0 4M' "$(uri live)"
+# Copy-on-write with a real client: qemu-io's aio_write puts many 4 KiB
+# writes in flight at once into clusters a snapshot shares (several into
+# the same 64 KiB cluster, one with FUA); each is merged with the old blocks
+# of its cluster, the snapshot keeps them all.
+check "vol create cowv" es vol create cowv --size 4M
+check "qemu-io fills cowv with 0xaa" qemu-io -f raw -c 'write -P 0xaa 0 4M' "$(uri cowv)"
+check "snap create cowv@s" es snap create cowv@s
+cow_writes=()
+for off in 0 8k 20k 60k 64k 72k 1M 1028k 2044k; do cow_writes+=(-c "aio_write -P 0xcc $off 4k"); done
+check "qemu-io writes 9 blocks at once into shared clusters, then one with FUA" \
+  qemu-io -f raw "${cow_writes[@]}" -c aio_flush -c 'write -f -P 0xdd 128k 4k' "$(uri cowv)"
+check "each written block reads back, its neighbours keep 0xaa" \
+  qemu-io -r -f raw -c 'read -P 0xcc 0 4k' -c 'read -P 0xaa 4k 4k' -c 'read -P 0xcc 8k 4k' \
+  -c 'read -P 0xaa 12k 8k' -c 'read -P 0xcc 20k 4k' -c 'read -P 0xcc 60k 8k' -c 'read -P 0xaa 68k 4k' \
+  -c 'read -P 0xcc 72k 4k' -c 'read -P 0xdd 128k 4k' -c 'read -P 0xaa 132k 892k' -c 'read -P 0xcc 1M 4k' \
+  -c 'read -P 0xcc 1028k 4k' -c 'read -P 0xcc 2044k 4k' -c 'read -P 0xaa 2048k 2M' "$(uri cowv)"
+check "cowv@s still reads 0xaa whole" qemu-io -r -f raw -c 'read -P 0xaa 0 4M' "$(uri cowv@s)"
+check "snap delete cowv@s" es snap delete cowv@s
+check "vol delete cowv" es vol delete cowv
 check "qemu-io cannot open live@s1 for writing" refuses_saying "Permission denied" qemu-io -f raw -c 'write -P 0xcc 0 4k' "$(uri live@s1)"
 check "nbdinfo shows live@s1 read-only" bash -c "nbdinfo '$(uri live@s1)' | grep -q 'is_read_only: true'"
 check "and live writable" bash -c "nbdinfo '$(uri live)' | grep -q 'is_read_only: false'"

@@ -62,14 +62,6 @@ Status ValidateIo(const VolumeIo& io, uint64_t volume_size) {
   return Status::Ok();
 }
 
-bool IsAllZero(const uint8_t* p, size_t len) {
-  // Compare in words; buffers are 512-aligned.
-  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
-  for (size_t i = 0; i < len / 8; i++)
-    if (w[i]) return false;
-  return true;
-}
-
 }  // namespace
 
 void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
@@ -457,8 +449,10 @@ void ThinVolume::OnCommitted(IoRequest* req, int result) {
   auto* io = static_cast<VolumeIo*>(req->context);
   auto* volume = static_cast<ThinVolume*>(io->progress.volume);
   Status status;
+  // Says what to do (DescribeError) and what failed (the commit's own error).
   if (result < 0)
-    status = Status(-result, "volume " + volume->name_ + ": commit failed: " + volume->set_.committer().last_error());
+    status = Status(-result, "volume " + volume->name_ + ": flush failed: " + DescribeError(-result) + " (" +
+                                 volume->set_.committer().last_error() + ")");
   volume->Finish(io, status);
 }
 

@@ -125,9 +125,10 @@ class ThinVolume : public Volume {
   Status ReencodeForRewrite(ClusterRewrite* rewrite);
   void FinishRewrite(ClusterRewrite* rewrite, int result);
   bool SwapInRewriteLocked(ClusterRewrite* rewrite, int result);
-  // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: reads
-  // in flight on it keep it referenced until they finish.
-  void HoldForReadsInFlight(CachedPage* page, uint64_t cluster);
+  // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: I/O
+  // in flight on it (reads, and in-place writes a whole-cluster rewrite
+  // overtook) keeps it referenced until that I/O finishes.
+  void HoldRunForIoInFlight(CachedPage* page, uint64_t cluster);
   // True when I/O must take the synchronous path: clusters are (or may
   // become) compressed, which makes every write a read-modify-write of a
   // whole cluster. REQUIRES: mu_ held.

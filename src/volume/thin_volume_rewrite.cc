@@ -38,17 +38,6 @@ namespace edgestor {
 
 using format::kBlockSize;
 
-namespace {
-
-bool AllZero(const uint8_t* p, size_t len) {
-  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
-  for (size_t i = 0; i < len / 8; i++)
-    if (w[i]) return false;
-  return true;
-}
-
-}  // namespace
-
 struct ThinVolume::ClusterRewrite {
   IoRequest req;
   ThinVolume* volume = nullptr;
@@ -68,11 +57,11 @@ struct ThinVolume::ClusterRewrite {
   AlignedBuffer frame;           // re-encoding: the old frame, then the new one
 };
 
-void ThinVolume::HoldForReadsInFlight(CachedPage* page, uint64_t cluster) {
+void ThinVolume::HoldRunForIoInFlight(CachedPage* page, uint64_t cluster) {
   const format::MapEntry& entry = page->entries[ThinMap::IndexInPage(cluster)];
   assert(entry.phys_block != 0 && !format::IsCompressed(entry));
   if (page->inflight[ThinMap::IndexInPage(cluster)] == 0) return;
-  // Reads in flight still use the old run: hold it until they finish.
+  // I/O in flight still uses the old run: hold it until that finishes.
   BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
   pool_.AddReference(run.block);
   held_for_reads_[cluster].push_back(run);
@@ -188,7 +177,7 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   for (uint64_t b = 0; b < cluster_blocks_; b++)  // unwritten blocks read as zeros
     if (!((rewrite->keep_mask >> b) & 1)) std::memset(plain + b * kBlockSize, 0, kBlockSize);
   std::memcpy(plain + rewrite->at, rewrite->src, rewrite->length);
-  if (AllZero(plain, cluster_size_)) return Status::Ok();
+  if (IsAllZero(plain, cluster_size_)) return Status::Ok();
   uint64_t bits = old.written_bits | rewrite->write_mask;
   uint8_t* out = rewrite->frame.get();
   auto compressed = codec_->Compress(std::span<const uint8_t>(plain, cluster_size_), std::span(out, cluster_size_));
@@ -241,7 +230,7 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
   bool unchanged = current.phys_block == old.phys_block && current.written_bits == old.written_bits;
   const format::MapEntry& fresh = rewrite->new_entry;
   if (result == 0 && unchanged) {
-    if (old.phys_block != 0 && !format::IsCompressed(old)) HoldForReadsInFlight(page, cluster);
+    if (old.phys_block != 0 && !format::IsCompressed(old)) HoldRunForIoInFlight(page, cluster);
     std::span<const BlockRun> release = old.phys_block != 0 ? std::span(&rewrite->old_run, 1) : std::span<const BlockRun>();
     if (fresh.phys_block != 0 || old.phys_block != 0) SetEntry(page, cluster, fresh, /*journal=*/true, release);
   } else if (fresh.phys_block != 0) {

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "volume/cluster_bits.h"
 #include "volume/thin_volume.h"
 #include "volume/volume_set_impl.h"
 
@@ -23,20 +24,6 @@ using format::kBlockSize;
 namespace {
 
 uint64_t PhysOffset(const format::MapEntry& entry) { return format::FirstBlock(entry) * kBlockSize; }
-
-// Blocks [first, end) as a mask within a cluster.
-uint64_t Mask(uint64_t first, uint64_t end) {
-  if (end <= first) return 0;
-  uint64_t count = end - first;
-  return (count == 64 ? ~0ull : (1ull << count) - 1) << first;
-}
-
-bool AllZero(const uint8_t* p, size_t len) {
-  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
-  for (size_t i = 0; i < len / 8; i++)
-    if (w[i]) return false;
-  return true;
-}
 
 }  // namespace
 
@@ -91,7 +78,7 @@ Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, 
 Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n,
                                     uint8_t* out) {
   uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
-  if ((entry.written_bits & Mask(first, end)) == 0) {
+  if ((entry.written_bits & BlocksBetween(first, end)) == 0) {
     std::memset(out, 0, n);  // nothing written here: zeros, no I/O
     return Status::Ok();
   }
@@ -123,8 +110,8 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   const format::MapEntry entry = page->entries[index];
   const bool zeroing = data == nullptr;
   if (zeroing && entry.phys_block == 0) return Status::Ok();  // already reads as zeros
-  uint64_t full = Mask((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
-  uint64_t touched = Mask(at / kBlockSize, (at + n + kBlockSize - 1) / kBlockSize);
+  uint64_t full = BlocksBetween((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
+  uint64_t touched = BlocksBetween(at / kBlockSize, (at + n + kBlockSize - 1) / kBlockSize);
   uint64_t bits = zeroing ? entry.written_bits & ~full : entry.written_bits | touched;
   // A plain cluster with asynchronous I/O in flight is never freed or moved:
   // it is changed in place. Compressed clusters move regardless: their
@@ -134,7 +121,7 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   // also held for the reads in flight (the sharers may go meanwhile).
   const bool shared = map_.IsShared(cluster, entry);
   bool busy = page->inflight[index] != 0 && !format::IsCompressed(entry) && !shared;
-  if (shared && !format::IsCompressed(entry)) HoldForReadsInFlight(page, cluster);
+  if (shared && !format::IsCompressed(entry)) HoldRunForIoInFlight(page, cluster);
   if (bits == 0 && !busy) {
     FreeEntry(page, cluster);
     return Status::Ok();
@@ -148,7 +135,7 @@ Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_
   if (!whole) ES_RETURN_IF_ERROR(LoadCluster(entry, cluster, plaintext.get()));
   if (zeroing) std::memset(plaintext.get() + at, 0, n);
   else std::memcpy(plaintext.get() + at, data, n);
-  if (AllZero(plaintext.get(), cluster_size_)) {
+  if (IsAllZero(plaintext.get(), cluster_size_)) {
     if (entry.phys_block != 0) FreeEntry(page, cluster);  // compressed, or plain and not busy
     return Status::Ok();
   }
@@ -165,7 +152,7 @@ Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64
   if (data == nullptr) {
     // Zeroing: whole blocks just lose their written bit; partial blocks at
     // the ends that hold data are rewritten with zeros in their range.
-    uint64_t full = Mask((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
+    uint64_t full = BlocksBetween((at + kBlockSize - 1) / kBlockSize, (at + n) / kBlockSize);
     for (uint64_t b : {first, end - 1}) {
       if ((full >> b) & 1 || !((entry.written_bits >> b) & 1)) continue;
       uint64_t lo = std::max(at, b * kBlockSize), hi = std::min(at + n, (b + 1) * kBlockSize);
@@ -185,7 +172,7 @@ Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64
   ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(cluster) + first, std::span(buf.get(), span),
                                      std::span(buf.get(), span)));
   ES_RETURN_IF_ERROR(pool_.device().WriteSync(PhysOffset(entry) + first * kBlockSize, buf.get(), span));
-  uint64_t bits = entry.written_bits | Mask(first, end);
+  uint64_t bits = entry.written_bits | BlocksBetween(first, end);
   if (bits != entry.written_bits) SetEntry(page, cluster, {entry.phys_block, bits}, /*journal=*/true);
   return Status::Ok();
 }
