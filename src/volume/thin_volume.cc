@@ -1,6 +1,8 @@
-// ThinVolume: the asynchronous data path (read, aligned write) and its
-// completion. Discard, write-zeroes, unaligned I/O and everything touching
-// compressed clusters are in thin_volume_sync.cc; control operations in
+// ThinVolume: the asynchronous data path (read, aligned write in place) and
+// its completion, including the hand-off of FLUSH/FUA to the committer.
+// Copy-on-write and compressed rewrites are in thin_volume_rewrite.cc;
+// discard, write-zeroes, unaligned I/O and writes under a snapshot's write
+// barrier in thin_volume_sync.cc; control operations in
 // thin_volume_control.cc.
 #include "volume/thin_volume.h"
 

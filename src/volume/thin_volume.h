@@ -129,10 +129,6 @@ class ThinVolume : public Volume {
   // in flight on it (reads, and in-place writes a whole-cluster rewrite
   // overtook) keeps it referenced until that I/O finishes.
   void HoldRunForIoInFlight(CachedPage* page, uint64_t cluster);
-  // True when I/O must take the synchronous path: clusters are (or may
-  // become) compressed, which makes every write a read-modify-write of a
-  // whole cluster. REQUIRES: mu_ held.
-  bool RewritesClusters() const;
 
   // ---- Synchronous path (thin_volume_sync.cc) ----
   // Any sector-aligned range; `data` nullptr writes zeros (discard and

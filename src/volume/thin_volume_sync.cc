@@ -1,8 +1,10 @@
 // ThinVolume: the synchronous paths. Discard, write-zeroes, I/O not aligned
-// to 4 KiB, and every write that compresses or touches a compressed cluster
-// run here, under the volume's mutex with synchronous device I/O: a
-// read-modify-write of a block or of a whole compressed cluster is then
-// atomic with respect to the map and to other requests.
+// to 4 KiB (compressed clusters included) and writes while a snapshot's
+// write barrier is up run here, under the volume's mutex with synchronous
+// device I/O: a read-modify-write of a block or of a whole
+// compressed cluster is then atomic with respect to the map and to other
+// requests. Aligned writes take the asynchronous paths (thin_volume.cc,
+// thin_volume_rewrite.cc).
 //
 // A compressed cluster is never changed in place: the new content is
 // compressed (or stored plain when it does not compress) to freshly
