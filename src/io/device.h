@@ -65,6 +65,18 @@ class IoQueue {
   // Virtual so that a queue wrapping another forwards them to it.
   virtual void ExpectForeign(IoRequest* req);
   virtual void PostForeign(IoRequest* req, int result);
+
+  // ---- Waking for a file descriptor (a front-end's socket) ----
+  // The next Poll(wait=true) also returns once `fd` is ready for `events`
+  // (POLLIN and/or POLLOUT), so one thread can wait for its device and its
+  // client at once. Applies to that one waiting Poll; call again before
+  // each. Only a Poll with something in flight waits at all.
+  // A readiness noticed late may still end a later wait: callers re-check
+  // their fd after every Poll.
+  virtual void WatchFd(int fd, short events) {
+    watch_fd_ = fd;
+    watch_events_ = events;
+  }
   // Queues `req`. Requests beyond the ring's depth wait in an internal
   // overflow list; Submit itself never blocks and never fails.
   virtual void Submit(IoRequest* req) = 0;
@@ -83,11 +95,21 @@ class IoQueue {
   // Readable while posted completions wait to be run (an eventfd), or -1.
   int foreign_fd() const { return foreign_fd_; }
   // Runs the callbacks of posted completions; with `wait` and none posted
-  // yet, first waits until one is (if any is outstanding). Returns how many
-  // ran.
+  // yet, first waits until one is (if any is outstanding) or the watched fd
+  // (TakeWatch) is ready. Returns how many ran, plus 1 if the watched fd
+  // ended the wait.
   int RunForeign(bool wait);
+  // The fd WatchFd named for this Poll (-1: none) and its events; clears it.
+  std::pair<int, short> TakeWatch() {
+    std::pair<int, short> watch{watch_events_ ? watch_fd_ : -1, watch_events_};
+    watch_fd_ = -1;
+    watch_events_ = 0;
+    return watch;
+  }
 
  private:
+  int watch_fd_ = -1;
+  short watch_events_ = 0;
   int foreign_fd_ = -1;
   uint32_t foreign_outstanding_ = 0;  // owner thread only
   std::mutex foreign_mu_;

@@ -42,8 +42,10 @@ void IoQueue::PostForeign(IoRequest* req, int result) {
 }
 
 int IoQueue::RunForeign(bool wait) {
+  auto [watch_fd, watch_events] = wait ? TakeWatch() : std::pair<int, short>{-1, 0};
   if (foreign_outstanding_ == 0) return 0;
   std::vector<std::pair<IoRequest*, int>> posted;
+  bool watched_ready = false;
   for (;;) {
     if (foreign_fd_ >= 0) {
       uint64_t count;
@@ -53,10 +55,11 @@ int IoQueue::RunForeign(bool wait) {
       std::lock_guard lock(foreign_mu_);
       posted.swap(foreign_posted_);
     }
-    if (!posted.empty() || !wait) break;
+    if (!posted.empty() || !wait || watched_ready) break;
     if (foreign_fd_ >= 0) {
-      pollfd p{foreign_fd_, POLLIN, 0};
-      (void)::poll(&p, 1, -1);
+      pollfd p[2] = {{foreign_fd_, POLLIN, 0}, {watch_fd, watch_events, 0}};
+      int rc = ::poll(p, watch_fd >= 0 ? 2 : 1, -1);
+      watched_ready = rc > 0 && watch_fd >= 0 && p[1].revents != 0;
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -64,7 +67,7 @@ int IoQueue::RunForeign(bool wait) {
   assert(posted.size() <= foreign_outstanding_);
   foreign_outstanding_ -= static_cast<uint32_t>(posted.size());
   for (auto [req, result] : posted) req->done(req, result);
-  return static_cast<int>(posted.size());
+  return static_cast<int>(posted.size()) + (watched_ready ? 1 : 0);
 }
 
 }  // namespace edgestor

@@ -96,7 +96,17 @@ class UringQueue final : public IoQueue {
   // While foreign completions are outstanding, a poll of their eventfd sits
   // in the ring, so a thread waiting for the device also wakes for them.
   void ArmForeignWakeup();
-  bool IsForeignWakeup(const io_uring_cqe* cqe) const { return io_uring_cqe_get_data(cqe) == &foreign_wakeup_; }
+  // Polls for the fd WatchFd named, one per event (POLLIN, POLLOUT), so a
+  // waiting thread also wakes for its socket. One-shot; at most one of each
+  // sits in the ring, and one armed for an earlier wait still counts.
+  void ArmFdWakeups();
+  // A wakeup poll's completion (not a request's): returns true and notes
+  // that it left the ring; *watched: it was an fd's, not the eventfd's.
+  bool TakeWakeup(const io_uring_cqe* cqe, bool* watched);
+  bool IsWakeup(const io_uring_cqe* cqe) const {
+    void* data = io_uring_cqe_get_data(cqe);
+    return data == &foreign_wakeup_ || data == &fd_wakeup_[0] || data == &fd_wakeup_[1];
+  }
 
   FileDevice& device_;
   const int fd_;  // borrowed from device_
@@ -109,6 +119,9 @@ class UringQueue final : public IoQueue {
   bool polling_ = false;
   bool foreign_wakeup_armed_ = false;  // its poll is in the ring (not counted in in_ring_)
   char foreign_wakeup_ = 0;            // its address marks the poll's completion
+  // The same for the watched fd: [0] POLLIN, [1] POLLOUT.
+  bool fd_wakeup_armed_[2] = {false, false};
+  char fd_wakeup_[2] = {0, 0};
 };
 
 UringQueue::~UringQueue() {
@@ -121,7 +134,7 @@ UringQueue::~UringQueue() {
     if (rc < 0 && rc != -EINTR) break;
     io_uring_cqe* cqe = nullptr;
     while (in_ring_ > 0 && io_uring_peek_cqe(&ring_, &cqe) == 0) {
-      bool wakeup = IsForeignWakeup(cqe);
+      bool wakeup = IsWakeup(cqe);
       io_uring_cq_advance(&ring_, 1);
       if (!wakeup) in_ring_--;
     }
@@ -187,10 +200,10 @@ int UringQueue::Reap() {
   int n = 0;
   io_uring_cqe* cqe = nullptr;
   while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
-    if (IsForeignWakeup(cqe)) {
+    bool watched = false;
+    if (TakeWakeup(cqe, &watched)) {
       io_uring_cq_advance(&ring_, 1);
-      foreign_wakeup_armed_ = false;
-      n += RunForeign(/*wait=*/false);
+      n += watched ? 1 : RunForeign(/*wait=*/false);
       continue;
     }
     auto* req = static_cast<IoRequest*>(io_uring_cqe_get_data(cqe));
@@ -210,7 +223,10 @@ int UringQueue::Poll(bool wait) {
   int n = CompleteRejected();
   n += RunForeign(/*wait=*/false);
   FillRing();
-  if (wait && n == 0) ArmForeignWakeup();
+  if (wait && n == 0) {
+    ArmForeignWakeup();
+    ArmFdWakeups();
+  }
   SubmitToKernel(/*wait=*/wait && n == 0 && (in_ring_ > 0 || foreign_wakeup_armed_));
   n += Reap();
   // A wait can end early (a signal, a wakeup whose completion an earlier
@@ -235,6 +251,35 @@ void UringQueue::ArmForeignWakeup() {
   io_uring_prep_poll_add(sqe, foreign_fd(), POLLIN);
   io_uring_sqe_set_data(sqe, &foreign_wakeup_);
   foreign_wakeup_armed_ = true;
+}
+
+void UringQueue::ArmFdWakeups() {
+  auto [fd, events] = TakeWatch();
+  if (fd < 0) return;
+  const short kinds[2] = {POLLIN, POLLOUT};
+  for (int i = 0; i < 2; i++) {
+    if (!(events & kinds[i]) || fd_wakeup_armed_[i]) continue;
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) return;  // the SQ is full: device completions end this wait
+    io_uring_prep_poll_add(sqe, fd, kinds[i]);
+    io_uring_sqe_set_data(sqe, &fd_wakeup_[i]);
+    fd_wakeup_armed_[i] = true;
+  }
+}
+
+bool UringQueue::TakeWakeup(const io_uring_cqe* cqe, bool* watched) {
+  void* data = io_uring_cqe_get_data(cqe);
+  for (int i = 0; i < 2; i++) {
+    if (data != &fd_wakeup_[i]) continue;
+    assert(fd_wakeup_armed_[i]);
+    fd_wakeup_armed_[i] = false;
+    *watched = true;
+    return true;
+  }
+  if (data != &foreign_wakeup_) return false;
+  foreign_wakeup_armed_ = false;
+  *watched = false;
+  return true;
 }
 
 // Used where io_uring_queue_init is refused (seccomp, old kernels, memlock):

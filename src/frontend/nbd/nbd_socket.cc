@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cassert>
 #include <cerrno>
 #include <climits>
@@ -21,6 +22,11 @@ static_assert(kMaxWriteParts <= IOV_MAX);
 constexpr size_t kDiscardChunkBytes = 64 * 1024;
 
 Status Errno(int err, const char* what) { return Status(err, std::string(what) + " failed"); }
+
+int64_t NowMs() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
 
 }  // namespace
 
@@ -111,9 +117,14 @@ Status WriteAll(int fd, const void* buf, size_t len) {
 }
 
 SocketReader::SocketReader(int fd, const std::atomic<bool>& stopping)
-    : fd_(fd), stopping_(stopping), buffer_(std::make_unique_for_overwrite<uint8_t[]>(kBufferBytes)) {
+    : fd_(fd),
+      stopping_(stopping),
+      buffer_(std::make_unique_for_overwrite<uint8_t[]>(kBufferBytes)),
+      received_ms_(NowMs()) {
   assert(fd >= 0);
 }
+
+int64_t SocketReader::IdleMs() const { return NowMs() - received_ms_; }
 
 void SocketReader::ReceiveAvailable() {
   assert(buffered() < kBufferBytes);
@@ -163,6 +174,31 @@ Status SocketReader::Discard(uint64_t len, int idle_timeout_ms) {
   return Status::Ok();
 }
 
+void SocketReader::Skip(size_t len) {
+  assert(len <= buffered());
+  begin_ += len;
+  if (begin_ == end_) begin_ = end_ = 0;
+}
+
+size_t SocketReader::ReadAvailable(void* out, size_t len) {
+  auto* p = static_cast<uint8_t*>(out);
+  size_t done = Take(p, len);
+  if (done == len || failed()) return done;
+  if (len - done >= kDirectReadBytes) {
+    ssize_t n = ReceiveNow(p + done, len - done);
+    return done + (n > 0 ? static_cast<size_t>(n) : 0);
+  }
+  ReceiveAvailable();
+  return done + Take(p + done, len - done);
+}
+
+size_t SocketReader::DiscardAvailable(uint64_t len) {
+  if (buffered() == 0) ReceiveAvailable();
+  size_t n = static_cast<size_t>(std::min<uint64_t>(len, buffered()));
+  Skip(n);
+  return n;
+}
+
 // Hands out up to `len` buffered bytes.
 size_t SocketReader::Take(uint8_t* out, size_t len) {
   size_t n = std::min(len, buffered());
@@ -203,7 +239,10 @@ Status SocketReader::Receive(uint8_t* into, size_t len, int idle_timeout_ms, siz
 ssize_t SocketReader::ReceiveNow(uint8_t* into, size_t len) {
   assert(!failed() && len > 0);
   ssize_t n = ::recv(fd_, into, len, MSG_DONTWAIT);
-  if (n > 0) return n;
+  if (n > 0) {
+    received_ms_ = NowMs();
+    return n;
+  }
   if (n == 0) {
     error_ = Status(ENOTCONN, "client closed the connection");
     return -1;
@@ -211,6 +250,97 @@ ssize_t SocketReader::ReceiveNow(uint8_t* into, size_t len) {
   if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
   error_ = Errno(errno, "recv");
   return -1;
+}
+
+SocketWriter::SocketWriter(int fd) : fd_(fd) { assert(fd >= 0); }
+
+// A queue that never empties (a client always a little behind) would keep
+// growing at the back: drop the sent parts once they are most of it.
+void SocketWriter::Compact() {
+  if (head_ < 64 || head_ < parts_.size() / 2) return;
+  parts_.erase(parts_.begin(), parts_.begin() + static_cast<ptrdiff_t>(head_));
+  head_ = 0;
+}
+
+int64_t SocketWriter::StalledMs() const { return empty() ? 0 : NowMs() - progress_ms_; }
+
+void SocketWriter::Push(Part part) {
+  if (empty()) progress_ms_ = NowMs();  // the client's time to read starts now
+  parts_.push_back(part);
+}
+
+void SocketWriter::PushBorrowed(const void* data, size_t len, void* tag) {
+  assert(data != nullptr || len == 0);
+  Push({.data = static_cast<const uint8_t*>(data), .copy_offset = 0, .len = len, .tag = tag});
+}
+
+void SocketWriter::PushCopy(std::span<const iovec> parts) {
+  for (const iovec& part : parts) {
+    size_t offset = copies_.size();
+    auto* bytes = static_cast<const uint8_t*>(part.iov_base);
+    copies_.insert(copies_.end(), bytes, bytes + part.iov_len);
+    Push({.data = nullptr, .copy_offset = offset, .len = part.iov_len, .tag = nullptr});
+  }
+}
+
+Status SocketWriter::SendAvailable(std::vector<void*>* released) {
+  while (!empty()) {
+    iovec iov[kMaxWriteParts];
+    size_t count = 0;
+    size_t batch = 0;  // bytes offered
+    for (size_t i = head_; i < parts_.size() && count < kMaxWriteParts; i++) {
+      size_t skip = i == head_ ? head_sent_ : 0;
+      if (parts_[i].len == skip) continue;
+      iov[count++] = {const_cast<uint8_t*>(Start(parts_[i])) + skip, parts_[i].len - skip};
+      batch += parts_[i].len - skip;
+    }
+    ssize_t n = 0;
+    if (count > 0) {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = count;
+      n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      Status error = Errno(errno, "sendmsg");
+      DropAll(released);
+      return error;
+    }
+    Advance(n > 0 ? static_cast<size_t>(n) : 0, released);
+    if (n < 0 || static_cast<size_t>(n) < batch) break;  // the socket is full
+  }
+  return Status::Ok();
+}
+
+void SocketWriter::DropAll(std::vector<void*>* released) {
+  for (size_t i = head_; i < parts_.size(); i++)
+    if (parts_[i].tag) released->push_back(parts_[i].tag);
+  parts_.clear();
+  copies_.clear();
+  head_ = head_sent_ = 0;
+}
+
+// Moves past `sent` bytes: whole parts (reporting their tags, empty parts
+// included), then into a partial one.
+void SocketWriter::Advance(size_t sent, std::vector<void*>* released) {
+  if (sent > 0) progress_ms_ = NowMs();
+  while (head_ < parts_.size()) {
+    size_t rest = parts_[head_].len - head_sent_;
+    if (sent < rest) {
+      head_sent_ += sent;
+      Compact();
+      return;
+    }
+    sent -= rest;
+    if (parts_[head_].tag) released->push_back(parts_[head_].tag);
+    head_++;
+    head_sent_ = 0;
+  }
+  assert(sent == 0);
+  parts_.clear();  // keeps the capacity: no allocation on the next reply
+  copies_.clear();
+  head_ = 0;
 }
 
 }  // namespace edgestor::nbd

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "base/status.h"
 
@@ -74,6 +75,22 @@ class SocketReader {
   // Drops the next `len` bytes.
   Status Discard(uint64_t len, int idle_timeout_ms);
 
+  // ---- Without waiting (for a connection that also waits for its device)
+  // The buffered bytes, to parse a header before taking it.
+  const uint8_t* Peek() const { return buffer_.get() + begin_; }
+  // Drops `len` buffered bytes. REQUIRES: len <= buffered().
+  void Skip(size_t len);
+  // Up to `len` of the next bytes, from the buffer, then from one recv()
+  // straight into `out`. Returns how many; 0 with failed() if the stream
+  // ended or broke.
+  size_t ReadAvailable(void* out, size_t len);
+  // Drops up to `len` of the next bytes in the same way; returns how many.
+  size_t DiscardAvailable(uint64_t len);
+  // Why the stream ended (when failed()).
+  const Status& error() const { return error_; }
+  // Milliseconds since a recv() last brought bytes (or since construction).
+  int64_t IdleMs() const;
+
  private:
   // A remainder this long skips the buffer (a large write payload).
   static constexpr size_t kDirectReadBytes = kBufferBytes / 2;
@@ -89,6 +106,59 @@ class SocketReader {
   size_t begin_ = 0;  // buffered bytes are [begin_, end_)
   size_t end_ = 0;
   Status error_;  // of the recv() that failed
+  int64_t received_ms_;  // steady clock, when bytes last arrived
+};
+
+// Replies queued in order and sent without blocking, so that the thread
+// sending them can also take requests and reap its device while a slow
+// client reads. A part is either borrowed (the caller keeps its bytes alive
+// until SendAvailable reports its tag) or copied at once (small replies:
+// errors, block status). Copies are bounded by the caller: it stops taking
+// requests while copied_bytes() is above its limit.
+class SocketWriter {
+ public:
+  explicit SocketWriter(int fd);
+
+  bool empty() const { return head_ == parts_.size(); }
+  // Bytes held by copies not yet sent (and not yet reclaimed).
+  size_t copied_bytes() const { return copies_.size(); }
+  // How long the queue has waited for the client: since bytes last left,
+  // or since it stopped being empty. 0 when empty.
+  int64_t StalledMs() const;
+
+  // Queues `len` bytes at `data`. `tag`, if not null, is reported by
+  // SendAvailable once this part and everything before it has left.
+  void PushBorrowed(const void* data, size_t len, void* tag);
+  // Queues a copy of `parts`, in order.
+  void PushCopy(std::span<const iovec> parts);
+  // Sends without waiting as much as the socket takes now (one sendmsg()
+  // per kMaxWriteParts parts); appends the tags of the parts that left
+  // entirely to `released`. On a socket error everything queued is dropped
+  // (DropAll) and the error returned; a full socket is no error.
+  Status SendAvailable(std::vector<void*>* released);
+  // Forgets everything queued (the client is gone), releasing its tags.
+  void DropAll(std::vector<void*>* released);
+
+ private:
+  struct Part {
+    const uint8_t* data = nullptr;  // borrowed bytes, or null for a copy
+    size_t copy_offset = 0;         // a copy's place in copies_
+    size_t len = 0;
+    void* tag = nullptr;
+  };
+  const uint8_t* Start(const Part& part) const {
+    return part.data != nullptr ? part.data : copies_.data() + part.copy_offset;
+  }
+  void Advance(size_t sent, std::vector<void*>* released);
+  void Compact();
+  void Push(Part part);
+
+  const int fd_;
+  std::vector<Part> parts_;     // queued parts are [head_, size); reused
+  size_t head_ = 0;
+  size_t head_sent_ = 0;        // bytes of parts_[head_] already sent
+  std::vector<uint8_t> copies_;  // bytes of copied parts, reset when empty
+  int64_t progress_ms_ = 0;     // steady clock, when bytes last left
 };
 
 }  // namespace edgestor::nbd

@@ -88,6 +88,7 @@ class GatedQueue : public IoQueue {
   uint32_t InFlight() const override { return inner_->InFlight(); }
   void ExpectForeign(IoRequest* req) override { inner_->ExpectForeign(req); }
   void PostForeign(IoRequest* req, int result) override { inner_->PostForeign(req, result); }
+  void WatchFd(int fd, short events) override { inner_->WatchFd(fd, events); }
 
  private:
   std::unique_ptr<IoQueue> inner_;

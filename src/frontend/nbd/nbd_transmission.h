@@ -3,13 +3,17 @@
 //
 // Single-threaded: everything runs on the connection's thread, including
 // the completion callbacks, which run inside IoQueue::Poll or, for the
-// engine's synchronous paths (flush, discard, unaligned I/O, early errors),
-// inside Volume::Submit itself. That thread is the only writer of the
-// socket, so replies need no lock.
+// engine's synchronous paths (discard, unaligned I/O, early errors), inside
+// Volume::Submit itself. That thread is the only writer of the socket, so
+// replies need no lock.
 //
-// System calls per request are few: requests are parsed out of a receive
-// buffer that one recv() fills with all that has arrived, and the replies of
-// the requests one IoQueue::Poll completed leave in one sendmsg().
+// Nothing blocks the loop but its one wait: requests are taken from a
+// receive buffer as far as they have arrived (a write's payload over as
+// many rounds as it takes), replies leave without blocking as far as the
+// client reads them, and the wait covers the device, commits and the socket
+// at once (IoQueue::WatchFd). Socket and disk work overlap, and system calls
+// are few: one recv() takes in every pipelined request that has arrived,
+// one sendmsg() sends the replies of everything one Poll completed.
 #pragma once
 
 #include <sys/uio.h>
@@ -51,12 +55,14 @@ class NbdTransmission {
     uint64_t cookie = 0;
     uint64_t offset = 0;
     uint32_t length = 0;
+    bool bad_magic = false;  // not a request: the stream is out of step
   };
   // Longest header of a successful reply (a structured read's data chunk).
   static constexpr size_t kOkHeaderBytes = kChunkHeaderBytes + 8;
-  // A preallocated request in flight: the engine's VolumeIo and the buffer
-  // its data lives in, reused from request to request. Once it completed,
-  // it holds its reply's header until the reply has been sent.
+  // A preallocated request: the engine's VolumeIo and the buffer its data
+  // lives in, reused from request to request. It is free, receiving a
+  // write's payload, in flight, or replying: completed, its reply (header
+  // here, data in the buffer) queued until the client has taken it.
   struct Slot {
     VolumeIo io;
     NbdTransmission* owner = nullptr;
@@ -70,33 +76,54 @@ class NbdTransmission {
     std::string_view message;
   };
 
-  bool RequestWaiting();
-  void TakeRequest();
+  // Why TakeRequests stopped.
+  enum class Stall : uint8_t {
+    kInput,   // the next bytes have not arrived
+    kRoom,    // no slot, buffer room or reply room until completions or sends free some
+    kBudget,  // the daemon's shared budget is short, held by others
+    kClosed,  // taking no more requests
+  };
+
+  Stall TakeRequests();
+  bool HeaderBuffered();
+  Request PeekHeader() const;
+  // Takes `request`'s payload room (connection bound and shared budget);
+  // false, taking nothing, if it does not fit now.
+  bool ReserveRoom(const Request& request, Stall* stall);
+  void Dispatch(const Request& request);
   void TakeWrite(const Request& request);
+  bool ContinuePayload();
+  bool ContinueDiscard();
   void TakeBlockStatus(const Request& request);
   Rejection Check(const Request& request) const;
   uint32_t PayloadBytes(const Request& request) const;
-  // Waits until `bytes` fit the connection's bound, then takes them from
-  // the shared budget (if any), waiting for room there too.
-  void WaitForBufferSpace(uint32_t bytes);
-  // A free slot with a buffer for the request's payload; nullptr if that
-  // buffer cannot be allocated. May complete earlier requests first.
+  // A free slot with a buffer for the request's payload, whose room
+  // ReserveRoom took; nullptr (room given back) if that buffer cannot be
+  // allocated.
   Slot* AcquireSlot(const Request& request);
   void ReleaseSlot(Slot* slot);
   void Submit(Slot* slot);
   static void OnDone(VolumeIo* io, const Status& status);
   void Finish(Slot* slot, const Status& status);
 
+  // One wait: for the device (and commits) if anything is in flight, and
+  // for the socket as `stall` and the unsent replies ask.
+  void Wait(Stall stall);
+  void CheckTimeouts();
+  bool MidRequest() const;
+
   size_t OkHeader(const Request& request, uint8_t* header);
-  void ReplyOk(const Request& request, const uint8_t* data);
+  void ReplyOk(const Request& request);
   void QueueReply(Slot* slot);
-  void FlushReplies();
+  void SendReplies();
   void ReplyError(const Request& request, uint32_t error, std::string_view message);
-  void Send(std::span<const iovec> parts);
+  void ReplyCopy(std::span<const iovec> parts);
+  void ReleaseSent();
   void Close(std::string_view why, const Status& status = Status::Ok());
 
   const int fd_;
   SocketReader reader_;
+  SocketWriter writer_;
   Volume& volume_;
   IoQueue& queue_;
   const NbdSession session_;
@@ -106,17 +133,17 @@ class NbdTransmission {
   const uint64_t max_buffered_;
   InflightBudget* const shared_budget_;  // the daemon's (options.shared_budget), or null
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<Slot*> free_;       // slots neither in flight nor in unsent_
-  // Successful replies of completed requests, sent together by FlushReplies
-  // (one sendmsg for all a Poll round finished). Their slots are not free
-  // until then: the iovecs point into them.
-  std::vector<Slot*> unsent_;
-  std::vector<iovec> unsent_parts_;
+  std::vector<Slot*> free_;      // slots in none of the states below
+  Slot* receiving_ = nullptr;    // a write whose payload is still arriving
+  uint32_t received_ = 0;        // bytes of its payload taken so far
+  uint64_t discard_left_ = 0;    // payload bytes of a refused write still to drop
+  uint32_t inflight_ = 0;        // slots submitted and not yet completed
+  uint32_t replying_ = 0;        // completed slots whose reply is queued in writer_
+  std::vector<void*> released_;  // reused: slots whose reply has left
   std::vector<uint8_t> block_status_;  // reused BLOCK_STATUS payload
-  uint32_t inflight_ = 0;         // requests submitted and not yet completed
-  uint64_t buffered_bytes_ = 0;   // payload bytes of the slots not free
-  bool closing_ = false;          // take no more requests
-  bool broken_ = false;           // the socket failed: send no more replies
+  uint64_t buffered_bytes_ = 0;  // payload bytes of the slots not free
+  bool closing_ = false;         // take no more requests
+  bool broken_ = false;          // the socket failed: send no more replies
 };
 
 }  // namespace edgestor::nbd

@@ -381,6 +381,58 @@ TEST(NbdTransmission, RequestHeaderSentOneByteAtATimeIsReassembled) {
   EXPECT_EQ(data[3], Pattern(4096, 6));
 }
 
+// The server never waits for a payload: while a write's payload is still
+// arriving, the reply to an earlier read leaves. (A client is free to wait
+// for that reply before it sends the rest.)
+TEST(NbdTransmission, ReplyLeavesWhileAWritePayloadIsStillArriving) {
+  NbdServerHarness h;
+  auto c = h.Open();
+  ASSERT_EQ(c->Write(0, Pattern(4096, 3)), 0u);
+  Bytes both;
+  both.U32(kRequestMagic).U16(0).U16(kCmdRead).U64(1).U64(0).U32(4096);
+  both.U32(kRequestMagic).U16(0).U16(kCmdWrite).U64(2).U64(8192).U32(8192);
+  auto payload = Pattern(8192, 8);
+  both.v.insert(both.v.end(), payload.begin(), payload.begin() + 3000);
+  ASSERT_TRUE(c->Send(both.v));
+  uint64_t cookie = 0;
+  std::vector<uint8_t> block;
+  ASSERT_EQ(c->ReadReply(&cookie, 4096, &block), 0u);
+  EXPECT_EQ(cookie, 1u);
+  EXPECT_EQ(block, Pattern(4096, 3));
+  ASSERT_TRUE(c->SendRaw(payload.data() + 3000, payload.size() - 3000));
+  ASSERT_EQ(c->ReadReply(&cookie), 0u);
+  EXPECT_EQ(cookie, 2u);
+  ASSERT_EQ(c->Read(8192, 8192, &block), 0u);
+  EXPECT_EQ(block, payload);
+}
+
+// A client that sends and does not read its replies holds at most its
+// queue depth of requests: the server takes no more until replies leave,
+// then serves the rest in order.
+TEST(NbdTransmission, ClientNotReadingRepliesIsHeldToItsQueueDepth) {
+  constexpr uint32_t kDepth = 4;
+  NbdServerHarness h(NbdServerOptions{.queue_depth = kDepth});
+  auto c = h.Open();
+  constexpr uint32_t kReadBytes = 1 << 20;  // far more than the socket buffers hold
+  ASSERT_EQ(c->Write(0, Pattern(kReadBytes, 5)), 0u);
+  const uint64_t answered_before = h.server().stats().requests.load();
+  constexpr uint64_t kReads = 32;
+  Bytes reads;
+  for (uint64_t i = 0; i < kReads; i++) reads.U32(kRequestMagic).U16(0).U16(kCmdRead).U64(i).U64(0).U32(kReadBytes);
+  ASSERT_TRUE(c->Send(reads.v));
+  ::usleep(200'000);  // time to take every request it would take
+  uint64_t taken = h.server().stats().requests.load() - answered_before;
+  EXPECT_GE(taken, 1u);
+  EXPECT_LE(taken, kDepth);
+  for (uint64_t i = 0; i < kReads; i++) {
+    uint64_t cookie = 0;
+    std::vector<uint8_t> data;
+    ASSERT_EQ(c->ReadReply(&cookie, kReadBytes, &data), 0u);
+    EXPECT_EQ(cookie, i);  // one connection, completed in order here
+    ASSERT_EQ(data, Pattern(kReadBytes, 5));
+  }
+}
+
 TEST(NbdTransmission, DiscAnswersWhatCameBeforeAndCloses) {
   NbdServerHarness h;
   auto c = h.Open();
