@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # NBD benchmark: fio's nbd engine against `edgestor serve`, against qemu-nbd
 # serving a raw file (the limit of the transport) and against qemu-nbd serving
-# a thin qcow2 (what users have today), the same jobs in the same run.
+# a thin qcow2 (what users have today), the same jobs in the same run. The
+# 128 KiB sequential cases also run fio with io_uring and O_DIRECT on the raw
+# image itself: the limit of the disk, without any server.
 #
 #   bench/nbd-vs-qemu.sh                 all cases, 2 runs x 5 s per side (about 6-7 minutes)
 #   SECONDS=3 bench/nbd-vs-qemu.sh       shorter runs (BENCH_SECONDS works too)
@@ -187,6 +189,35 @@ print(f"  {side:5} {mode} qd{qd} run {run}: {value}, p99 {rec['p99_us']:.0f} µs
 EOF
 }
 
+# The limit of the disk: fio with io_uring and O_DIRECT straight on the raw
+# image (no server, no socket), for the 128 KiB sequential cases.
+# run_fio_file CASE QD RUN
+run_fio_file() {
+  local mode=$1 qd=$2 run=$3 out=$work/file-$1-qd$2-$3.json rw rc=0
+  [[ $mode == seqread ]] && rw=read || rw=write
+  timeout -k 10 "$fio_timeout" fio --name=file --ioengine=io_uring --direct=1 --filename="$work/raw-filled.img" \
+    --rw=$rw --bs=128k --iodepth="$qd" --size="$size" --runtime="$run_seconds" --time_based \
+    --output-format=json --output="$out" >"$out.err" 2>&1 || rc=$?
+  if ((rc != 0)); then
+    echo "  file $mode qd$qd run $run FAILED (fio exit $rc):" >&2
+    sed 's/^/    /' "$out.err" >&2
+    failed=1
+    return 0
+  fi
+  rm -f "$out.err"
+  python3 - "$mode" "$qd" "$run" "$out" >>"$results" <<'EOF'
+import json, sys
+mode, qd, run, path = sys.argv[1:5]
+d = json.load(open(path))["jobs"][0]["read" if mode == "seqread" else "write"]
+pct = d["clat_ns"].get("percentile", {}).get("99.000000")
+print(json.dumps({"side": "file", "mode": mode, "qd": int(qd), "run": int(run), "ios": d["total_ios"],
+                  "iops": d["iops"], "mib_s": d["bw_bytes"] / 2**20, "p99_us": pct / 1000.0 if pct else None,
+                  "cpu_us_per_io": None, "rss_kib": 0, "error": 0, "short": False}))
+print(f"  file  {mode} qd{qd} run {run}: {d['bw_bytes'] / 2**20:.0f} MiB/s (fio io_uring O_DIRECT on the raw file)",
+      file=sys.stderr)
+EOF
+}
+
 # Sequential 1 MiB writes over the whole export, through the server that
 # will serve it, so that all three have data everywhere it is read.
 prefill() {
@@ -255,6 +286,7 @@ for c in $cases; do
   mode=${c%:*} qd=${c#*:}
   echo "bench: $mode qd$qd"
   for ((run = 1; run <= runs; run++)); do
+    [[ $mode == seq* ]] && run_fio_file "$mode" "$qd" "$run"
     for side in $sides; do
       if [[ $mode != firstwrite ]]; then
         run_fio "$side" "$side" filled "$mode" "$qd" "$run"
@@ -323,7 +355,7 @@ verdict = lambda ok: "PASS" if ok else "MISS"
 header = ["case", "ours", "raw", "qcow2", "ours/raw", "ours/qcow2", "p99 µs ours/raw/qcow2",
           "server CPU µs/IO ours/raw/qcow2", "RSS MiB ours/raw/qcow2", "goals"]
 rows, details, notes = [], [], []
-for mode, qd in dict.fromkeys((r["mode"], r["qd"]) for r in recs):
+for mode, qd in dict.fromkeys((r["mode"], r["qd"]) for r in recs if r["side"] != "file"):
     by = {s: sorted((r for r in recs if (r["mode"], r["qd"], r["side"]) == (mode, qd, s)), key=lambda r: r["run"])
           for s in sides}
     key = "mib_s" if mode.startswith("seq") else "iops"
@@ -332,6 +364,8 @@ for mode, qd in dict.fromkeys((r["mode"], r["qd"]) for r in recs):
                       if by[s] else "-")
     r_raw, rr_raw = paired_ratio(by["ours"], by["raw"], key)
     r_q, rr_q = paired_ratio(by["ours"], by["qcow2"], key)
+    file_runs = sorted((r for r in recs if (r["mode"], r["qd"], r["side"]) == (mode, qd, "file")), key=lambda r: r["run"])
+    r_file, rr_file = paired_ratio(by["ours"], file_runs, key)
     cpu = {s: med(by[s], "cpu_us_per_io") for s in sides}
     cpu_ratio = cpu["ours"] / cpu["raw"] if cpu["ours"] is not None and cpu["raw"] else None
     goals = []
@@ -339,6 +373,10 @@ for mode, qd in dict.fromkeys((r["mode"], r["qd"]) for r in recs):
         goals.append(f"≥1.2x raw {verdict(r_raw >= 1.2)}")
     if (mode, qd) == ("firstwrite", 32) and r_q is not None:
         goals.append(f"≥4x qcow2 {verdict(r_q >= 4.0)}")
+    if mode.startswith("seq") and r_raw is not None:
+        goals.append(f"≥1.0x raw {verdict(r_raw >= 1.0)}")
+    if r_file is not None:
+        goals.append(f"{r_file:.2f}x fio on the file ({med(file_runs, key):,.0f} MiB/s) ≥0.5 {verdict(r_file >= 0.5)}")
     if cpu_ratio is not None:
         goals.append(f"CPU {cpu_ratio:.2f}x raw ≤0.6 {verdict(cpu_ratio <= 0.6)}")
     name = f"{mode} {'128K' if mode.startswith('seq') else '4K'} qd{qd}"
