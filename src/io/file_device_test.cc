@@ -380,47 +380,6 @@ TEST(FileDeviceTest, DirectIoOnTmpfsWorksOrFallsBack) {
   EXPECT_EQ(std::memcmp(in.get(), out.get(), 32768), 0);
 }
 
-// A watched fd ends a wait for the device or for foreign work: a front-end
-// waiting on its queue wakes for its client. The wait is one-shot.
-void ExpectWatchedFdEndsAWait(Device& device) {
-  auto queue = device.CreateQueue(8);
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe(pipe_fds), 0);
-  Completion foreign;
-  IoRequest foreign_req;
-  foreign_req.done = RecordCompletion;
-  foreign_req.context = &foreign;
-  queue->ExpectForeign(&foreign_req);  // keeps the queue waiting until posted
-  std::thread writer([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    char byte = 1;
-    EXPECT_EQ(::write(pipe_fds[1], &byte, 1), 1);
-  });
-  auto start = std::chrono::steady_clock::now();
-  int ran = 0;
-  while (ran == 0) {
-    queue->WatchFd(pipe_fds[0], POLLIN);
-    ran = queue->Poll(/*wait=*/true);
-  }
-  writer.join();
-  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(40));
-  EXPECT_EQ(foreign.calls, 0);  // the fd woke it, not the foreign work
-  queue->PostForeign(&foreign_req, 0);
-  while (foreign.calls == 0) queue->Poll(/*wait=*/true);  // no watch now: waits for the post
-  EXPECT_EQ(foreign.result, 0);
-  ::close(pipe_fds[0]);
-  ::close(pipe_fds[1]);
-}
-
-TEST(FileDeviceTest, WatchedFdEndsAWait) {
-  TempDir dir("/var/tmp");
-  auto device = Open(dir.File("watch"), 4 * kMiB);
-  ASSERT_NE(device, nullptr);
-  ExpectWatchedFdEndsAWait(*device);
-  FaultDevice memory(4 * kMiB);
-  ExpectWatchedFdEndsAWait(memory);
-}
-
 }  // namespace
 }  // namespace edgestor
 
