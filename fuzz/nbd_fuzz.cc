@@ -48,7 +48,7 @@ class FuzzProvider : public ExportProvider {
   std::vector<std::string> ListExports() override { return {"vol", "b"}; }
   Result<Volume*> AcquireExport(const std::string& name) override { return set_->FindVolume(name); }
   void ReleaseExport(Volume*) override {}
-  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override { return device_.CreateQueue(depth); }
+  std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) override { return set_->OpenChannel(depth); }
 
  private:
   FaultDevice device_;

@@ -61,7 +61,7 @@ struct Fixture {
     memory = vhost::GuestMemory::Map(table, std::span(&memfd, 1)).value();
     socket_path = "/tmp/edgestor-vhost-fuzz-" + std::to_string(::getpid()) + ".sock";
     vhost::VhostExportOptions options{socket_path, 2, false, "fuzz"};
-    exported = vhost::VhostBlkExport::Start(*volume, options, [this] { return device.CreateQueue(32); }).value();
+    exported = vhost::VhostBlkExport::Start(*volume, options, [this] { return set->OpenChannel(32); }).value();
   }
   FaultDevice device;
   std::unique_ptr<VolumeSet> set;
@@ -110,7 +110,7 @@ void RunRings(const uint8_t* data, size_t size) {
   size_t headers_at = 16 * kRing + 2 * (3 + kRing);
   if (size > headers_at) XorOver(f.guest + 16384, 64 * 3, data + headers_at, size - headers_at);
 
-  vhost::BlkSettings settings{f.volume, false, "fuzz", [&f] { return f.device.CreateQueue(32); }};
+  vhost::BlkSettings settings{f.volume, false, "fuzz", [&f] { return f.set->OpenChannel(32); }};
   vhost::BlkQueue queue(settings, 0);
   int kick = ::eventfd(0, EFD_CLOEXEC);
   vhost::Virtqueue::Layout layout{kRing, reinterpret_cast<uint64_t>(f.guest), reinterpret_cast<uint64_t>(avail),

@@ -13,7 +13,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "io/device.h"
 
 namespace edgestor {
 
@@ -51,13 +50,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   if (options.control_socket.empty()) options.control_socket = DefaultControlSocket(options.pool_path);
   if (options.nbd_socket.empty()) options.nbd_socket = DefaultNbdSocket(options.pool_path);
   ES_ASSIGN_OR_RETURN(int lock_fd, LockPool(options.pool_path));
-  auto device = OpenFileDevice(options.pool_path, FileDeviceOptions{});
-  if (!device.ok()) {
-    ::close(lock_fd);
-    return device.status().WithContext("cannot open pool " + options.pool_path);
-  }
-  auto pool = VolumeSet::Open(std::move(device).value(),
-                              PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes, .secret = options.secret});
+  auto pool = OpenPoolFile(options.pool_path,
+                           PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes, .secret = options.secret});
   if (!pool.ok()) {
     ::close(lock_fd);
     return pool.status().WithContext("cannot open pool " + options.pool_path);
@@ -152,7 +146,7 @@ void Daemon::ReleaseExport(Volume* volume) {
   released_.notify_all();
 }
 
-std::unique_ptr<IoQueue> Daemon::CreateQueue(uint32_t depth) { return pool_->device().CreateQueue(depth); }
+std::unique_ptr<VolumeChannel> Daemon::OpenChannel(uint32_t depth) { return pool_->OpenChannel(depth); }
 
 std::string Daemon::SerialOf(const Volume& volume) {
   std::string uuid = pool_->Info().uuid;
@@ -178,7 +172,7 @@ Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions
   if (options.serial.empty()) options.serial = SerialOf(*volume);
   if (volume->read_only()) options.read_only = true;  // a snapshot: the guest sees a read-only disk
   options.shared_budget = &inflight_budget_;
-  auto started = vhost::VhostBlkExport::Start(*volume, options, [this] { return CreateQueue(256); });
+  auto started = vhost::VhostBlkExport::Start(*volume, options, [this] { return OpenChannel(256); });
   if (!started.ok()) return started.status().WithContext("cannot export " + name + " on " + options.socket_path);
   vhost_exports_[options.socket_path] = std::move(started).value();
   spdlog::info("exporting volume {} as vhost-user-blk on {} ({} queues{})", name, options.socket_path, options.queues,

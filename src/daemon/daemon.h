@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "base/inflight_budget.h"
 #include "daemon/control_server.h"
 #include "frontend/nbd/nbd_server.h"
 #include "frontend/vhost/vhost_blk_export.h"
-#include "io/inflight_budget.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
@@ -63,7 +63,7 @@ class Daemon : public ExportProvider {
   bool HasExport(const std::string& name) override;
   Result<Volume*> AcquireExport(const std::string& name) override;
   void ReleaseExport(Volume* volume) override;
-  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override;
+  std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) override;
 
   // vhost-user-blk exports, added and removed at run time (export.* RPCs).
   Status AddVhostExport(const std::string& volume, vhost::VhostExportOptions options);

@@ -25,12 +25,13 @@
 #include <utility>
 #include <vector>
 
+#include "base/aligned_buffer.h"
 #include "base/status.h"
 
 namespace edgestor {
 
 inline constexpr uint32_t kSectorSize = 512;
-inline constexpr uint32_t kIoAlignment = 4096;
+inline constexpr uint32_t kIoAlignment = kBufferAlignment;
 
 enum class IoOp : uint8_t { kRead, kWrite, kFlush };
 
@@ -158,20 +159,5 @@ struct FileDeviceOptions {
 };
 
 Result<std::unique_ptr<Device>> OpenFileDevice(const std::string& path, const FileDeviceOptions& options);
-
-// An aligned heap buffer for device I/O.
-struct AlignedDeleter {
-  void operator()(uint8_t* p) const;
-};
-using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedDeleter>;
-// Returns a zero-filled buffer of `len` bytes aligned to kIoAlignment.
-// Throws std::bad_alloc: for the control path, where sizes are ours.
-AlignedBuffer AllocateAligned(size_t len);
-// The same without the exception (nullptr when memory is short): for sizes
-// a client or guest chose, which must get ENOMEM, not a dead daemon.
-AlignedBuffer TryAllocateAligned(size_t len);
-// Not zero-filled, nullptr when memory is short: for the data path's
-// bounce buffers, which are wholly overwritten before anything reads them.
-AlignedBuffer TryAllocateUninitialized(size_t len);
 
 }  // namespace edgestor

@@ -1,6 +1,7 @@
 #include "volume/committer.h"
 
 #include <cassert>
+#include <chrono>
 
 namespace edgestor {
 
@@ -60,7 +61,12 @@ void Committer::Loop() {
 }
 
 void Committer::CommitBatch(const std::vector<std::pair<IoRequest*, IoQueue*>>& batch) {
+  auto start = std::chrono::steady_clock::now();
   Status s = commit_();
+  auto ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+  commit_ns_total_.fetch_add(ns, std::memory_order_relaxed);
+  if (ns > commit_ns_max_.load(std::memory_order_relaxed)) commit_ns_max_.store(ns, std::memory_order_relaxed);
   commits_.fetch_add(1, std::memory_order_relaxed);
   waiters_served_.fetch_add(batch.size(), std::memory_order_relaxed);
   if (!s.ok()) {

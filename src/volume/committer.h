@@ -48,6 +48,10 @@ class Committer {
   // grouping achieved).
   uint64_t commits() const { return commits_.load(std::memory_order_relaxed); }
   uint64_t waiters_served() const { return waiters_served_.load(std::memory_order_relaxed); }
+  // Time spent in commits (device flush, journal, device flush), in total
+  // and the longest one: with commits(), the mean and worst commit latency.
+  uint64_t commit_ns_total() const { return commit_ns_total_.load(std::memory_order_relaxed); }
+  uint64_t commit_ns_max() const { return commit_ns_max_.load(std::memory_order_relaxed); }
 
  private:
   void Loop();
@@ -63,6 +67,8 @@ class Committer {
   std::string last_error_;                                 // GUARDED_BY(mu_)
   std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> waiters_served_{0};
+  std::atomic<uint64_t> commit_ns_total_{0};
+  std::atomic<uint64_t> commit_ns_max_{0};  // written by the committer thread only
   std::thread thread_;  // last: starts once the members above exist
 };
 

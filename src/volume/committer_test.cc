@@ -82,6 +82,8 @@ TEST(Committer, FlushesQueuedDuringACommitShareTheNextOne) {
   committer.Stop();
   EXPECT_EQ(committer.commits(), 2u) << "31 flushes queued behind one commit took more than one more";
   EXPECT_EQ(committer.waiters_served(), 32u);
+  EXPECT_GT(committer.commit_ns_max(), 0u);
+  EXPECT_GE(committer.commit_ns_total(), committer.commit_ns_max());
   for (const Waiter& w : waiters) {
     EXPECT_EQ(w.result, 0);
     EXPECT_EQ(w.ran_on, std::this_thread::get_id()) << "a completion ran off its queue's thread";

@@ -24,10 +24,14 @@ uint64_t ThinMap::SlotsFor(uint64_t clusters) { return (clusters + kEntriesPerMa
 Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
   assert(cluster < clusters_);
   Slot& slot = slots_[cluster / kEntriesPerMapPage];
-  if (slot.page) return slot.page.get();
+  if (slot.page) {
+    budget_.hits.fetch_add(1, std::memory_order_relaxed);
+    return slot.page.get();
+  }
   if (slot.block == 0 && !create) return static_cast<CachedPage*>(nullptr);
   auto page = std::make_unique<CachedPage>();
   if (slot.block != 0) {
+    budget_.misses.fetch_add(1, std::memory_order_relaxed);
     auto raw = std::make_unique<format::MapPage>();
     ES_RETURN_IF_ERROR(pool_.ReadMapPage(slot.block, slot.generation, raw.get()));
     std::memcpy(page->entries, raw->entries, sizeof page->entries);

@@ -25,11 +25,15 @@
 
 namespace edgestor {
 
-// Shared by all maps of a pool: how many pages are cached and dirty.
+// Shared by all maps of a pool: how many pages are cached and dirty, and
+// how often a lookup found its page cached or had to read it (a miss: a
+// synchronous map-page read on the looking thread).
 struct MapCacheBudget {
   uint64_t max_pages = 0;
   std::atomic<uint64_t> cached_pages{0};
   std::atomic<uint64_t> dirty_pages{0};
+  std::atomic<uint64_t> hits{0};
+  std::atomic<uint64_t> misses{0};
 };
 
 struct CachedPage {

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -85,5 +86,34 @@ class Volume {
 
 // Submits `io` and polls `queue` until it completes. For tools and tests.
 Status RunSync(Volume& volume, VolumeIo& io, IoQueue& queue);
+
+// One thread's way into the engine: it owns that thread's I/O queue (an
+// io_uring ring), so a front-end submits, waits and polls through the
+// volume API and needs nothing from the device layer. Used by one thread
+// only; the completions of what it submitted run inside its Poll (or, for
+// the engine's synchronous paths, inside Submit).
+class VolumeChannel {
+ public:
+  explicit VolumeChannel(std::unique_ptr<IoQueue> queue);
+  ~VolumeChannel();  // REQUIRES: nothing in flight
+  VolumeChannel(const VolumeChannel&) = delete;
+  VolumeChannel& operator=(const VolumeChannel&) = delete;
+
+  void Submit(Volume& volume, VolumeIo* io) { volume.Submit(io, *queue_); }
+  // Runs the callbacks of finished requests; with `wait`, first waits for
+  // one if any is in flight (or for the fd WatchFd named, if it is ready
+  // sooner). Returns how many callbacks ran (a ready fd counts one).
+  int Poll(bool wait) { return queue_->Poll(wait); }
+  // The next waiting Poll also ends once `fd` is ready for `events`
+  // (POLLIN/POLLOUT): a front-end waits for its device and its client at
+  // once. See IoQueue::WatchFd.
+  void WatchFd(int fd, short events) { queue_->WatchFd(fd, events); }
+  // Requests submitted and not yet completed.
+  uint32_t InFlight() const { return queue_->InFlight(); }
+  Status RunSync(Volume& volume, VolumeIo& io) { return edgestor::RunSync(volume, io, *queue_); }
+
+ private:
+  std::unique_ptr<IoQueue> queue_;
+};
 
 }  // namespace edgestor

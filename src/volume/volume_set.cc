@@ -273,6 +273,12 @@ PoolInfo VolumeSetImpl::Info() {
   info.background_delete_error = reclaim_error_;
   info.cached_map_pages = budget_.cached_pages;
   info.map_cache_limit_pages = budget_.max_pages;
+  info.map_cache_hits = budget_.hits.load(std::memory_order_relaxed);
+  info.map_cache_misses = budget_.misses.load(std::memory_order_relaxed);
+  info.group_commits = committer_->commits();
+  info.group_commit_waiters = committer_->waiters_served();
+  info.group_commit_ns_total = committer_->commit_ns_total();
+  info.group_commit_ns_max = committer_->commit_ns_max();
   return info;
 }
 
@@ -613,6 +619,15 @@ void VolumeSetImpl::UpdateMetadataReserve() {
   uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
   pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks, dirty + chain_blocks + kReserveSlackBlocks / 2);
 }
+
+Result<std::unique_ptr<VolumeSet>> OpenPoolFile(const std::string& path, const PoolOpenOptions& options) {
+  ES_ASSIGN_OR_RETURN(std::unique_ptr<Device> device, OpenFileDevice(path, FileDeviceOptions{}));
+  return VolumeSet::Open(std::move(device), options);
+}
+
+VolumeChannel::VolumeChannel(std::unique_ptr<IoQueue> queue) : queue_(std::move(queue)) { assert(queue_ != nullptr); }
+
+VolumeChannel::~VolumeChannel() { assert(queue_->InFlight() == 0 && "a channel destroyed with requests in flight"); }
 
 Status RunSync(Volume& volume, VolumeIo& io, IoQueue& queue) {
   struct Waiter {

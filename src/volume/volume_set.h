@@ -107,6 +107,15 @@ struct PoolInfo {
   std::string background_delete_error;
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
   uint64_t map_cache_limit_pages = 0;
+  // Data-path counters since the pool was opened: map-page lookups served
+  // from the cache and those that read the page; group commits, the
+  // FLUSH/FUA requests they served, their total and longest duration.
+  uint64_t map_cache_hits = 0;
+  uint64_t map_cache_misses = 0;
+  uint64_t group_commits = 0;
+  uint64_t group_commit_waiters = 0;
+  uint64_t group_commit_ns_total = 0;
+  uint64_t group_commit_ns_max = 0;
 };
 
 struct VolumeInfo {
@@ -237,7 +246,16 @@ class VolumeSet {
   virtual Status Checkpoint() = 0;
 
   virtual Device& device() = 0;
+  // A channel for one I/O thread (a front-end's connection or virtqueue),
+  // with a queue of `depth` requests on the pool's device.
+  std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) {
+    return std::make_unique<VolumeChannel>(device().CreateQueue(depth));
+  }
 };
+
+// Opens (and recovers) the pool in the file or block device at `path`,
+// with O_DIRECT where the file system allows it.
+Result<std::unique_ptr<VolumeSet>> OpenPoolFile(const std::string& path, const PoolOpenOptions& options);
 
 // Offline consistency check of a pool: labels, checkpoint, journal, maps and
 // space accounting (no cluster both free and mapped, none leaked, none mapped

@@ -225,10 +225,17 @@ TEST(Volume, SmallMapCacheStaysWithinBudgetAndReadsStayCorrect) {
   // One 4 KiB write per map page (255 clusters of 4 KiB each): 300 pages.
   for (uint64_t p = 0; p < 300; p++) ASSERT_TRUE(pool.Write(*v, p * 255 * 4096, Pattern(4096, p & 0xff)).ok());
   ASSERT_TRUE(pool.set().Checkpoint().ok());
+  uint64_t misses_before = pool.set().Info().map_cache_misses;
   for (uint64_t p = 0; p < 300; p++) {
     ASSERT_EQ(pool.Read(*v, p * 255 * 4096, 4096).value(), Pattern(4096, p & 0xff));
     EXPECT_LE(pool.set().Info().cached_map_pages, pool.set().Info().map_cache_limit_pages + 1);
   }
+  // At most 65 of the 300 pages stayed cached: the others were read again.
+  PoolInfo info = pool.set().Info();
+  EXPECT_GE(info.map_cache_misses - misses_before, 300u - info.map_cache_limit_pages - 1);
+  ASSERT_EQ(pool.Read(*v, 299 * 255 * 4096, 4096).value(), Pattern(4096, 299 & 0xff));  // just read: cached
+  EXPECT_GT(pool.set().Info().map_cache_hits, info.map_cache_hits);
+  EXPECT_EQ(pool.set().Info().map_cache_misses, info.map_cache_misses);
 }
 
 TEST(Volume, DescribeReportsWrittenRunsAndHoles) {

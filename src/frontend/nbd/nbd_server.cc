@@ -62,10 +62,10 @@ void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions
     return;
   }
   stats->sessions.fetch_add(1, std::memory_order_relaxed);
-  std::unique_ptr<IoQueue> queue = provider.CreateQueue(options.queue_depth);
-  if (queue) {
+  std::unique_ptr<VolumeChannel> channel = provider.OpenChannel(options.queue_depth);
+  if (channel) {
     if (attached) attached->store(session->volume);
-    nbd::NbdTransmission transmission(fd, *session->volume, *queue, *session, options, stopping, *stats);
+    nbd::NbdTransmission transmission(fd, *session->volume, *channel, *session, options, stopping, *stats);
     transmission.Run();
     if (attached) attached->store(nullptr);
   } else {

@@ -41,7 +41,7 @@
 //    between requests is kept as long as it likes.
 //
 // Threading: one thread per connection. That thread owns the connection's
-// socket and its own IoQueue (ExportProvider::CreateQueue), submits every
+// socket and its own VolumeChannel (ExportProvider::OpenChannel), submits every
 // request to the volume and writes every reply itself, so the data path
 // takes no lock of ours. An accept thread hands new connections out.
 //
@@ -60,10 +60,9 @@
 #include <thread>
 #include <vector>
 
+#include "base/inflight_budget.h"
 #include "base/status.h"
 #include "base/unix_socket.h"
-#include "io/device.h"
-#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor {
@@ -86,8 +85,8 @@ class ExportProvider {
   // meanwhile). ENOENT if there is none; ESHUTDOWN if the daemon stops.
   virtual Result<Volume*> AcquireExport(const std::string& name) = 0;
   virtual void ReleaseExport(Volume* volume) = 0;
-  // A queue for one connection's thread (device().CreateQueue(depth)).
-  virtual std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) = 0;
+  // A channel for one connection's thread (VolumeSet::OpenChannel).
+  virtual std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) = 0;
 };
 
 struct NbdServerOptions {
@@ -132,7 +131,7 @@ class NbdServer {
   Status ListenTcp(const std::string& host_port);
   uint16_t BoundTcpPort() const;  // 0 if not listening on TCP
 
-  // Starts the accept thread. Each connection gets its own thread and IoQueue.
+  // Starts the accept thread. Each connection gets its own thread and VolumeChannel.
   Status Start();
   // Disconnects every connection in transmission on `volume` the way Stop()
   // does (their requests in flight finish and are answered first), without

@@ -116,10 +116,10 @@ class TestExportProvider : public ExportProvider {
     EXPECT_GT(pins_, 0);
     pins_--;
   }
-  std::unique_ptr<IoQueue> CreateQueue(uint32_t depth) override {
+  std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) override {
     auto queue = set_.device().CreateQueue(depth);
-    if (!gate_) return queue;
-    return std::make_unique<GatedQueue>(std::move(queue), *gate_);
+    if (gate_) queue = std::make_unique<GatedQueue>(std::move(queue), *gate_);
+    return std::make_unique<VolumeChannel>(std::move(queue));
   }
   int pins() {
     std::lock_guard lock(mu_);

@@ -93,14 +93,14 @@ bool IsOrdinaryEnd(const Status& status) {
 
 }  // namespace
 
-NbdTransmission::NbdTransmission(int fd, Volume& volume, IoQueue& queue, const NbdSession& session,
+NbdTransmission::NbdTransmission(int fd, Volume& volume, VolumeChannel& channel, const NbdSession& session,
                                  const NbdServerOptions& options, const std::atomic<bool>& stopping,
                                  NbdStats& stats)
     : fd_(fd),
       reader_(fd, stopping),
       writer_(fd),
       volume_(volume),
-      queue_(queue),
+      channel_(channel),
       session_(session),
       stopping_(stopping),
       stats_(stats),
@@ -383,7 +383,7 @@ void NbdTransmission::Submit(Slot* slot) {
   slot->io.done = &NbdTransmission::OnDone;
   slot->io.context = slot;
   inflight_++;
-  volume_.Submit(&slot->io, queue_);  // may call OnDone before it returns
+  channel_.Submit(volume_, &slot->io);  // may call OnDone before it returns
 }
 
 void NbdTransmission::OnDone(VolumeIo* io, const Status& status) {
@@ -414,8 +414,8 @@ void NbdTransmission::Wait(Stall stall) {
     // that waiting for it cost a quarter of sequential throughput.
     bool large = buffered_bytes_ >= uint64_t{inflight_} * kWakeForRequestsBytes;
     short watch = events & (MidRequest() || large ? (POLLIN | POLLOUT) : POLLOUT);
-    if (watch) queue_.WatchFd(fd_, watch);
-    queue_.Poll(/*wait=*/true);
+    if (watch) channel_.WatchFd(fd_, watch);
+    channel_.Poll(/*wait=*/true);
     return;
   }
   // Nothing at the device: wait for the socket alone, in slices short

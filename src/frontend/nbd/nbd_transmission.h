@@ -1,8 +1,8 @@
 // NBD transmission phase of one connection: reads requests, submits them to
-// the volume through the connection's own IoQueue, writes the replies.
+// the volume through the connection's own VolumeChannel, writes the replies.
 //
 // Single-threaded: everything runs on the connection's thread, including
-// the completion callbacks, which run inside IoQueue::Poll or, for the
+// the completion callbacks, which run inside VolumeChannel::Poll or, for the
 // engine's synchronous paths (discard, unaligned I/O, early errors), inside
 // Volume::Submit itself. That thread is the only writer of the socket, so
 // replies need no lock.
@@ -11,7 +11,7 @@
 // receive buffer as far as they have arrived (a write's payload over as
 // many rounds as it takes), replies leave without blocking as far as the
 // client reads them, and the wait covers the device, commits and the socket
-// at once (IoQueue::WatchFd). Socket and disk work overlap, and system calls
+// at once (VolumeChannel::WatchFd). Socket and disk work overlap, and system calls
 // are few: one recv() takes in every pipelined request that has arrived,
 // one sendmsg() sends the replies of everything one Poll completed.
 #pragma once
@@ -28,15 +28,15 @@
 #include "frontend/nbd/nbd_handshake.h"
 #include "frontend/nbd/nbd_protocol.h"
 #include "frontend/nbd/nbd_socket.h"
-#include "io/inflight_budget.h"
-#include "io/device.h"
+#include "base/aligned_buffer.h"
+#include "base/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor::nbd {
 
 class NbdTransmission {
  public:
-  NbdTransmission(int fd, Volume& volume, IoQueue& queue, const NbdSession& session, const NbdServerOptions& options,
+  NbdTransmission(int fd, Volume& volume, VolumeChannel& channel, const NbdSession& session, const NbdServerOptions& options,
                   const std::atomic<bool>& stopping, NbdStats& stats);
   ~NbdTransmission();  // REQUIRES: Run() has returned (nothing in flight)
   NbdTransmission(const NbdTransmission&) = delete;
@@ -125,7 +125,7 @@ class NbdTransmission {
   SocketReader reader_;
   SocketWriter writer_;
   Volume& volume_;
-  IoQueue& queue_;
+  VolumeChannel& channel_;
   const NbdSession session_;
   const std::atomic<bool>& stopping_;
   NbdStats& stats_;

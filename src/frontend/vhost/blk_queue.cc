@@ -86,7 +86,7 @@ Status BlkQueue::Start(std::shared_ptr<const GuestMemory> memory, const Virtqueu
   }
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (stop_fd_ < 0) return Status(errno, "eventfd failed");
-  io_queue_ = settings_.make_io_queue();
+  channel_ = settings_.make_channel();
   kick_fd_ = kick_fd;
   stopping_ = false;
   broken_ = false;
@@ -102,7 +102,7 @@ uint16_t BlkQueue::Stop() {
   thread_.join();
   ::close(stop_fd_);
   stop_fd_ = -1;
-  io_queue_.reset();
+  channel_.reset();
   return ring_.last_avail_idx();
 }
 
@@ -143,8 +143,8 @@ void BlkQueue::Run() {
   while (!stopping_ || !parked_.empty()) {
     StartParked();
     bool took = !broken_ && !stopping_ && parked_.empty() && TakeAvailable();
-    if (io_queue_->InFlight() > 0) {
-      io_queue_->Poll(/*wait=*/true);
+    if (channel_->InFlight() > 0) {
+      channel_->Poll(/*wait=*/true);
       Notify();
       continue;
     }
@@ -161,7 +161,7 @@ void BlkQueue::Run() {
     if (fds[0].revents & POLLIN) (void)!::read(kick_fd_, &count, sizeof count);
   }
   // Stopping: requests already taken are finished and returned.
-  while (in_flight_ > 0 && io_queue_->InFlight() > 0) io_queue_->Poll(/*wait=*/true);
+  while (in_flight_ > 0 && channel_->InFlight() > 0) channel_->Poll(/*wait=*/true);
   Notify();
 }
 
@@ -174,7 +174,7 @@ void BlkQueue::StartParked() {
 }
 
 void BlkQueue::WaitForSharedBudget() {
-  assert(!parked_.empty() && io_queue_->InFlight() == 0);
+  assert(!parked_.empty() && channel_->InFlight() == 0);
   // Once stopping, stop_fd_ stays readable: just sleep.
   pollfd stop{stop_fd_, POLLIN, 0};
   ::poll(stopping_ ? nullptr : &stop, stopping_ ? 0 : 1, kBudgetRecheckMs);
@@ -285,7 +285,7 @@ void BlkQueue::Begin(uint16_t head) {
     default:
       return Finish(r, kBlkStatusUnsupported);
   }
-  settings_.volume->Submit(&io, *io_queue_);
+  channel_->Submit(*settings_.volume, &io);
 }
 
 void BlkQueue::StartData(Request* r) {
@@ -299,7 +299,7 @@ void BlkQueue::StartData(Request* r) {
   // A write's data is copied once, now: the guest cannot change it later.
   if (io.op == VolumeOp::kWrite) Gather(r->out, sizeof(BlkOutHeader), r->bounce.get(), io.length);
   io.buf = r->bounce.get();
-  settings_.volume->Submit(&io, *io_queue_);
+  channel_->Submit(*settings_.volume, &io);
 }
 
 void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {

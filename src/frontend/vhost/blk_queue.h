@@ -1,5 +1,5 @@
 // BlkQueue: serves one virtqueue of a vhost-user-blk device on its own
-// thread with its own IoQueue: takes the guest's requests, runs them on the
+// thread with its own VolumeChannel: takes the guest's requests, runs them on the
 // volume, returns them and interrupts the guest.
 //
 // A request's data is copied between guest memory and an aligned bounce
@@ -27,9 +27,9 @@
 #include <string>
 #include <thread>
 
+#include "base/aligned_buffer.h"
+#include "base/inflight_budget.h"
 #include "frontend/vhost/virtqueue.h"
-#include "io/device.h"
-#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor::vhost {
@@ -38,7 +38,7 @@ struct BlkSettings {
   Volume* volume = nullptr;
   bool read_only = false;
   std::string serial;  // GET_ID, at most 20 bytes
-  std::function<std::unique_ptr<IoQueue>()> make_io_queue;
+  std::function<std::unique_ptr<VolumeChannel>()> make_channel;
   uint64_t inflight_bytes = kDefaultQueueInflightBytes;  // this queue's budget
   InflightBudget* shared_budget = nullptr;  // also charged if given (the daemon's)
 };
@@ -102,7 +102,7 @@ class BlkQueue {
   const BlkSettings settings_;
   const uint32_t index_;
   Virtqueue ring_;
-  std::unique_ptr<IoQueue> io_queue_;
+  std::unique_ptr<VolumeChannel> channel_;
   int kick_fd_ = -1;
   int stop_fd_ = -1;  // eventfd: wakes the worker to stop
   std::mutex call_mu_;  // guards call_fd_ against a close while signalling

@@ -164,9 +164,9 @@ constexpr uint64_t kOfferedProtocolFeatures = kProtocolMq | kProtocolReplyAck | 
 // One front-end connection: its negotiated state and its queues.
 class Session {
  public:
-  Session(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<IoQueue>()> make_io_queue)
+  Session(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<VolumeChannel>()> make_channel)
       : volume_(volume), options_(options) {
-    BlkSettings settings{&volume, options.read_only, options.serial, std::move(make_io_queue),
+    BlkSettings settings{&volume, options.read_only, options.serial, std::move(make_channel),
                          options.queue_inflight_bytes, options.shared_budget};
     rings_.resize(options.queues);
     for (uint32_t i = 0; i < options.queues; i++) rings_[i].queue = std::make_unique<BlkQueue>(settings, i);
@@ -430,9 +430,9 @@ class Session {
 // The listening socket and the thread that serves one front-end at a time.
 class VhostBlkExport::Impl {
  public:
-  Impl(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<IoQueue>()> make_io_queue,
+  Impl(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<VolumeChannel>()> make_channel,
        int listen_fd)
-      : volume_(volume), options_(options), make_io_queue_(std::move(make_io_queue)), listen_fd_(listen_fd) {
+      : volume_(volume), options_(options), make_channel_(std::move(make_channel)), listen_fd_(listen_fd) {
     thread_ = std::thread(&Impl::Serve, this);
   }
   ~Impl() { Stop(); }
@@ -466,7 +466,7 @@ class VhostBlkExport::Impl {
       }
       spdlog::info("vhost-blk {}: front-end connected", options_.socket_path);
       {
-        Session session(volume_, options_, make_io_queue_);
+        Session session(volume_, options_, make_channel_);
         session.Run(connection.get());
       }  // queues drained and stopped before the next front-end
       {
@@ -479,7 +479,7 @@ class VhostBlkExport::Impl {
 
   Volume& volume_;
   const VhostExportOptions& options_;
-  std::function<std::unique_ptr<IoQueue>()> make_io_queue_;
+  std::function<std::unique_ptr<VolumeChannel>()> make_channel_;
   Fd listen_fd_;
   std::atomic<bool> stopping_{false};
   mutable std::mutex mu_;
@@ -488,14 +488,14 @@ class VhostBlkExport::Impl {
 };
 
 Result<std::unique_ptr<VhostBlkExport>> VhostBlkExport::Start(Volume& volume, VhostExportOptions options,
-                                                              std::function<std::unique_ptr<IoQueue>()> make_io_queue) {
+                                                              std::function<std::unique_ptr<VolumeChannel>()> make_channel) {
   if (options.queues == 0 || options.queues > kMaxQueues)
     return Status(EINVAL, "queues must be from 1 to " + std::to_string(kMaxQueues));
   if (options.serial.size() > kBlkIdBytes) return Status(EINVAL, "serial is longer than 20 bytes");
   if (options.queue_inflight_bytes == 0) return Status(EINVAL, "the per-queue in-flight budget must not be 0");
   ES_ASSIGN_OR_RETURN(int fd, ListenUnixSocket(options.socket_path, options.access));
   std::unique_ptr<VhostBlkExport> out(new VhostBlkExport(volume, std::move(options), nullptr));
-  out->impl_ = std::make_unique<Impl>(volume, out->options_, std::move(make_io_queue), fd);
+  out->impl_ = std::make_unique<Impl>(volume, out->options_, std::move(make_channel), fd);
   return out;
 }
 

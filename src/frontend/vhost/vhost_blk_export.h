@@ -10,10 +10,9 @@
 #include <memory>
 #include <string>
 
+#include "base/inflight_budget.h"
 #include "base/status.h"
 #include "base/unix_socket.h"
-#include "io/device.h"
-#include "io/inflight_budget.h"
 #include "volume/volume.h"
 
 namespace edgestor::vhost {
@@ -40,7 +39,7 @@ class VhostBlkExport {
   // file is replaced; anything else at the path is EEXIST, a live socket
   // EADDRINUSE), owned and with the mode options.access gives.
   static Result<std::unique_ptr<VhostBlkExport>> Start(Volume& volume, VhostExportOptions options,
-                                                       std::function<std::unique_ptr<IoQueue>()> make_io_queue);
+                                                       std::function<std::unique_ptr<VolumeChannel>()> make_channel);
   ~VhostBlkExport();  // Stop()
   // Disconnects the front-end, finishing requests in flight, and removes
   // the socket. Idempotent.

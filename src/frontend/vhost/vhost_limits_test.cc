@@ -169,7 +169,7 @@ TEST_F(VhostBlkTest, AStalledDiskHoldsNoMoreThanTheInflightBudget) {
   shared_budget_ = std::make_unique<InflightBudget>(kDefaultDaemonInflightBytes);
   VhostExportOptions options{socket_, 1, false, "hostile"};
   options.shared_budget = shared_budget_.get();
-  auto started = VhostBlkExport::Start(*big, options, [this] { return pool_.device().CreateQueue(64); });
+  auto started = VhostBlkExport::Start(*big, options, [this] { return pool_.set().OpenChannel(64); });
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   export_ = std::move(started).value();
   TestFrontEnd fe(socket_, 1, kRequest + 4 * kMiB);
@@ -246,7 +246,7 @@ TEST_F(VhostBlkTest, QueuesShareTheDaemonBudget) {
   shared_budget_ = std::make_unique<InflightBudget>(kShared);
   VhostExportOptions options{socket_, 2, false, "shared"};
   options.shared_budget = shared_budget_.get();
-  auto started = VhostBlkExport::Start(*volume_, options, [this] { return pool_.device().CreateQueue(64); });
+  auto started = VhostBlkExport::Start(*volume_, options, [this] { return pool_.set().OpenChannel(64); });
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   export_ = std::move(started).value();
   TestFrontEnd fe(socket_, 2);

@@ -10,7 +10,7 @@
 
 #include "frontend/vhost/testing/test_front_end.h"
 #include "frontend/vhost/vhost_blk_export.h"
-#include "io/inflight_budget.h"
+#include "base/inflight_budget.h"
 #include "volume/testing/test_pool.h"
 
 namespace edgestor::vhost::testing {
@@ -31,7 +31,7 @@ class VhostBlkTest : public ::testing::Test {
   }
   void StartExport(uint16_t queues = 1, bool read_only = false) {
     VhostExportOptions options{socket_, queues, read_only, "test-serial-01"};
-    auto started = VhostBlkExport::Start(*volume_, options, [this] { return pool_.device().CreateQueue(64); });
+    auto started = VhostBlkExport::Start(*volume_, options, [this] { return pool_.set().OpenChannel(64); });
     ASSERT_TRUE(started.ok()) << started.status().ToString();
     export_ = std::move(started).value();
   }

@@ -1,4 +1,4 @@
-#include "io/inflight_budget.h"
+#include "base/inflight_budget.h"
 
 #include <gtest/gtest.h>
 

@@ -1,11 +1,9 @@
-// Aligned, zero-filled heap buffers for device I/O (O_DIRECT needs both the
-// address and the length aligned).
 #include <cassert>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
-#include "io/device.h"
+#include "base/aligned_buffer.h"
 
 namespace edgestor {
 
@@ -16,7 +14,7 @@ namespace {
 // Round up so that a whole-buffer O_DIRECT transfer is always legal, and so
 // that a zero-length request still yields a usable, unique pointer.
 size_t Rounded(size_t len) {
-  return len == 0 ? kIoAlignment : (len + kIoAlignment - 1) / kIoAlignment * kIoAlignment;
+  return len == 0 ? kBufferAlignment : (len + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
 }
 
 }  // namespace
@@ -24,8 +22,8 @@ size_t Rounded(size_t len) {
 AlignedBuffer TryAllocateUninitialized(size_t len) {
   size_t rounded = Rounded(len);
   void* p = nullptr;
-  if (rounded < len || posix_memalign(&p, kIoAlignment, rounded) != 0) return nullptr;
-  assert(reinterpret_cast<uintptr_t>(p) % kIoAlignment == 0);
+  if (rounded < len || posix_memalign(&p, kBufferAlignment, rounded) != 0) return nullptr;
+  assert(reinterpret_cast<uintptr_t>(p) % kBufferAlignment == 0);
   return AlignedBuffer(static_cast<uint8_t*>(p));
 }
 
