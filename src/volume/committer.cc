@@ -21,10 +21,13 @@ void Committer::Enqueue(IoRequest* req, IoQueue& queue) {
 }
 
 void Committer::WantCheckpoint() {
+  // Asked after every I/O while a checkpoint is due: once it is wanted,
+  // later asks cost one load, not the lock.
+  if (checkpoint_wanted_.load(std::memory_order_relaxed)) return;
   {
     std::lock_guard lock(mu_);
-    if (checkpoint_wanted_) return;
-    checkpoint_wanted_ = true;
+    if (checkpoint_wanted_.load(std::memory_order_relaxed)) return;
+    checkpoint_wanted_.store(true, std::memory_order_relaxed);
   }
   wake_.notify_one();
 }
@@ -49,10 +52,10 @@ void Committer::Loop() {
     bool checkpoint = false;
     {
       std::unique_lock lock(mu_);
-      wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || checkpoint_wanted_; });
+      wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || checkpoint_wanted_.load(); });
       if (waiting_.empty() && stopping_) return;  // a wanted checkpoint is left to Close
       batch.swap(waiting_);
-      checkpoint = std::exchange(checkpoint_wanted_, false) && !stopping_;
+      checkpoint = checkpoint_wanted_.exchange(false) && !stopping_;
     }
     if (!batch.empty()) CommitBatch(batch);
     batch.clear();

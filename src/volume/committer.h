@@ -62,7 +62,7 @@ class Committer {
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::vector<std::pair<IoRequest*, IoQueue*>> waiting_;  // GUARDED_BY(mu_)
-  bool checkpoint_wanted_ = false;                         // GUARDED_BY(mu_)
+  std::atomic<bool> checkpoint_wanted_{false};             // written under mu_; read without it too
   bool stopping_ = false;                                  // GUARDED_BY(mu_)
   std::string last_error_;                                 // GUARDED_BY(mu_)
   std::atomic<uint64_t> commits_{0};

@@ -34,7 +34,55 @@ struct ThinVolume::SubIo {
   uint8_t* compressed_out = nullptr;
   uint64_t compressed_at = 0, compressed_length = 0;
   uint32_t page_changes = 0;
+  SubIo* next = nullptr;  // a read's sub-I/Os waiting to be submitted
 };
+
+namespace {
+
+// Sub-I/Os kept for reuse per thread, at most. A request's sub-I/Os are
+// taken on the thread that submits it and given back on the thread that
+// polls its queue, the same one: once warm, the data path allocates none.
+// Under AddressSanitizer none: a sub-I/O used after it finished must stay
+// detectable.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr size_t kRecycledSubIos = 0;
+#else
+constexpr size_t kRecycledSubIos = 256;
+#endif
+
+}  // namespace
+
+// The calling thread's recycled sub-I/Os.
+std::vector<ThinVolume::SubIo*>& ThinVolume::RecycledSubIos() {
+  struct Cache {
+    std::vector<SubIo*> free;
+    ~Cache() {
+      for (SubIo* sub : free) delete sub;
+    }
+  };
+  thread_local Cache cache;
+  return cache.free;
+}
+
+ThinVolume::SubIo* ThinVolume::NewSubIo() {
+  std::vector<SubIo*>& free = RecycledSubIos();
+  if (free.empty()) return new SubIo{};
+  SubIo* sub = free.back();
+  free.pop_back();
+  assert(sub->bounce == nullptr && sub->next == nullptr);
+  return sub;
+}
+
+void ThinVolume::RecycleSubIo(SubIo* sub) {
+  std::vector<SubIo*>& free = RecycledSubIos();
+  if (free.size() >= kRecycledSubIos) {
+    delete sub;
+    return;
+  }
+  *sub = SubIo{};  // drops its bounce buffer, if any
+  if (free.capacity() < kRecycledSubIos) free.reserve(kRecycledSubIos);
+  free.push_back(sub);
+}
 
 ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name,
                        uint64_t size, const format::VolumeAttributes& attributes)
@@ -129,7 +177,11 @@ static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_si
 
 void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
   io->progress.pending = 1;  // guard until every sub-I/O is submitted
-  std::vector<SubIo*> subs;
+  SubIo* subs = nullptr;  // in reverse order; submitted once the walk is done
+  auto add = [&subs](SubIo* sub) {
+    sub->next = subs;
+    subs = sub;
+  };
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
     uint8_t* dst = io->buf + (cluster * cluster_size_ + at - io->offset);
     std::lock_guard lock(mu_);
@@ -140,7 +192,7 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
     }
     format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
     if (format::IsCompressed(entry)) {
-      if (SubIo* sub = NewCompressedRead(io, page.value(), cluster, entry, at, n, dst)) subs.push_back(sub);
+      if (SubIo* sub = NewCompressedRead(io, page.value(), cluster, entry, at, n, dst)) add(sub);
       return;
     }
     // Walk the range, reading runs of written blocks and zero-filling the rest.
@@ -154,7 +206,7 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
       if (!written) {
         std::memset(dst + (pos - at), 0, run_end - pos);
       } else {
-        auto* sub = new SubIo{};
+        SubIo* sub = NewSubIo();
         sub->req.op = IoOp::kRead;
         sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + pos;
         sub->req.length = static_cast<uint32_t>(run_end - pos);
@@ -168,12 +220,17 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
         sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
         sub->page->pins++;
         io->progress.pending++;
-        subs.push_back(sub);
+        add(sub);
       }
       pos = run_end;
     }
   });
-  for (SubIo* sub : subs) SubmitSubIo(sub, queue);
+  while (subs) {
+    SubIo* sub = subs;
+    subs = sub->next;
+    sub->next = nullptr;
+    SubmitSubIo(sub, queue);
+  }
   ReleaseGuard(io);
 }
 
@@ -239,7 +296,7 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
 Result<ThinVolume::SubIo*> ThinVolume::BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster,
                                                          uint64_t at, uint64_t n) {
   ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
-  auto* sub = new SubIo{};
+  SubIo* sub = NewSubIo();
   sub->req.op = IoOp::kWrite;
   sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + at;
   sub->req.length = static_cast<uint32_t>(n);
@@ -287,7 +344,7 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
     io->progress.error = ENOMEM;
     return nullptr;
   }
-  auto* sub = new SubIo{};
+  SubIo* sub = NewSubIo();
   sub->bounce = std::move(frame);
   sub->req.op = IoOp::kRead;
   sub->req.offset = format::FirstBlock(entry) * kBlockSize;
@@ -406,7 +463,7 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     if (!s.ok()) result = -s.code();
   }
   if (result < 0 && io->progress.error == 0) io->progress.error = -result;
-  delete sub;
+  RecycleSubIo(sub);
   ReleaseGuard(io);
 }
 

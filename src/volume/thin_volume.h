@@ -108,6 +108,9 @@ class ThinVolume : public Volume {
  private:
   struct SubIo;
   struct ClusterRewrite;
+  static std::vector<SubIo*>& RecycledSubIos();
+  static SubIo* NewSubIo();
+  static void RecycleSubIo(SubIo* sub);
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
   void WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
