@@ -458,10 +458,34 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     }
   }
   if (result == 0 && sub->req.op == IoOp::kRead && !decoded) {
+    if (sub->compressed_out) {
+      // Decompressing a cluster is the costly step: a codec worker takes it
+      // if one has room, and the sub-I/O comes back through this queue.
+      sub->req.done = &ThinVolume::OnCompressedReadDecoded;
+      if (set_.codec_pool().TryOffload(&sub->req, *io->progress.queue, &ThinVolume::DecodeStep)) return;
+    }
     Status s = sub->compressed_out ? DecodeCompressedRead(sub)
                                    : codec_->Decrypt(sub->first_logical_block, std::span(sub->req.buf, sub->req.length));
     if (!s.ok()) result = -s.code();
   }
+  EndSubIo(sub, result);
+}
+
+// On a codec worker.
+int ThinVolume::DecodeStep(IoRequest* req) {
+  auto* sub = static_cast<SubIo*>(req->context);
+  Status s = sub->volume->DecodeCompressedRead(sub);
+  return s.ok() ? 0 : -s.code();
+}
+
+// Back on the submitter's thread, the frame decoded (or not).
+void ThinVolume::OnCompressedReadDecoded(IoRequest* req, int result) {
+  auto* sub = static_cast<SubIo*>(req->context);
+  sub->volume->EndSubIo(sub, result);
+}
+
+void ThinVolume::EndSubIo(SubIo* sub, int result) {
+  VolumeIo* io = sub->io;
   if (result < 0 && io->progress.error == 0) io->progress.error = -result;
   RecycleSubIo(sub);
   ReleaseGuard(io);

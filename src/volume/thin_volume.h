@@ -123,6 +123,8 @@ class ThinVolume : public Volume {
                                        uint64_t n, bool reencode);
   void StartRewrite(ClusterRewrite* rewrite);  // mu_ not held
   static void OnRewriteReadDone(IoRequest* req, int result);
+  static int ReencodeStep(IoRequest* req);  // on a codec worker
+  static void OnRewriteEncoded(IoRequest* req, int result);
   static void OnRewriteWriteDone(IoRequest* req, int result);
   Status MergeForCopy(ClusterRewrite* rewrite);
   Status ReencodeForRewrite(ClusterRewrite* rewrite);
@@ -157,6 +159,9 @@ class ThinVolume : public Volume {
   SubIo* NewCompressedRead(VolumeIo* io, CachedPage* page, uint64_t cluster, const format::MapEntry& entry,
                            uint64_t at, uint64_t n, uint8_t* dst);
   Status DecodeCompressedRead(SubIo* sub);
+  static int DecodeStep(IoRequest* req);  // on a codec worker
+  static void OnCompressedReadDecoded(IoRequest* req, int result);
+  void EndSubIo(SubIo* sub, int result);
   void SubmitSubIo(SubIo* sub, IoQueue& queue);
   static void OnSubIoDone(IoRequest* req, int result);
   void FinishSubIo(SubIo* sub, int result);

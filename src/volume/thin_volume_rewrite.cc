@@ -33,6 +33,7 @@
 
 #include "volume/cluster_bits.h"
 #include "volume/thin_volume.h"
+#include "volume/volume_set_impl.h"
 
 namespace edgestor {
 
@@ -123,8 +124,29 @@ void ThinVolume::OnRewriteReadDone(IoRequest* req, int result) {
   auto* rewrite = static_cast<ClusterRewrite*>(req->context);
   ThinVolume* volume = rewrite->volume;
   if (result < 0) return volume->FinishRewrite(rewrite, result);
+  if (rewrite->reencode) {
+    // Decoding and compressing a cluster is the costly step: a codec worker
+    // takes it if one has room; the rewrite comes back through this queue.
+    req->done = &ThinVolume::OnRewriteEncoded;
+    if (volume->set_.codec_pool().TryOffload(req, *rewrite->queue, &ThinVolume::ReencodeStep)) return;
+  }
   Status s = rewrite->reencode ? volume->ReencodeForRewrite(rewrite) : volume->MergeForCopy(rewrite);
-  if (!s.ok()) return volume->FinishRewrite(rewrite, -s.code());
+  OnRewriteEncoded(req, s.ok() ? 0 : -s.code());
+}
+
+// On a codec worker. Touches only the rewrite's own buffers, the codec and
+// the pool's allocator (which has its own lock).
+int ThinVolume::ReencodeStep(IoRequest* req) {
+  auto* rewrite = static_cast<ClusterRewrite*>(req->context);
+  Status s = rewrite->volume->ReencodeForRewrite(rewrite);
+  return s.ok() ? 0 : -s.code();
+}
+
+// The new content is ready (or failed): write it, or finish.
+void ThinVolume::OnRewriteEncoded(IoRequest* req, int result) {
+  auto* rewrite = static_cast<ClusterRewrite*>(req->context);
+  ThinVolume* volume = rewrite->volume;
+  if (result < 0) return volume->FinishRewrite(rewrite, result);
   if (rewrite->new_entry.phys_block == 0) return volume->FinishRewrite(rewrite, 0);  // now all zeros
   req->op = IoOp::kWrite;
   req->done = &ThinVolume::OnRewriteWriteDone;

@@ -100,6 +100,8 @@ Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t 
 
 VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
   budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
+  codec_pool_ = std::make_unique<CodecPool>(
+      options.codec_workers < 0 ? CodecPool::DefaultWorkers() : static_cast<unsigned>(options.codec_workers));
   committer_ = std::make_unique<Committer>([this] { return Flush(); }, [this] { CheckpointIfNeeded(); });
 }
 

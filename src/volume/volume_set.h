@@ -78,6 +78,9 @@ struct PoolOpenOptions {
   // Empty: the pool opens locked (encrypted volumes refuse I/O until Unlock).
   // A wrong secret fails the open with EACCES.
   PoolSecret secret;
+  // Threads that decompress and re-encode clusters beside the I/O threads
+  // (compressed volumes); -1: one fewer than the machine's cores.
+  int codec_workers = -1;
 };
 
 struct VolumeCreateOptions {

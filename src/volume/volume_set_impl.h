@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pool/pool.h"
+#include "volume/codec_pool.h"
 #include "volume/committer.h"
 #include "volume/checkpoint_codec.h"
 #include "volume/thin_map.h"
@@ -68,6 +69,8 @@ class VolumeSetImpl : public VolumeSet {
   void AfterIo();
   // FLUSH and FUA wait here for their group commit.
   Committer& committer() { return *committer_; }
+  // Compressed clusters are decoded and re-encoded here when it has room.
+  CodecPool& codec_pool() { return *codec_pool_; }
   // Recomputes the space kept back for the next checkpoint's metadata.
   void UpdateMetadataReserve();
   Status CheckUsable() const;
@@ -207,6 +210,7 @@ class VolumeSetImpl : public VolumeSet {
   // this time (steady_clock ticks).
   std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
+  std::unique_ptr<CodecPool> codec_pool_;
   std::unique_ptr<Committer> committer_;  // last: its thread uses the members above
 };
 
