@@ -26,6 +26,7 @@ struct BlkQueue::Request {
   uint64_t in_bytes = 0;     // writable bytes, status byte included
   uint64_t out_bytes = 0;
   AlignedBuffer bounce;
+  uint64_t bounce_capacity = 0;
   uint32_t written = 0;      // bytes written into the guest's buffers, status included
   uint64_t budgeted = 0;     // bytes taken from the budgets, given back in Finish
 };
@@ -156,13 +157,17 @@ void BlkQueue::Run() {
     if (stopping_) break;
     if (took || (!broken_ && ring_.ArmKick())) continue;  // more may have come meanwhile
     pollfd fds[2] = {{kick_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    // Idle: once no request came for a while, the kept buffers go back.
+    int rc = ::poll(fds, 2, bounce_cache_.kept_bytes() > 0 ? kIdleReleaseMs : -1);
+    if (rc == 0) bounce_cache_.Clear();
+    if (rc < 0 && errno != EINTR) break;
     uint64_t count;
     if (fds[0].revents & POLLIN) (void)!::read(kick_fd_, &count, sizeof count);
   }
   // Stopping: requests already taken are finished and returned.
   while (in_flight_ > 0 && channel_->InFlight() > 0) channel_->Poll(/*wait=*/true);
   Notify();
+  bounce_cache_.Clear();
 }
 
 void BlkQueue::StartParked() {
@@ -199,7 +204,7 @@ bool BlkQueue::TakeAvailable() {
 }
 
 void BlkQueue::Begin(uint16_t head) {
-  auto* r = new Request{};
+  Request* r = NewRequest();
   r->queue = this;
   r->head = head;
   in_flight_++;
@@ -291,7 +296,7 @@ void BlkQueue::Begin(uint16_t head) {
 void BlkQueue::StartData(Request* r) {
   VolumeIo& io = r->io;
   assert(r->budgeted == io.length && (io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite));
-  r->bounce = TryAllocateUninitialized(io.length);  // wholly overwritten before use
+  r->bounce = bounce_cache_.Take(io.length, &r->bounce_capacity);  // wholly overwritten before use
   if (!r->bounce) {
     spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, io.length);
     return Finish(r, kBlkStatusIoErr);
@@ -314,7 +319,7 @@ void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {
 void BlkQueue::Finish(Request* r, uint8_t status) {
   // The bounce buffer is done with (a read's data is in the guest's buffers):
   // its memory and budget are free before the guest sees the request return.
-  r->bounce.reset();
+  if (r->bounce) bounce_cache_.Give(std::move(r->bounce), r->bounce_capacity);
   if (r->budgeted) ReleaseBoth(budget_, settings_.shared_budget, r->budgeted);
   if (r->in_bytes > 0) {
     *StatusByte(r->in) = status;
@@ -329,7 +334,31 @@ void BlkQueue::Finish(Request* r, uint8_t status) {
   }
   pushed_ = true;
   in_flight_--;
-  delete r;
+  Recycle(r);
+}
+
+// Requests are reused (with their segment lists' capacity): the ring's
+// size of them at most.
+BlkQueue::Request* BlkQueue::NewRequest() {
+  if (spare_requests_.empty()) return new Request{};
+  Request* r = spare_requests_.back().release();
+  spare_requests_.pop_back();
+  return r;
+}
+
+void BlkQueue::Recycle(Request* r) {
+  assert(!r->bounce);
+  if (spare_requests_.size() >= ring_.size()) {
+    delete r;
+    return;
+  }
+  std::vector<Segment> in = std::move(r->in), out = std::move(r->out);
+  *r = Request{};
+  r->in = std::move(in);
+  r->out = std::move(out);
+  r->in.clear();
+  r->out.clear();
+  spare_requests_.emplace_back(r);
 }
 
 void BlkQueue::Notify() {

@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "base/aligned_buffer.h"
+#include "base/bounce_cache.h"
 #include "base/inflight_budget.h"
 #include "frontend/vhost/virtqueue.h"
 #include "volume/volume.h"
@@ -47,6 +48,11 @@ struct BlkSettings {
 inline constexpr uint32_t kSegMax = 126;
 inline constexpr uint32_t kMaxRequestBytes = 32u << 20;  // the engine's kMaxIoBytes
 inline constexpr uint32_t kMaxDiscardSectors = (32u << 20) / 512;
+// Bounce buffers a queue keeps between requests (a QD8 1 MiB stream reuses
+// its buffers instead of mapping fresh pages per request), and how long the
+// queue must be idle before it gives them back.
+inline constexpr uint64_t kKeptBounceBytes = 8ull << 20;
+inline constexpr int kIdleReleaseMs = 1000;
 // How often a queue with parked requests and nothing of its own in flight
 // looks again for room in the shared budget.
 inline constexpr int kBudgetRecheckMs = 5;
@@ -89,6 +95,8 @@ class BlkQueue {
   // for other queues to free shared budget.
   void WaitForSharedBudget();
   void Finish(Request* request, uint8_t status);
+  Request* NewRequest();
+  void Recycle(Request* request);
   static void OnVolumeIoDone(VolumeIo* io, const Status& status);
   void Notify();
 
@@ -111,6 +119,8 @@ class BlkQueue {
   uint32_t in_flight_ = 0;  // requests taken and not yet returned (parked ones included)
   InflightBudget budget_;
   std::deque<Request*> parked_;  // taken, waiting for budget; nothing is popped meanwhile
+  BounceCache bounce_cache_{kKeptBounceBytes};
+  std::vector<std::unique_ptr<Request>> spare_requests_;  // finished, kept for reuse
   bool broken_ = false;     // the guest broke the ring; wait to be stopped
   bool pushed_ = false;     // used entries since the last Notify
   InflightQueueHeader* inflight_ = nullptr;  // null: no tracking
