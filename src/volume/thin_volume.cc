@@ -35,6 +35,66 @@ struct ThinVolume::SubIo {
   uint64_t compressed_at = 0, compressed_length = 0;
   uint32_t page_changes = 0;
   SubIo* next = nullptr;  // a read's sub-I/Os waiting to be submitted
+  // Merged into one device I/O (SubIoBatch): the sub-I/Os after this one,
+  // and this one's own length while `req` covers them all.
+  SubIo* merged = nullptr;
+  uint32_t own_length = 0;
+};
+
+// Sub-I/Os of one request that follow each other both on the device and in
+// the request's buffer go to the device as one I/O: a 1 MiB write into
+// fresh, consecutive clusters is one write, not sixteen, and a sequential
+// read of two clusters one read. Each still finishes on its own (its map
+// entry, its written bits). Sub-I/Os with a buffer of their own (encrypted
+// writes, compressed reads) are never merged.
+class ThinVolume::SubIoBatch {
+ public:
+  explicit SubIoBatch(IoQueue& queue) : queue_(queue) {}
+  ~SubIoBatch() { Flush(); }
+  SubIoBatch(const SubIoBatch&) = delete;
+  SubIoBatch& operator=(const SubIoBatch&) = delete;
+
+  void Add(SubIo* sub) {
+    bool mergeable = !sub->bounce && !sub->compressed_out;
+    if (head_ && mergeable && sub->req.op == head_->req.op && sub->req.offset == end_offset_ &&
+        sub->req.buf == end_buf_ && uint64_t{length_} + sub->req.length <= kMaxMergedBytes) {
+      tail_->merged = sub;
+      tail_ = sub;
+      Extend(sub);
+      return;
+    }
+    Flush();
+    if (!mergeable) return ThinVolume::SubmitSubIo(sub, queue_);
+    head_ = tail_ = sub;
+    length_ = 0;
+    end_offset_ = sub->req.offset;
+    end_buf_ = sub->req.buf;
+    Extend(sub);
+  }
+
+  void Flush() {
+    if (!head_) return;
+    head_->own_length = head_->req.length;
+    head_->req.length = length_;
+    SubIo* head = head_;
+    head_ = tail_ = nullptr;
+    ThinVolume::SubmitSubIo(head, queue_);
+  }
+
+ private:
+  static constexpr uint64_t kMaxMergedBytes = 4 << 20;
+  void Extend(SubIo* sub) {
+    length_ += sub->req.length;
+    end_offset_ += sub->req.length;
+    end_buf_ += sub->req.length;
+  }
+
+  IoQueue& queue_;
+  SubIo* head_ = nullptr;
+  SubIo* tail_ = nullptr;
+  uint32_t length_ = 0;  // of the whole run
+  uint64_t end_offset_ = 0;
+  uint8_t* end_buf_ = nullptr;
 };
 
 namespace {
@@ -177,10 +237,11 @@ static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_si
 
 void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
   io->progress.pending = 1;  // guard until every sub-I/O is submitted
-  SubIo* subs = nullptr;  // in reverse order; submitted once the walk is done
-  auto add = [&subs](SubIo* sub) {
-    sub->next = subs;
-    subs = sub;
+  SubIo* subs = nullptr;  // in order; submitted once the walk is done
+  SubIo** last = &subs;
+  auto add = [&last](SubIo* sub) {
+    *last = sub;
+    last = &sub->next;
   };
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
     uint8_t* dst = io->buf + (cluster * cluster_size_ + at - io->offset);
@@ -225,21 +286,27 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
       pos = run_end;
     }
   });
-  while (subs) {
-    SubIo* sub = subs;
-    subs = sub->next;
-    sub->next = nullptr;
-    SubmitSubIo(sub, queue);
+  {
+    SubIoBatch batch(queue);
+    while (subs) {
+      SubIo* sub = subs;
+      subs = sub->next;
+      sub->next = nullptr;
+      batch.Add(sub);
+    }
   }
   ReleaseGuard(io);
 }
 
 void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
   io->progress.pending = 1;  // guard until every cluster's part is started
-  ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
-    if (io->progress.error) return;
-    WriteCluster(io, queue, cluster, at, n);
-  });
+  {
+    SubIoBatch batch(queue);
+    ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
+      if (io->progress.error) return;
+      WriteCluster(io, queue, cluster, at, n, &batch);
+    });
+  }
   ReleaseGuard(io);
 }
 
@@ -250,7 +317,8 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
 // synchronously while a snapshot is being taken. Also restarts the part of
 // a rewrite that lost a race (see FinishRewrite). Errors go to
 // io->progress.
-void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n) {
+void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n,
+                              SubIoBatch* batch) {
   assert(at % kBlockSize == 0 && n % kBlockSize == 0 && at + n <= cluster_size_);
   const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
   if (n == cluster_size_ && IsAllZero(src, n)) {
@@ -289,7 +357,7 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
     if (!s.ok()) io->progress.error = s.code();
   }
   if (rewrite) StartRewrite(rewrite);
-  if (sub) SubmitInPlaceWrite(sub, queue);
+  if (sub) SubmitInPlaceWrite(sub, queue, batch);
 }
 
 // REQUIRES: mu_ held; the cluster plain and owned by this volume alone.
@@ -316,7 +384,7 @@ Result<ThinVolume::SubIo*> ThinVolume::BeginInPlaceWrite(VolumeIo* io, CachedPag
 
 // Outside the lock: encrypts into a bounce buffer if the volume is
 // encrypted (the tweak depends only on the position), then submits.
-void ThinVolume::SubmitInPlaceWrite(SubIo* sub, IoQueue& queue) {
+void ThinVolume::SubmitInPlaceWrite(SubIo* sub, IoQueue& queue, SubIoBatch* batch) {
   if (codec_->encrypted()) {
     std::span<const uint8_t> plain(sub->req.buf, sub->req.length);
     sub->bounce = TryAllocateUninitialized(plain.size());  // wholly overwritten by the ciphertext
@@ -325,6 +393,7 @@ void ThinVolume::SubmitInPlaceWrite(SubIo* sub, IoQueue& queue) {
     if (!s.ok()) return FinishSubIo(sub, -s.code());
     sub->req.buf = sub->bounce.get();
   }
+  if (batch) return batch->Add(sub);
   SubmitSubIo(sub, queue);
 }
 
@@ -423,7 +492,15 @@ void ThinVolume::SubmitSubIo(SubIo* sub, IoQueue& queue) {
 
 void ThinVolume::OnSubIoDone(IoRequest* req, int result) {
   auto* sub = static_cast<SubIo*>(req->context);
-  sub->volume->FinishSubIo(sub, result);
+  if (sub->merged) sub->req.length = sub->own_length;  // each finishes as itself
+  // Read the chain before finishing: a finished sub-I/O is recycled, and
+  // the last one may complete (and free) the request.
+  while (sub) {
+    SubIo* next = sub->merged;
+    sub->merged = nullptr;
+    sub->volume->FinishSubIo(sub, result);
+    sub = next;
+  }
 }
 
 // Runs on the polling thread for each finished sub-I/O. All sub-I/Os of a

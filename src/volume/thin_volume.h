@@ -113,9 +113,13 @@ class ThinVolume : public Volume {
   static void RecycleSubIo(SubIo* sub);
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
-  void WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
+  class SubIoBatch;
+  // `batch`: where an in-place write's sub-I/O goes, to be merged with its
+  // neighbours; null: submitted at once.
+  void WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n,
+                    SubIoBatch* batch = nullptr);
   Result<SubIo*> BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n);
-  void SubmitInPlaceWrite(SubIo* sub, IoQueue& queue);
+  void SubmitInPlaceWrite(SubIo* sub, IoQueue& queue, SubIoBatch* batch);
 
   // ---- Asynchronous rewrites: copy-on-write, re-encoding (thin_volume_rewrite.cc) ----
   // REQUIRES: mu_ held. Without `reencode`, `cluster` is plain and shared.
@@ -162,7 +166,7 @@ class ThinVolume : public Volume {
   static int DecodeStep(IoRequest* req);  // on a codec worker
   static void OnCompressedReadDecoded(IoRequest* req, int result);
   void EndSubIo(SubIo* sub, int result);
-  void SubmitSubIo(SubIo* sub, IoQueue& queue);
+  static void SubmitSubIo(SubIo* sub, IoQueue& queue);
   static void OnSubIoDone(IoRequest* req, int result);
   void FinishSubIo(SubIo* sub, int result);
   void ReleaseGuard(VolumeIo* io);

@@ -238,6 +238,37 @@ TEST(Volume, SmallMapCacheStaysWithinBudgetAndReadsStayCorrect) {
   EXPECT_EQ(pool.set().Info().map_cache_misses, info.map_cache_misses);
 }
 
+// Clusters that follow each other on the device and in the request's
+// buffer are one device I/O: a 1 MiB write into fresh space is one write,
+// and reading it back one read; each cluster is still mapped on its own.
+TEST(Volume, ConsecutiveClustersGoToTheDeviceAsOneIo) {
+  TestPool pool(64 * kMiB);  // 64 KiB clusters: 16 per MiB
+  Volume* v = pool.set().CreateVolume("v", 16 * kMiB).value();
+  DeviceStats before = pool.device().stats();
+  ASSERT_TRUE(pool.Write(*v, kMiB, Pattern(kMiB, 3)).ok());
+  DeviceStats after = pool.device().stats();
+  EXPECT_EQ(after.writes - before.writes, 1u);
+  EXPECT_EQ(after.bytes_written - before.bytes_written, kMiB);
+  before = after;
+  EXPECT_EQ(pool.Read(*v, kMiB - 65536, kMiB + 131072).value(),  // with a hole on each side
+            [] {
+              std::vector<uint8_t> expected(kMiB + 131072, 0);
+              auto data = Pattern(kMiB, 3);
+              std::copy(data.begin(), data.end(), expected.begin() + 65536);
+              return expected;
+            }());
+  after = pool.device().stats();
+  EXPECT_EQ(after.reads - before.reads, 1u);
+  // Every cluster is mapped, and survives a reopen.
+  ASSERT_TRUE(pool.Flush(*v).ok());
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  v = pool.set().FindVolume("v").value();
+  EXPECT_EQ(pool.Read(*v, kMiB, kMiB).value(), Pattern(kMiB, 3));
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->problems[0];
+}
+
 TEST(Volume, DescribeReportsWrittenRunsAndHoles) {
   TestPool pool(64 * kMiB);
   Volume* v = pool.set().CreateVolume("v", 4 * kMiB).value();
