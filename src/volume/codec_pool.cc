@@ -14,14 +14,15 @@ constexpr size_t kWaitingPerWorker = 2;
 
 }  // namespace
 
-CodecPool::CodecPool(unsigned workers) : max_waiting_(size_t{workers} * kWaitingPerWorker) {
+CodecPool::CodecPool(unsigned workers)
+    : max_waiting_(size_t{workers} * kWaitingPerWorker), waiting_(size_t{workers} * kWaitingPerWorker) {
   for (unsigned i = 0; i < workers; i++) workers_.emplace_back(&CodecPool::Work, this);
 }
 
 CodecPool::~CodecPool() {
   {
     std::lock_guard lock(mu_);
-    assert(waiting_.empty() && "codec steps still waiting: their requests would never complete");
+    assert(count_ == 0 && "codec steps still waiting: their requests would never complete");
     stopping_ = true;
   }
   wake_.notify_all();
@@ -44,12 +45,13 @@ bool CodecPool::TryOffload(IoRequest* req, IoQueue& queue, Step step) {
   }
   {
     std::lock_guard lock(mu_);
-    if (waiting_.size() >= max_waiting_ || stopping_) {
+    if (count_ >= max_waiting_ || stopping_) {
       refused_.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
     queue.ExpectForeign(req);  // before a worker can post it
-    waiting_.push_back({req, &queue, step});
+    waiting_[(head_ + count_) % waiting_.size()] = {req, &queue, step};
+    count_++;
   }
   offloaded_.fetch_add(1, std::memory_order_relaxed);
   wake_.notify_one();
@@ -61,10 +63,11 @@ void CodecPool::Work() {
     Job job;
     {
       std::unique_lock lock(mu_);
-      wake_.wait(lock, [this] { return stopping_ || !waiting_.empty(); });
-      if (waiting_.empty()) return;  // stopping, and nothing left
-      job = waiting_.front();
-      waiting_.pop_front();
+      wake_.wait(lock, [this] { return stopping_ || count_ > 0; });
+      if (count_ == 0) return;  // stopping, and nothing left
+      job = waiting_[head_];
+      head_ = (head_ + 1) % waiting_.size();
+      count_--;
     }
     int result = job.step(job.req);
     assert(result <= 0);

@@ -15,7 +15,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -50,16 +49,20 @@ class CodecPool {
 
  private:
   struct Job {
-    IoRequest* req;
-    IoQueue* queue;
-    Step step;
+    IoRequest* req = nullptr;
+    IoQueue* queue = nullptr;
+    Step step = nullptr;
   };
   void Work();
 
   const size_t max_waiting_;
   std::mutex mu_;
   std::condition_variable wake_;
-  std::deque<Job> waiting_;  // GUARDED_BY(mu_)
+  // Steps waiting, a ring of max_waiting_ entries allocated once (no
+  // allocation per step): [head_, head_ + count_) modulo its size.
+  std::vector<Job> waiting_;  // GUARDED_BY(mu_)
+  size_t head_ = 0;           // GUARDED_BY(mu_)
+  size_t count_ = 0;          // GUARDED_BY(mu_)
   bool stopping_ = false;    // GUARDED_BY(mu_)
   std::atomic<uint64_t> offloaded_{0};
   std::atomic<uint64_t> refused_{0};
