@@ -10,8 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "volume/checkpoint_codec.h"
 #include "volume/cluster_bits.h"
-#include "volume/volume_set_impl.h"
 
 namespace edgestor {
 
@@ -144,16 +144,16 @@ void ThinVolume::RecycleSubIo(SubIo* sub) {
   free.push_back(sub);
 }
 
-ThinVolume::ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name,
-                       uint64_t size, const format::VolumeAttributes& attributes)
-    : set_(set),
-      pool_(pool),
+ThinVolume::ThinVolume(const VolumeServices& services, uint32_t id, std::string name, uint64_t size,
+                       const format::VolumeAttributes& attributes)
+    : services_(services),
+      pool_(services.pool),
       id_(id),
       name_(std::move(name)),
-      cluster_size_(pool.geometry().cluster_size),
-      cluster_blocks_(pool.geometry().cluster_size / kBlockSize),
+      cluster_size_(pool_.geometry().cluster_size),
+      cluster_blocks_(pool_.geometry().cluster_size / kBlockSize),
       size_(size),
-      map_(pool, budget, ClustersFor(size, pool.geometry().cluster_size)),
+      map_(pool_, services.budget, ClustersFor(size, pool_.geometry().cluster_size)),
       attributes_(attributes) {}
 
 namespace {
@@ -178,7 +178,7 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   io->progress = {};
   io->progress.volume = this;
   io->progress.queue = &queue;
-  Status s = set_.CheckUsable();
+  Status s = services_.events.CheckUsable();
   if (s.ok()) s = ValidateIo(*io, size());
   if (!s.ok()) return Fail(io, s);
   bool changes_data = io->op == VolumeOp::kWrite || io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes;
@@ -477,7 +477,7 @@ void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapE
   page->changes++;
   bool newly_dirty = !page->dirty;
   map_.MarkDirty(page);
-  if (newly_dirty) set_.UpdateMetadataReserve();
+  if (newly_dirty) services_.events.MapPagesDirtied();
   if (!journal) return;
   format::MapSetRecord record{id_, 0, cluster, entry};
   pool_.AppendRecord(format::RecordType::kMapSet,
@@ -539,7 +539,7 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
       // Decompressing a cluster is the costly step: a codec worker takes it
       // if one has room, and the sub-I/O comes back through this queue.
       sub->req.done = &ThinVolume::OnCompressedReadDecoded;
-      if (set_.codec_pool().TryOffload(&sub->req, *io->progress.queue, &ThinVolume::DecodeStep)) return;
+      if (services_.codec_pool.TryOffload(&sub->req, *io->progress.queue, &ThinVolume::DecodeStep)) return;
     }
     Status s = sub->compressed_out ? DecodeCompressedRead(sub)
                                    : codec_->Decrypt(sub->first_logical_block, std::span(sub->req.buf, sub->req.length));
@@ -602,7 +602,7 @@ void ThinVolume::Complete(VolumeIo* io) {
   commit.done = &ThinVolume::OnCommitted;
   commit.context = io;
   io->progress.queue->ExpectForeign(&commit);
-  set_.committer().Enqueue(&commit, *io->progress.queue);
+  services_.committer.Enqueue(&commit, *io->progress.queue);
 }
 
 void ThinVolume::OnCommitted(IoRequest* req, int result) {
@@ -612,7 +612,7 @@ void ThinVolume::OnCommitted(IoRequest* req, int result) {
   // Says what to do (DescribeError) and what failed (the commit's own error).
   if (result < 0)
     status = Status(-result, "volume " + volume->name_ + ": flush failed: " + DescribeError(-result) + " (" +
-                                 volume->set_.committer().last_error() + ")");
+                                 volume->services_.committer.last_error() + ")");
   volume->Finish(io, status);
 }
 
@@ -624,7 +624,7 @@ void ThinVolume::Finish(VolumeIo* io, const Status& status) {
     map_.EvictIfOverBudget();
   }
   io->done(io, status);
-  set_.AfterIo();
+  services_.events.RequestFinished();
 }
 
 }  // namespace edgestor

@@ -18,13 +18,12 @@
 
 #include "pool/pool.h"
 #include "volume/thin_map.h"
-#include "volume/volume_codec.h"
 #include "volume/volume.h"
+#include "volume/volume_codec.h"
+#include "volume/volume_services.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
-
-class VolumeSetImpl;
 
 // Largest request accepted by Submit (NBD and virtio-blk clients split
 // larger ones).
@@ -34,7 +33,7 @@ class ThinVolume : public Volume {
  public:
   // An encrypted volume starts locked (no codec): its I/O fails with EACCES
   // until SetCodec gives it one.
-  ThinVolume(VolumeSetImpl& set, Pool& pool, MapCacheBudget& budget, uint32_t id, std::string name, uint64_t size,
+  ThinVolume(const VolumeServices& services, uint32_t id, std::string name, uint64_t size,
              const format::VolumeAttributes& attributes);
 
   uint32_t id() const override { return id_; }
@@ -177,8 +176,8 @@ class ThinVolume : public Volume {
   void Finish(VolumeIo* io, const Status& status);
   void Fail(VolumeIo* io, const Status& status);
 
-  VolumeSetImpl& set_;
-  Pool& pool_;
+  const VolumeServices& services_;
+  Pool& pool_;  // services_.pool
   const uint32_t id_;
   std::string name_;
   const uint32_t cluster_size_;

@@ -4,8 +4,8 @@
 #include <cassert>
 #include <cerrno>
 
+#include "volume/checkpoint_codec.h"
 #include "volume/thin_volume.h"
-#include "volume/volume_set_impl.h"
 
 namespace edgestor {
 

@@ -33,7 +33,6 @@
 
 #include "volume/cluster_bits.h"
 #include "volume/thin_volume.h"
-#include "volume/volume_set_impl.h"
 
 namespace edgestor {
 
@@ -128,7 +127,7 @@ void ThinVolume::OnRewriteReadDone(IoRequest* req, int result) {
     // Decoding and compressing a cluster is the costly step: a codec worker
     // takes it if one has room; the rewrite comes back through this queue.
     req->done = &ThinVolume::OnRewriteEncoded;
-    if (volume->set_.codec_pool().TryOffload(req, *rewrite->queue, &ThinVolume::ReencodeStep)) return;
+    if (volume->services_.codec_pool.TryOffload(req, *rewrite->queue, &ThinVolume::ReencodeStep)) return;
   }
   Status s = rewrite->reencode ? volume->ReencodeForRewrite(rewrite) : volume->MergeForCopy(rewrite);
   OnRewriteEncoded(req, s.ok() ? 0 : -s.code());

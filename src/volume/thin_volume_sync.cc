@@ -17,7 +17,6 @@
 
 #include "volume/cluster_bits.h"
 #include "volume/thin_volume.h"
-#include "volume/volume_set_impl.h"
 
 namespace edgestor {
 

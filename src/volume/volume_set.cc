@@ -103,6 +103,12 @@ VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& 
   codec_pool_ = std::make_unique<CodecPool>(
       options.codec_workers < 0 ? CodecPool::DefaultWorkers() : static_cast<unsigned>(options.codec_workers));
   committer_ = std::make_unique<Committer>([this] { return Flush(); }, [this] { CheckpointIfNeeded(); });
+  services_.emplace(VolumeServices{*pool_, budget_, *committer_, *codec_pool_, *this});
+}
+
+std::unique_ptr<ThinVolume> VolumeSetImpl::MakeVolume(uint32_t id, std::string name, uint64_t size,
+                                                      const format::VolumeAttributes& attributes) {
+  return std::make_unique<ThinVolume>(*services_, id, std::move(name), size, attributes);
 }
 
 VolumeSetImpl::~VolumeSetImpl() {
@@ -163,7 +169,7 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   next_volume_id_ = contents.next_volume_id;
   if (!payload.empty()) defaults_ = contents.defaults;  // a new pool keeps what Create set
   for (VolumeRecord& v : contents.volumes) {
-    auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, v.id, v.name, v.size, v.attributes);
+    auto volume = MakeVolume(v.id, v.name, v.size, v.attributes);
     if (v.attributes.encrypted && pool_->key_protection().source == format::kKeySourceNone)
       problem("volume " + v.name + " is encrypted but the pool has no key");
     else if (!v.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*volume, nullptr));
@@ -371,7 +377,7 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
     attributes.encrypted = 1;
     std::memcpy(attributes.wrapped_key, wrapped.data(), wrapped.size());
   }
-  auto volume = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_++, name, size, attributes);
+  auto volume = MakeVolume(next_volume_id_++, name, size, attributes);
   ES_RETURN_IF_ERROR(GiveCodec(*volume, data_key ? &*data_key : nullptr));
   ThinVolume* raw = volume.get();
   volumes_.emplace(name, std::move(volume));
@@ -586,7 +592,7 @@ bool VolumeSetImpl::NeedsCheckpoint() const {
   return pool_->JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages || space;
 }
 
-void VolumeSetImpl::AfterIo() {
+void VolumeSetImpl::RequestFinished() {
   if (NeedsCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
 }
 

@@ -18,11 +18,12 @@
 #include "volume/checkpoint_codec.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
+#include "volume/volume_services.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
 
-class VolumeSetImpl : public VolumeSet {
+class VolumeSetImpl : public VolumeSet, private VolumeEvents {
  public:
   VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options);
   ~VolumeSetImpl() override;
@@ -63,17 +64,8 @@ class VolumeSetImpl : public VolumeSet {
   Status Checkpoint() override;
   Device& device() override { return pool_->device(); }
 
-  // ---- For ThinVolume ----
-  // Called after each request completes, with no volume lock held: has the
-  // committer checkpoint when the journal or the dirty map pages need one.
-  void AfterIo();
-  // FLUSH and FUA wait here for their group commit.
-  Committer& committer() { return *committer_; }
-  // Compressed clusters are decoded and re-encoded here when it has room.
-  CodecPool& codec_pool() { return *codec_pool_; }
-  // Recomputes the space kept back for the next checkpoint's metadata.
-  void UpdateMetadataReserve();
-  Status CheckUsable() const;
+  // EBADF once closed, EIO once stopped after a device error.
+  Status CheckUsable() const override;
   // Tests: the run (first block, stored blocks) of every mapped cluster of a
   // volume or snapshot ("VOL@SNAP"), read from its map, for recounting
   // the accounting without the reference counts.
@@ -176,8 +168,17 @@ class VolumeSetImpl : public VolumeSet {
   // ---- Keys (volume_set_keys.cc) ----
   Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
+  // ---- VolumeEvents: what the volumes report ----
+  void MapPagesDirtied() override { UpdateMetadataReserve(); }
+  // With no volume lock held: has the committer checkpoint when the journal
+  // or the dirty map pages need one.
+  void RequestFinished() override;
+  // Recomputes the space kept back for the next checkpoint's metadata.
+  void UpdateMetadataReserve();
+  std::unique_ptr<ThinVolume> MakeVolume(uint32_t id, std::string name, uint64_t size,
+                                         const format::VolumeAttributes& attributes);
   bool NeedsCheckpoint() const;
-  // On the committer's thread: the checkpoint AfterIo asked for.
+  // On the committer's thread: the checkpoint RequestFinished asked for.
   void CheckpointIfNeeded();
   ThinVolume* FindLocked(const std::string& name);
   ThinVolume* FindById(uint32_t id);
@@ -206,12 +207,13 @@ class VolumeSetImpl : public VolumeSet {
   std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
   std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
-  // AfterIo: after a checkpoint refused for lack of space, no other until
+  // RequestFinished: after a checkpoint refused for lack of space, no other until
   // this time (steady_clock ticks).
   std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
   std::unique_ptr<CodecPool> codec_pool_;
-  std::unique_ptr<Committer> committer_;  // last: its thread uses the members above
+  std::unique_ptr<Committer> committer_;  // its thread uses the members above
+  std::optional<VolumeServices> services_;  // handed to every volume; set once the above exist
 };
 
 }  // namespace edgestor

@@ -84,8 +84,7 @@ Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
     const bool deleting = r.entry.flags & format::kSnapshotDeleting;
     ES_ASSIGN_OR_RETURN(auto directory,
                         ParseDirectory(bytes.value(), r.entry.directory_slots, pool_->total_blocks(), deleting));
-    snapshot.view = std::make_unique<ThinVolume>(*this, *pool_, budget_, r.entry.snapshot_id, full, r.entry.size,
-                                                 r.attributes);
+    snapshot.view = MakeVolume(r.entry.snapshot_id, full, r.entry.size, r.attributes);
     snapshot.view->MakeSnapshotView(r.entry);
     snapshot.view->map().ReplaceDirectory(directory, ClustersFor(r.entry.size, pool_->geometry().cluster_size));
     if (!r.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
@@ -137,8 +136,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
   attributes.origin_snapshot = 0;
 
   Snapshot snapshot;
-  snapshot.view = std::make_unique<ThinVolume>(*this, *pool_, budget_, entry.snapshot_id, volume_name + "@" + name,
-                                               entry.size, attributes);
+  snapshot.view = MakeVolume(entry.snapshot_id, volume_name + "@" + name, entry.size, attributes);
   snapshot.view->MakeSnapshotView(entry);
   snapshot.view->map().ReplaceDirectory(directory, source.map().clusters());
   if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
@@ -470,8 +468,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   attributes.origin_snapshot = origin->entry.snapshot_id;  // same data key: the clone reads the shared data
   ThinVolume* created = nullptr;
   ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
-    auto clone = std::make_unique<ThinVolume>(*this, *pool_, budget_, next_volume_id_, clone_name, view.size(),
-                                              attributes);
+    auto clone = MakeVolume(next_volume_id_, clone_name, view.size(), attributes);
     if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*clone, nullptr));
     else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
     clone->TakeContentOf(view);
