@@ -112,13 +112,40 @@ std::unique_ptr<IoQueue> FaultDevice::CreateQueue(uint32_t depth) {
 }
 
 Status FaultDevice::ReadSync(uint64_t offset, void* buf, size_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  WaitForSyncRelease(lock);
   return ReadLocked(offset, buf, len);
 }
 
 Status FaultDevice::WriteSync(uint64_t offset, const void* buf, size_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  WaitForSyncRelease(lock);
   return WriteLocked(offset, buf, len);
+}
+
+void FaultDevice::WaitForSyncRelease(std::unique_lock<std::mutex>& lock) {
+  if (!holding_sync_) return;
+  sync_io_waiting_++;
+  sync_released_.wait(lock, [this] { return !holding_sync_; });
+  sync_io_waiting_--;
+}
+
+void FaultDevice::HoldSyncIo() {
+  std::lock_guard<std::mutex> lock(mu_);
+  holding_sync_ = true;
+}
+
+void FaultDevice::ReleaseSyncIo() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    holding_sync_ = false;
+  }
+  sync_released_.notify_all();
+}
+
+uint64_t FaultDevice::sync_io_waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return sync_io_waiting_;
 }
 
 Status FaultDevice::FlushSync() {

@@ -62,6 +62,12 @@ class FaultDevice : public Device {
   // usual. The synchronous path is not held.
   void HoldCompletions();
   void ReleaseCompletions();
+  // A slow disk for the synchronous path: ReadSync and WriteSync wait (not
+  // holding the device) until ReleaseSyncIo(). sync_io_waiting() counts
+  // those waiting, so a test knows its request reached the device.
+  void HoldSyncIo();
+  void ReleaseSyncIo();
+  uint64_t sync_io_waiting() const;
   // Data bytes of reads and writes submitted through queues and not yet run
   // (while held: everything a front-end put in flight on the device).
   uint64_t queued_bytes() const;
@@ -112,6 +118,11 @@ class FaultDevice : public Device {
   std::vector<bool> host_backed_;  // per 4 KiB block
   bool holding_ = false;           // HoldCompletions() until ReleaseCompletions()
   std::condition_variable released_;
+  bool holding_sync_ = false;     // HoldSyncIo() until ReleaseSyncIo()
+  uint64_t sync_io_waiting_ = 0;  // GUARDED_BY(mu_)
+  std::condition_variable sync_released_;
+  // Waits while the synchronous path is held. REQUIRES: `lock` holds mu_.
+  void WaitForSyncRelease(std::unique_lock<std::mutex>& lock);
   std::atomic<uint64_t> queued_bytes_{0};
   DeviceStats stats_;
 };

@@ -1,7 +1,9 @@
 // CodecPool: worker threads for the data path's CPU-heavy codec steps
 // (decompressing a cluster for a read, re-encoding one for a write), so
 // that one connection's compressed I/O is not bound to the one core its
-// I/O thread runs on.
+// I/O thread runs on; and for the steps that must wait for the device
+// (the synchronous path: unaligned I/O, discard, write-zeroes), so that
+// the other requests of the I/O thread's queue go on meanwhile.
 //
 // A step handed over completes like a device I/O: the worker runs it, then
 // posts the request back to the submitter's IoQueue (PostForeign), whose
@@ -27,6 +29,10 @@ class CodecPool {
  public:
   // A step: returns 0 or -errno, the result `req` then completes with.
   using Step = int (*)(IoRequest* req);
+  enum class StepKind {
+    kCompute,         // only CPU: run by the submitter when it would idle anyway
+    kWaitsForDevice,  // synchronous device I/O: never worth the submitter's wait
+  };
 
   // `workers` threads; 0: TryOffload always refuses (one core).
   explicit CodecPool(unsigned workers);
@@ -39,9 +45,10 @@ class CodecPool {
 
   // On `queue`'s thread. Hands `step` over, to run on a worker and complete
   // `req` on `queue` (req->done, with the step's result); or returns false,
-  // taking nothing, if the workers already have enough waiting or the
-  // queue has nothing else in flight (its thread would only wait).
-  bool TryOffload(IoRequest* req, IoQueue& queue, Step step);
+  // taking nothing, if the workers already have enough waiting or, for a
+  // compute step, the queue has nothing else in flight (its thread would
+  // only wait).
+  bool TryOffload(IoRequest* req, IoQueue& queue, Step step, StepKind kind = StepKind::kCompute);
 
   // Steps handed over since the pool was made, and those refused.
   uint64_t offloaded() const { return offloaded_; }

@@ -392,8 +392,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 // into the same clusters: each shared cluster is copied (or, compressed,
 // re-encoded) asynchronously; rewrites racing on one cluster redo their
 // part against the winner's. The volume reads back every write, the
-// snapshot its old content.
-void WriteManyInFlightAfterASnapshot(TestPool& pool, bool compressed = false) {
+// snapshot its old content. With `zeroing`, the requests are discards and
+// write-zeroes instead, which take the same asynchronous rewrites.
+void WriteManyInFlightAfterASnapshot(TestPool& pool, bool compressed = false, bool zeroing = false) {
   constexpr uint64_t kVolume = 4 * kMiB, kBlock = 4096, kWrites = 96;
   Volume* v = pool.set().CreateVolume("vol", kVolume).value();
   auto before = Pattern(kVolume, 3);
@@ -410,13 +411,14 @@ void WriteManyInFlightAfterASnapshot(TestPool& pool, bool compressed = false) {
   size_t i = 0;
   for (uint64_t block : blocks) {
     buffers.push_back(AllocateAligned(kBlock));
-    std::memset(buffers.back().get(), static_cast<int>(0x40 + i % 64), kBlock);
+    std::memset(buffers.back().get(), zeroing ? 0 : static_cast<int>(0x40 + i % 64), kBlock);
     std::memcpy(expected.data() + block * kBlock, buffers.back().get(), kBlock);
-    VolumeIo& io = ios[i++];
-    io.op = VolumeOp::kWrite;
+    VolumeIo& io = ios[i];
+    io.op = !zeroing ? VolumeOp::kWrite : i % 2 ? VolumeOp::kDiscard : VolumeOp::kWriteZeroes;
     io.offset = block * kBlock;
     io.length = kBlock;
-    io.buf = buffers.back().get();
+    io.buf = zeroing ? nullptr : buffers.back().get();
+    i++;
     io.context = &done;
     io.done = [](VolumeIo* finished, const Status& status) {
       if (!status.ok()) ADD_FAILURE() << status.ToString();
@@ -446,6 +448,16 @@ TEST(Snapshot, CopiesSharedClustersWithManyWritesInFlight) {
 TEST(Snapshot, ReencodesCompressedClustersWithManyWritesInFlight) {
   TestPool pool(64 * kMiB, PoolCreateOptions{.compression = {Compression::kLz4, 0}});
   WriteManyInFlightAfterASnapshot(pool, /*compressed=*/true);
+}
+
+TEST(Snapshot, DiscardsAndZeroesCopySharedClustersAsynchronously) {
+  TestPool pool(64 * kMiB);
+  WriteManyInFlightAfterASnapshot(pool, /*compressed=*/false, /*zeroing=*/true);
+}
+
+TEST(Snapshot, DiscardsAndZeroesReencodeCompressedClustersAsynchronously) {
+  TestPool pool(64 * kMiB, PoolCreateOptions{.compression = {Compression::kLz4, 0}});
+  WriteManyInFlightAfterASnapshot(pool, /*compressed=*/true, /*zeroing=*/true);
 }
 
 TEST(Snapshot, CopiesEncryptedSharedClustersWithManyWritesInFlight) {

@@ -1,8 +1,9 @@
-// ThinVolume: the asynchronous data path (read, aligned write in place) and
-// its completion, including the hand-off of FLUSH/FUA to the committer.
-// Copy-on-write and compressed rewrites are in thin_volume_rewrite.cc;
-// discard, write-zeroes, unaligned I/O and writes under a snapshot's write
-// barrier in thin_volume_sync.cc; control operations in
+// ThinVolume: the asynchronous data path (read, aligned write in place,
+// aligned discard and write-zeroes) and its completion, including the
+// hand-off of FLUSH/FUA to the committer. Copy-on-write and compressed
+// rewrites are in thin_volume_rewrite.cc; unaligned I/O and writes under a
+// snapshot's write barrier take the synchronous path (thin_volume_sync.cc),
+// on a worker thread when one is free; control operations are in
 // thin_volume_control.cc.
 #include "volume/thin_volume.h"
 
@@ -198,8 +199,7 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   switch (io->op) {
     case VolumeOp::kRead:
       if (aligned) return SubmitRead(io, queue);
-      io->progress.error = ReadSyncRange(io->offset, io->length, io->buf).code();
-      return Complete(io);
+      return SubmitSyncPath(io, queue);
     case VolumeOp::kWrite:
       if (aligned) {
         // Counted before any cluster is looked at, so a snapshot that raises
@@ -209,15 +209,69 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
         async_writes_++;
         return SubmitWrite(io, queue);
       }
-      io->progress.error = WriteSyncRange(io->offset, io->length, io->buf).code();
-      return Complete(io);
+      return SubmitSyncPath(io, queue);
     case VolumeOp::kDiscard:
     case VolumeOp::kWriteZeroes:
-      io->progress.error = WriteSyncRange(io->offset, io->length, nullptr).code();
-      return Complete(io);
+      if (io->offset % kBlockSize == 0 && io->length % kBlockSize == 0) {
+        io->progress.async_write = true;  // like a write: it may rewrite a shared cluster
+        async_writes_++;
+        return SubmitZeroes(io, queue);
+      }
+      return SubmitSyncPath(io, queue);
     case VolumeOp::kFlush:
       return Complete(io);  // Complete() commits: flush is fua with no data
   }
+}
+
+// The synchronous path waits for the device under the volume mutex. It runs
+// on a worker when one is free, so this queue's other requests (and those
+// its front-end has yet to submit) go on meanwhile; the request then
+// completes on this queue's thread like any other.
+void ThinVolume::SubmitSyncPath(VolumeIo* io, IoQueue& queue) {
+  SubIo* sub = NewSubIo();
+  sub->volume = this;
+  sub->io = io;
+  sub->req.done = &ThinVolume::OnSyncPathDone;
+  sub->req.context = sub;
+  if (services_.codec_pool.TryOffload(&sub->req, queue, &ThinVolume::SyncPathStep,
+                                      CodecPool::StepKind::kWaitsForDevice)) {
+    sync_path_offloads_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  OnSyncPathDone(&sub->req, SyncPathStep(&sub->req));
+}
+
+int ThinVolume::SyncPathStep(IoRequest* req) {
+  auto* sub = static_cast<SubIo*>(req->context);
+  const VolumeIo& io = *sub->io;
+  ThinVolume& volume = *sub->volume;
+  Status s;
+  switch (io.op) {
+    case VolumeOp::kRead:
+      s = volume.ReadSyncRange(io.offset, io.length, io.buf);
+      break;
+    case VolumeOp::kWrite:
+      s = volume.WriteSyncRange(io.offset, io.length, io.buf);
+      break;
+    case VolumeOp::kDiscard:
+    case VolumeOp::kWriteZeroes:
+      s = volume.WriteSyncRange(io.offset, io.length, nullptr);
+      break;
+    case VolumeOp::kFlush:
+      assert(false && "a flush never takes the synchronous path");
+      s = Status(EINVAL, "flush on the synchronous path");
+  }
+  return -s.code();
+}
+
+void ThinVolume::OnSyncPathDone(IoRequest* req, int result) {
+  auto* sub = static_cast<SubIo*>(req->context);
+  VolumeIo* io = sub->io;
+  ThinVolume* volume = sub->volume;
+  RecycleSubIo(sub);
+  assert(result <= 0);
+  io->progress.error = -result;
+  volume->Complete(io);
 }
 
 void ThinVolume::Fail(VolumeIo* io, const Status& status) { io->done(io, status); }
@@ -308,6 +362,55 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
     });
   }
   ReleaseGuard(io);
+}
+
+void ThinVolume::SubmitZeroes(VolumeIo* io, IoQueue& queue) {
+  io->progress.pending = 1;  // guard until every cluster's part is started
+  ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
+    if (io->progress.error) return;
+    ZeroCluster(io, queue, cluster, at, n);
+  });
+  ReleaseGuard(io);
+}
+
+void ThinVolume::StartClusterPart(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n) {
+  if (io->op == VolumeOp::kWrite) return WriteCluster(io, queue, cluster, at, n);
+  assert(io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes);
+  ZeroCluster(io, queue, cluster, at, n);
+}
+
+// Zeroes the whole blocks [at, at+n) of cluster `cluster` (discard and
+// write-zeroes read back as zeros alike). Where only the map changes (the
+// blocks just lose their written bits, or the cluster is freed) that is
+// done here, with no device I/O; a compressed or shared cluster that keeps
+// some of its data is rewritten asynchronously without the zeroed blocks.
+void ThinVolume::ZeroCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n) {
+  assert(at % kBlockSize == 0 && n % kBlockSize == 0 && n > 0 && at + n <= cluster_size_);
+  ClusterRewrite* rewrite = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    auto page = map_.Page(cluster, /*create=*/false);  // a page never stored reads as zeros
+    if (!page.ok() || !page.value()) {
+      if (!page.ok()) io->progress.error = page.status().code();
+      return;
+    }
+    const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
+    bool keeps_data = (current.written_bits & ~BlockMask(at / kBlockSize, n / kBlockSize)) != 0;
+    bool moves = format::IsCompressed(current) || (current.phys_block != 0 && map_.IsShared(cluster, current));
+    if (!keeps_data || !moves || write_barrier_) {
+      // The map alone changes (or a snapshot is waiting: the synchronous
+      // path, as for writes).
+      io->progress.error = WriteClusterBytes(page.value(), cluster, at, n, nullptr).code();
+      return;
+    }
+    auto begun = BeginRewrite(io, queue, page.value(), cluster, at, n, format::IsCompressed(current));
+    if (!begun.ok()) {
+      io->progress.error = begun.status().code();
+      return;
+    }
+    rewrite = begun.value();
+  }
+  StartRewrite(rewrite);
 }
 
 // Starts the part [at, at+n) of cluster `cluster` of an aligned write:

@@ -69,6 +69,7 @@ class ThinVolume : public Volume {
   uint64_t copies_started() const { return copies_started_.load(std::memory_order_relaxed); }
   uint64_t reencodes_started() const { return reencodes_started_.load(std::memory_order_relaxed); }
   uint64_t rewrite_retries() const { return rewrite_retries_.load(std::memory_order_relaxed); }
+  uint64_t sync_path_offloads() const { return sync_path_offloads_.load(std::memory_order_relaxed); }
   // Rollback: the volume's content becomes `view`'s. REQUIRES: mu_ held, no
   // I/O in flight, no dirty page (right after a checkpoint). The caller has
   // already taken references to the view's pages.
@@ -111,7 +112,19 @@ class ThinVolume : public Volume {
   static SubIo* NewSubIo();
   static void RecycleSubIo(SubIo* sub);
   void SubmitRead(VolumeIo* io, IoQueue& queue);
+  // Unaligned I/O, discard and write-zeroes: the synchronous path, on a
+  // worker when one is free (SyncPathStep), completing on `queue`.
+  void SubmitSyncPath(VolumeIo* io, IoQueue& queue);
+  static int SyncPathStep(IoRequest* req);
+  static void OnSyncPathDone(IoRequest* req, int result);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
+  // Aligned discard and write-zeroes.
+  void SubmitZeroes(VolumeIo* io, IoQueue& queue);
+  // REQUIRES: mu_ not held. The zeroing counterpart of WriteCluster.
+  void ZeroCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
+  // WriteCluster or ZeroCluster, as the request's operation asks (a
+  // rewrite that lost a race starts its part again here).
+  void StartClusterPart(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
   class SubIoBatch;
   // `batch`: where an in-place write's sub-I/O goes, to be merged with its
   // neighbours; null: submitted at once.
@@ -203,6 +216,7 @@ class ThinVolume : public Volume {
   std::atomic<uint64_t> copies_started_{0};    // asynchronous copy-on-writes begun
   std::atomic<uint64_t> reencodes_started_{0};  // asynchronous compressed rewrites begun
   std::atomic<uint64_t> rewrite_retries_{0};    // rewrites that lost a race and were redone
+  std::atomic<uint64_t> sync_path_offloads_{0};  // synchronous-path requests run on a worker
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };

@@ -46,7 +46,7 @@ struct ThinVolume::ClusterRewrite {
   CachedPage* page = nullptr;  // pinned until the swap
   uint64_t cluster = 0;
   uint64_t at = 0, length = 0;  // the request's bytes within the cluster
-  const uint8_t* src = nullptr;  // their plaintext, in the request's buffer
+  const uint8_t* src = nullptr;  // their plaintext, in the request's buffer; null: zeroing
   bool reencode = false;         // decode, merge, compress; else copy blocks as stored
   format::MapEntry old_entry{};
   BlockRun old_run{};            // {0, 0} if the cluster was unmapped
@@ -82,7 +82,8 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
   rewrite->cluster = cluster;
   rewrite->at = at;
   rewrite->length = n;
-  rewrite->src = io->buf + (cluster * cluster_size_ + at - io->offset);
+  rewrite->src = io->buf ? io->buf + (cluster * cluster_size_ + at - io->offset) : nullptr;
+  assert((rewrite->src == nullptr) == (io->op != VolumeOp::kWrite));
   rewrite->reencode = reencode;
   rewrite->old_entry = old;
   if (old.phys_block != 0) {
@@ -163,10 +164,15 @@ void ThinVolume::OnRewriteWriteDone(IoRequest* req, int result) {
 // heap bytes never reach the device.
 Status ThinVolume::MergeForCopy(ClusterRewrite* rewrite) {
   uint8_t* buf = rewrite->buffer.get();
-  ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster) + rewrite->at / kBlockSize,
-                                     std::span(rewrite->src, rewrite->length),
-                                     std::span(buf + rewrite->at, rewrite->length)));
-  uint64_t bits = rewrite->keep_mask | rewrite->write_mask;
+  if (rewrite->src) {
+    ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster) + rewrite->at / kBlockSize,
+                                       std::span(rewrite->src, rewrite->length),
+                                       std::span(buf + rewrite->at, rewrite->length)));
+  }
+  // Zeroing copies only the blocks it keeps (ZeroCluster rewrites only a
+  // cluster that keeps some).
+  uint64_t bits = rewrite->src ? rewrite->keep_mask | rewrite->write_mask : rewrite->keep_mask;
+  assert(bits != 0);
   uint64_t first = FirstBlockOf(bits), end = EndBlockOf(bits);
   for (uint64_t b = first; b < end; b++)
     if (!((bits >> b) & 1)) std::memset(buf + b * kBlockSize, 0, kBlockSize);
@@ -197,9 +203,10 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   }
   for (uint64_t b = 0; b < cluster_blocks_; b++)  // unwritten blocks read as zeros
     if (!((rewrite->keep_mask >> b) & 1)) std::memset(plain + b * kBlockSize, 0, kBlockSize);
-  std::memcpy(plain + rewrite->at, rewrite->src, rewrite->length);
+  if (rewrite->src) std::memcpy(plain + rewrite->at, rewrite->src, rewrite->length);
+  else std::memset(plain + rewrite->at, 0, rewrite->length);
   if (IsAllZero(plain, cluster_size_)) return Status::Ok();
-  uint64_t bits = old.written_bits | rewrite->write_mask;
+  uint64_t bits = rewrite->src ? old.written_bits | rewrite->write_mask : rewrite->keep_mask;
   uint8_t* out = rewrite->frame.get();
   auto compressed = codec_->Compress(std::span<const uint8_t>(plain, cluster_size_), std::span(out, cluster_size_));
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
@@ -228,7 +235,7 @@ void ThinVolume::FinishRewrite(ClusterRewrite* rewrite, int result) {
   // started.
   if (lost_race && io->progress.error == 0) {
     rewrite_retries_.fetch_add(1, std::memory_order_relaxed);
-    WriteCluster(io, *rewrite->queue, rewrite->cluster, rewrite->at, rewrite->length);
+    StartClusterPart(io, *rewrite->queue, rewrite->cluster, rewrite->at, rewrite->length);
   }
   delete rewrite;
   ReleaseGuard(io);

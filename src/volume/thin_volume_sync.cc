@@ -1,9 +1,12 @@
-// ThinVolume: the synchronous paths. Discard, write-zeroes, I/O not aligned
-// to 4 KiB (compressed clusters included) and writes while a snapshot's
-// write barrier is up run here, under the volume's mutex with synchronous
-// device I/O: a read-modify-write of a block or of a whole
-// compressed cluster is then atomic with respect to the map and to other
-// requests. Aligned writes take the asynchronous paths (thin_volume.cc,
+// ThinVolume: the synchronous paths. I/O not aligned to 4 KiB (discard and
+// write-zeroes included), writes while a snapshot's write barrier is up,
+// and the map-only changes of aligned zeroing run here, under the volume's
+// mutex with synchronous device I/O: a read-modify-write of a block or of
+// a whole compressed cluster is then atomic with respect to the map and to
+// other requests. The data path hands unaligned requests to a worker
+// (ThinVolume::SubmitSyncPath), so its I/O thread does not wait for the
+// device, though requests of the same volume wait for the mutex meanwhile.
+// Aligned requests take the asynchronous paths (thin_volume.cc,
 // thin_volume_rewrite.cc).
 //
 // A compressed cluster is never changed in place: the new content is

@@ -40,12 +40,13 @@ struct VolumeIo {
   uint64_t length = 0;
   // kRead/kWrite: `length` bytes. Any alignment works; requests whose
   // buffer, offset and length are 4 KiB-aligned take the asynchronous path,
-  // others a synchronous bounce-buffer path.
+  // others a synchronous bounce-buffer path (on a worker thread when one is
+  // free).
   uint8_t* buf = nullptr;
   // Called exactly once with the outcome: EINVAL (range out of the volume),
   // ENOSPC (pool full), EIO (device error), EUCLEAN (damaged metadata).
-  // It may run before Submit returns (flush, discard, write-zeroes and
-  // unaligned requests complete inline). After it returns the engine never
+  // It may run before Submit returns (errors, a discard or write-zeroes
+  // that changes only the map, an unaligned request when no worker is free). After it returns the engine never
   // touches `io` again, so the callback may reuse or free it.
   void (*done)(VolumeIo* io, const Status& status) = nullptr;
   void* context = nullptr;

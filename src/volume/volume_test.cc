@@ -1,6 +1,8 @@
 // Behaviour of thin volumes on a healthy device.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -267,6 +269,57 @@ TEST(Volume, ConsecutiveClustersGoToTheDeviceAsOneIo) {
   auto report = CheckPool(pool.device());
   ASSERT_TRUE(report.ok());
   EXPECT_TRUE(report->ok()) << report->problems[0];
+}
+
+// An unaligned write waits for the device on a worker thread: its queue
+// meanwhile completes a read of another volume (before, the submitting
+// thread itself waited, so the read could not even be submitted).
+TEST(Volume, UnalignedWriteWaitsForTheDeviceOffItsQueuesThread) {
+  PoolOpenOptions open;
+  open.codec_workers = 1;
+  TestPool pool(64 * kMiB, {}, open);
+  Volume* slow = pool.set().CreateVolume("slow", 4 * kMiB).value();
+  Volume* other = pool.set().CreateVolume("other", 4 * kMiB).value();
+  ASSERT_TRUE(pool.Write(*slow, 0, Pattern(65536, 1)).ok());
+  ASSERT_TRUE(pool.Write(*other, 0, Pattern(65536, 2)).ok());
+
+  pool.device().HoldSyncIo();
+  // Should the write wait on this thread after all, the device lets it go
+  // after a while, and the order of completions below tells.
+  std::atomic<bool> test_done{false};
+  std::thread watchdog([&pool, &test_done] {
+    for (int ms = 0; ms < 5000 && !test_done; ms += 10) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    pool.device().ReleaseSyncIo();
+  });
+  std::vector<std::string> finished;
+  auto note = [](VolumeIo* io, const Status& status) {
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    static_cast<std::vector<std::string>*>(io->context)->push_back(io->op == VolumeOp::kWrite ? "write" : "read");
+  };
+  auto data = Pattern(1000, 9);
+  AlignedBuffer write_buf = AllocateAligned(1000);
+  std::memcpy(write_buf.get(), data.data(), data.size());
+  VolumeIo write{.op = VolumeOp::kWrite, .offset = 100, .length = 1000, .buf = write_buf.get()};
+  write.context = &finished;
+  write.done = note;
+  slow->Submit(&write, pool.queue());
+  for (int i = 0; i < 5000 && pool.device().sync_io_waiting() == 0 && finished.empty(); i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  AlignedBuffer read_buf = AllocateAligned(65536);
+  VolumeIo read{.op = VolumeOp::kRead, .offset = 0, .length = 65536, .buf = read_buf.get()};
+  read.context = &finished;
+  read.done = note;
+  other->Submit(&read, pool.queue());
+  while (finished.size() < 1) pool.queue().Poll(/*wait=*/true);
+  pool.device().ReleaseSyncIo();
+  while (finished.size() < 2) pool.queue().Poll(/*wait=*/true);
+  test_done = true;
+  watchdog.join();
+  EXPECT_EQ(finished, (std::vector<std::string>{"read", "write"}));
+  EXPECT_EQ(std::vector<uint8_t>(read_buf.get(), read_buf.get() + 65536), Pattern(65536, 2));
+  auto expected = Pattern(65536, 1);
+  std::copy(data.begin(), data.end(), expected.begin() + 100);
+  EXPECT_EQ(pool.Read(*slow, 0, 65536).value(), expected);
 }
 
 TEST(Volume, DescribeReportsWrittenRunsAndHoles) {
