@@ -51,7 +51,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PoolInfo, uuid, format_version, device_bytes,
                                    allocated_bytes, free_bytes, journal_bytes, checkpoint_generation, volume_count,
                                    snapshot_count, snapshots_being_deleted, volumes_being_deleted,
                                    background_delete_error, cached_map_pages, map_cache_limit_pages, map_cache_hits,
-                                   map_cache_misses, group_commits, group_commit_waiters, group_commit_ns_total,
+                                   map_cache_misses, map_page_async_loads, group_commits, group_commit_waiters, group_commit_ns_total,
                                    group_commit_ns_max,
                                    key_source, locked, encrypt_by_default, default_compression)
 

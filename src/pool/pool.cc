@@ -513,12 +513,16 @@ Status Pool::ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* p
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
   std::memcpy(page, buf.get(), kBlockSize);
-  if (page->header.magic != format::kMapPageMagic ||
-      MetadataCrc(page->header.generation, page, offsetof(format::MapPageHeader, crc)) != page->header.crc)
+  return CheckMapPage(block, generation, *page);
+}
+
+Status Pool::CheckMapPage(uint64_t block, uint64_t generation, const format::MapPage& page) const {
+  if (page.header.magic != format::kMapPageMagic ||
+      MetadataCrc(page.header.generation, &page, offsetof(format::MapPageHeader, crc)) != page.header.crc)
     return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is damaged (bad checksum)");
-  if (page->header.generation != generation)
+  if (page.header.generation != generation)
     return Status(EUCLEAN, "map page at block " + std::to_string(block) + " is stale (generation " +
-                               std::to_string(page->header.generation) + ", expected " + std::to_string(generation) + ")");
+                               std::to_string(page.header.generation) + ", expected " + std::to_string(generation) + ")");
   return Status::Ok();
 }
 

@@ -94,6 +94,8 @@ class Pool {
   // Reads a map page written by a checkpoint and verifies magic, crc and
   // generation. Thread-safe (used for cache misses at run time too).
   Status ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* page);
+  // The checks of ReadMapPage, for a page read asynchronously. Thread-safe.
+  Status CheckMapPage(uint64_t block, uint64_t generation, const format::MapPage& page) const;
   // Calls `apply` for every record of every valid journal block from the
   // label's replay_seq on, in order; stops at the first invalid block.
   // Returns the number of records applied.

@@ -41,6 +41,29 @@ Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
   return slot.page.get();
 }
 
+std::optional<ThinMap::StoredPage> ThinMap::FirstUncached(uint64_t first_cluster, uint64_t end_cluster) const {
+  assert(first_cluster <= end_cluster && end_cluster <= clusters_);
+  if (first_cluster == end_cluster) return std::nullopt;
+  for (uint64_t s = first_cluster / kEntriesPerMapPage, last = (end_cluster - 1) / kEntriesPerMapPage; s <= last; s++)
+    if (!slots_[s].page && slots_[s].block != 0) return StoredPage{s, slots_[s].block, slots_[s].generation};
+  return std::nullopt;
+}
+
+Status ThinMap::InstallLoaded(const StoredPage& where, const format::MapPage& raw) {
+  ES_RETURN_IF_ERROR(pool_.CheckMapPage(where.block, where.generation, raw));
+  if (where.slot >= slots_.size()) return Status::Ok();  // shrunk meanwhile
+  Slot& slot = slots_[where.slot];
+  // Cached by another request, or checkpointed elsewhere after a change:
+  // the slot's page is newer than this copy.
+  if (slot.page || slot.block != where.block || slot.generation != where.generation) return Status::Ok();
+  auto page = std::make_unique<CachedPage>();
+  std::memcpy(page->entries, raw.entries, sizeof page->entries);
+  slot.page = std::move(page);
+  budget_.cached_pages++;
+  budget_.async_loads.fetch_add(1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
 void ThinMap::MarkDirty(CachedPage* page) {
   if (page->dirty) return;
   page->dirty = true;

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "base/status.h"
@@ -27,13 +28,15 @@ namespace edgestor {
 
 // Shared by all maps of a pool: how many pages are cached and dirty, and
 // how often a lookup found its page cached or had to read it (a miss: a
-// synchronous map-page read on the looking thread).
+// synchronous map-page read on the looking thread), and how many pages
+// were read asynchronously for requests that waited for them (parked).
 struct MapCacheBudget {
   uint64_t max_pages = 0;
   std::atomic<uint64_t> cached_pages{0};
   std::atomic<uint64_t> dirty_pages{0};
   std::atomic<uint64_t> hits{0};
   std::atomic<uint64_t> misses{0};
+  std::atomic<uint64_t> async_loads{0};
 };
 
 struct CachedPage {
@@ -70,6 +73,21 @@ class ThinMap {
   // never stored is created empty; without, nullptr is returned for it.
   Result<CachedPage*> Page(uint64_t cluster, bool create);
   static uint32_t IndexInPage(uint64_t cluster) { return cluster % format::kEntriesPerMapPage; }
+
+  // ---- Asynchronous loading: a request parks on a page instead of reading
+  // it synchronously in Page() ----
+  struct StoredPage {
+    uint64_t slot = 0;
+    uint64_t block = 0;
+    uint64_t generation = 0;
+  };
+  // The first page holding a cluster of [first_cluster, end_cluster) that
+  // is stored but not cached, if any.
+  std::optional<StoredPage> FirstUncached(uint64_t first_cluster, uint64_t end_cluster) const;
+  // Caches `page`, read from `where`, unless the slot was cached or moved
+  // meanwhile (then the copy is dropped: the slot's own is newer). EUCLEAN
+  // if the page fails its checks.
+  Status InstallLoaded(const StoredPage& where, const format::MapPage& page);
 
   // Marks a cached page dirty (it will be written by the next checkpoint).
   void MarkDirty(CachedPage* page);

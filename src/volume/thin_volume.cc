@@ -192,35 +192,104 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
                                      "(--keyfile or --passphrase-file, or `edgestor pool unlock` for a daemon)"));
     inflight_ios_++;
   }
-  // The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
-  // goes through a bounce buffer on the synchronous path.
-  bool aligned = io->offset % kBlockSize == 0 && io->length % kBlockSize == 0 &&
-                 reinterpret_cast<uintptr_t>(io->buf) % kIoAlignment == 0;
-  switch (io->op) {
+  if (!IsAsynchronous(*io)) return io->op == VolumeOp::kFlush ? Complete(io) : SubmitSyncPath(io, queue);
+  if (ParkOnUncachedPage(io, queue, io->offset / cluster_size_)) return;
+  SubmitAsynchronous(io, queue);
+}
+
+// The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
+// goes through a bounce buffer on the synchronous path. A flush is neither:
+// Complete() commits it (a flush is a FUA with no data).
+bool ThinVolume::IsAsynchronous(const VolumeIo& io) {
+  bool aligned = io.offset % kBlockSize == 0 && io.length % kBlockSize == 0;
+  switch (io.op) {
     case VolumeOp::kRead:
-      if (aligned) return SubmitRead(io, queue);
-      return SubmitSyncPath(io, queue);
     case VolumeOp::kWrite:
-      if (aligned) {
-        // Counted before any cluster is looked at, so a snapshot that raises
-        // the write barrier and then waits for this count sees every
-        // asynchronous write that could land in a cluster it shares.
-        io->progress.async_write = true;
-        async_writes_++;
-        return SubmitWrite(io, queue);
-      }
-      return SubmitSyncPath(io, queue);
+      return aligned && reinterpret_cast<uintptr_t>(io.buf) % kIoAlignment == 0;
     case VolumeOp::kDiscard:
     case VolumeOp::kWriteZeroes:
-      if (io->offset % kBlockSize == 0 && io->length % kBlockSize == 0) {
-        io->progress.async_write = true;  // like a write: it may rewrite a shared cluster
-        async_writes_++;
-        return SubmitZeroes(io, queue);
-      }
-      return SubmitSyncPath(io, queue);
+      return aligned;
     case VolumeOp::kFlush:
-      return Complete(io);  // Complete() commits: flush is fua with no data
+      return false;
   }
+  return false;
+}
+
+void ThinVolume::SubmitAsynchronous(VolumeIo* io, IoQueue& queue) {
+  assert(IsAsynchronous(*io));
+  if (io->op == VolumeOp::kRead) return SubmitRead(io, queue);
+  // Counted before any cluster is looked at, so a snapshot that raises the
+  // write barrier and then waits for this count sees every asynchronous
+  // write that could land in a cluster it shares (zeroing may rewrite a
+  // shared cluster too).
+  io->progress.async_write = true;
+  async_writes_++;
+  if (io->op == VolumeOp::kWrite) return SubmitWrite(io, queue);
+  SubmitZeroes(io, queue);
+}
+
+// A map page read for a parked request.
+struct ThinVolume::PageLoad {
+  IoRequest req;
+  ThinVolume* volume = nullptr;
+  VolumeIo* io = nullptr;
+  IoQueue* queue = nullptr;
+  ThinMap::StoredPage where;
+  AlignedBuffer buffer;
+};
+
+// A request whose clusters' map pages are not all cached waits for them
+// here, one page after another, each read on the request's own queue: the
+// I/O thread goes on with other requests meanwhile. Pages from
+// `from_cluster` on are looked at, so each is read at most once per
+// request; one evicted again before the request runs (the cache is tight)
+// is then read synchronously by the lookup. Returns false if nothing is
+// missing (or memory is short: the lookup reads it then).
+bool ThinVolume::ParkOnUncachedPage(VolumeIo* io, IoQueue& queue, uint64_t from_cluster) {
+  uint64_t end_cluster = (io->offset + io->length + cluster_size_ - 1) / cluster_size_;
+  std::optional<ThinMap::StoredPage> missing;
+  {
+    std::lock_guard lock(mu_);
+    if (from_cluster < end_cluster) missing = map_.FirstUncached(from_cluster, end_cluster);
+  }
+  if (!missing) return false;
+  AlignedBuffer buffer = TryAllocateUninitialized(kBlockSize);  // wholly overwritten by the read
+  if (!buffer) return false;
+  auto* load = new PageLoad{};
+  load->volume = this;
+  load->io = io;
+  load->queue = &queue;
+  load->where = *missing;
+  load->buffer = std::move(buffer);
+  load->req.op = IoOp::kRead;
+  load->req.offset = missing->block * kBlockSize;
+  load->req.length = kBlockSize;
+  load->req.buf = load->buffer.get();
+  load->req.done = &ThinVolume::OnPageLoaded;
+  load->req.context = load;
+  queue.Submit(&load->req);
+  return true;
+}
+
+void ThinVolume::OnPageLoaded(IoRequest* req, int result) {
+  std::unique_ptr<PageLoad> load(static_cast<PageLoad*>(req->context));
+  ThinVolume* volume = load->volume;
+  VolumeIo* io = load->io;
+  Status s = result < 0 ? Status(-result, "reading a map page") : Status::Ok();
+  if (s.ok()) {
+    format::MapPage raw;
+    static_assert(sizeof raw == kBlockSize);
+    std::memcpy(&raw, load->buffer.get(), sizeof raw);
+    std::lock_guard lock(volume->mu_);
+    s = volume->map_.InstallLoaded(load->where, raw);
+  }
+  if (!s.ok()) {
+    io->progress.error = s.code();
+    return volume->Complete(io);
+  }
+  uint64_t next_cluster = (load->where.slot + 1) * format::kEntriesPerMapPage;
+  if (volume->ParkOnUncachedPage(io, *load->queue, next_cluster)) return;
+  volume->SubmitAsynchronous(io, *load->queue);
 }
 
 // The synchronous path waits for the device under the volume mutex. It runs

@@ -111,6 +111,14 @@ class ThinVolume : public Volume {
   static std::vector<SubIo*>& RecycledSubIos();
   static SubIo* NewSubIo();
   static void RecycleSubIo(SubIo* sub);
+  // ---- Dispatch (thin_volume.cc) ----
+  static bool IsAsynchronous(const VolumeIo& io);
+  void SubmitAsynchronous(VolumeIo* io, IoQueue& queue);
+  struct PageLoad;
+  // REQUIRES: mu_ not held. True if `io` waits for a map page (it goes on
+  // in OnPageLoaded).
+  bool ParkOnUncachedPage(VolumeIo* io, IoQueue& queue, uint64_t from_cluster);
+  static void OnPageLoaded(IoRequest* req, int result);
   void SubmitRead(VolumeIo* io, IoQueue& queue);
   // Unaligned I/O, discard and write-zeroes: the synchronous path, on a
   // worker when one is free (SyncPathStep), completing on `queue`.

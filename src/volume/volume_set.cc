@@ -283,6 +283,7 @@ PoolInfo VolumeSetImpl::Info() {
   info.map_cache_limit_pages = budget_.max_pages;
   info.map_cache_hits = budget_.hits.load(std::memory_order_relaxed);
   info.map_cache_misses = budget_.misses.load(std::memory_order_relaxed);
+  info.map_page_async_loads = budget_.async_loads.load(std::memory_order_relaxed);
   info.group_commits = committer_->commits();
   info.group_commit_waiters = committer_->waiters_served();
   info.group_commit_ns_total = committer_->commit_ns_total();

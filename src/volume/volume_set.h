@@ -111,10 +111,12 @@ struct PoolInfo {
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
   uint64_t map_cache_limit_pages = 0;
   // Data-path counters since the pool was opened: map-page lookups served
-  // from the cache and those that read the page; group commits, the
+  // from the cache, those that read the page synchronously, and pages read
+  // asynchronously for requests that waited for them; group commits, the
   // FLUSH/FUA requests they served, their total and longest duration.
   uint64_t map_cache_hits = 0;
   uint64_t map_cache_misses = 0;
+  uint64_t map_page_async_loads = 0;
   uint64_t group_commits = 0;
   uint64_t group_commit_waiters = 0;
   uint64_t group_commit_ns_total = 0;
