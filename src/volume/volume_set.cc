@@ -122,7 +122,7 @@ VolumeSetImpl::~VolumeSetImpl() {
 
 Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> device, const PoolCreateOptions& options,
                                                      const PoolOpenOptions& open_options) {
-  ES_ASSIGN_OR_RETURN(auto keys, VolumeSetImpl::NewKeyProtection(options.secret, options.kdf));
+  ES_ASSIGN_OR_RETURN(auto keys, KeyRing::NewKeyProtection(options.secret, options.kdf));
   if (options.encrypt_by_default && !keys.second)
     return Status(EINVAL, "encrypting volumes by default needs a pool key (--keyfile or --passphrase-file)");
   FormatOptions format_options{.cluster_size = options.cluster_size,
@@ -170,7 +170,7 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   if (!payload.empty()) defaults_ = contents.defaults;  // a new pool keeps what Create set
   for (VolumeRecord& v : contents.volumes) {
     auto volume = MakeVolume(v.id, v.name, v.size, v.attributes);
-    if (v.attributes.encrypted && pool_->key_protection().source == format::kKeySourceNone)
+    if (v.attributes.encrypted && !key_ring_.pool_has_key())
       problem("volume " + v.name + " is encrypted but the pool has no key");
     else if (!v.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*volume, nullptr));
     for (size_t s = 0; s < v.directory.size(); s++) {
@@ -271,7 +271,7 @@ PoolInfo VolumeSetImpl::Info() {
   info.key_source = source == format::kKeySourceNone      ? "none"
                     : source == format::kKeySourceKeyFile ? "key file"
                                                           : "passphrase";
-  info.locked = source != format::kKeySourceNone && !pool_key_;
+  info.locked = key_ring_.locked();
   info.encrypt_by_default = defaults_.encrypt;
   info.default_compression = {static_cast<Compression>(defaults_.compression), defaults_.compression_level};
   for (auto& [full, snapshot] : snapshots_) {
@@ -366,14 +366,15 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
   attributes.compression_level = static_cast<uint8_t>(compression.level);
   std::optional<DataKey> data_key;
   if (options.encrypt.value_or(defaults_.encrypt)) {
-    if (pool_->key_protection().source == format::kKeySourceNone)
+    if (!key_ring_.pool_has_key())
       return Status(EINVAL, "pool has no key to encrypt with: create it with --keyfile or --passphrase-file, or add "
                             "a key with `edgestor pool rekey`");
-    if (!pool_key_)
+    if (!key_ring_.unlocked())
       return Status(EACCES, "pool is locked: give its key (--keyfile or --passphrase-file; `edgestor pool unlock` "
                             "for a running daemon) to create encrypted volumes");
-    ES_ASSIGN_OR_RETURN(data_key, NewDataKey());
-    ES_ASSIGN_OR_RETURN(WrappedKey wrapped, WrapDataKey(*pool_key_, *data_key));
+    ES_ASSIGN_OR_RETURN(auto keys, key_ring_.NewVolumeKey());
+    auto& [key, wrapped] = keys;
+    data_key = std::move(key);
     attributes.encrypted = 1;
     std::memcpy(attributes.wrapped_key, wrapped.data(), wrapped.size());
   }

@@ -16,6 +16,7 @@
 #include "volume/codec_pool.h"
 #include "volume/committer.h"
 #include "volume/checkpoint_codec.h"
+#include "volume/key_ring.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
 #include "volume/volume_services.h"
@@ -54,12 +55,10 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   Result<uint64_t> FlattenVolume(const std::string& name, const ProgressFn& progress) override;
   Status Unlock(const PoolSecret& secret) override;
   Status Rekey(const PoolSecret& new_secret, const ScryptParams& kdf) override;
-  // Pool creation: the key protection for the label and the key itself.
-  static Result<std::pair<KeyProtection, std::optional<PoolKey>>> NewKeyProtection(const PoolSecret& secret,
-                                                                                   const ScryptParams& kdf);
+  // Pool creation: the pool key (KeyRing::NewKeyProtection) and defaults.
   void SetCreatedState(std::optional<PoolKey> key, const format::PoolDefaults& defaults);
-  // The pool key the secret gives, checked against the label.
-  Result<PoolKey> DeriveKey(const PoolSecret& secret);
+  // The pool key the secret gives, checked against the label (no lock).
+  Result<PoolKey> DeriveKey(const PoolSecret& secret) { return key_ring_.DeriveKey(secret); }
   Status Flush() override;
   Status Checkpoint() override;
   Device& device() override { return pool_->device(); }
@@ -166,7 +165,9 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // reference counts (and the accounting built on them) are exact.
   Status SettleLocked();
   // ---- Keys (volume_set_keys.cc) ----
-  Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
+  // REQUIRES: mu_ held and key_ring_.unlocked(). Gives an encrypted volume
+  // (or view) without a codec the one its unwrapped data key makes.
+  Status UnlockVolumeLocked(ThinVolume& volume);
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
   // ---- VolumeEvents: what the volumes report ----
   void MapPagesDirtied() override { UpdateMetadataReserve(); }
@@ -203,7 +204,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   std::string reclaim_error_;    // GUARDED_BY(mu_): why the background release stopped
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
-  std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked
+  KeyRing key_ring_{*pool_};  // GUARDED_BY(mu_), but DeriveKey: the pool key, once given
   std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
   std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover

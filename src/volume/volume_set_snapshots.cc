@@ -140,7 +140,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
   snapshot.view->MakeSnapshotView(entry);
   snapshot.view->map().ReplaceDirectory(directory, source.map().clusters());
   if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
-  else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*snapshot.view));
+  else if (key_ring_.unlocked()) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*snapshot.view));
   ES_ASSIGN_OR_RETURN(entry.directory_block, pool_->WriteSideChain(EncodeDirectory(directory),
                                                                    format::kSnapshotDirectoryMagic,
                                                                    &snapshot.directory_chain));
@@ -470,7 +470,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
     auto clone = MakeVolume(next_volume_id_, clone_name, view.size(), attributes);
     if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*clone, nullptr));
-    else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
+    else if (key_ring_.unlocked()) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
     clone->TakeContentOf(view);
     ReferenceDirectory(view.map().Directory());
     next_volume_id_++;
