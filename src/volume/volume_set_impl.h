@@ -1,4 +1,6 @@
-// VolumeSetImpl: the volume table, recovery and checkpoints.
+// VolumeSetImpl: the volume table, recovery and checkpoints. Its named
+// parts: KeyRing (key_ring.h: the pool key, data keys wrapped) and
+// Checkpointer (checkpointer.h: when to checkpoint, metadata space).
 #pragma once
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include "volume/codec_pool.h"
 #include "volume/committer.h"
 #include "volume/checkpoint_codec.h"
+#include "volume/checkpointer.h"
 #include "volume/key_ring.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
@@ -105,26 +108,13 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // current pages) and before the payload is encoded. May append releases
   // to `frees`. An error fails the checkpoint (and the set, until reopened).
   using CheckpointChange = std::function<Status(std::vector<BlockRun>* frees)>;
-  // Control operations keep this much more room than the checkpoint they
-  // run needs, for pages the data path dirties meanwhile.
-  static constexpr uint64_t kControlSlackBlocks = 16;
-  // Metadata space a control operation needs beyond the next checkpoint's.
-  struct MetadataNeed {
-    uint64_t payload_bytes = 0;      // added to the checkpoint payload
-    uint64_t side_chain_blocks = 0;  // snapshot directories written
-    uint64_t slack_blocks = 0;
-  };
   // REQUIRES: mu_ held. ENOSPC unless the next checkpoint, grown by `need`,
-  // fits in the free space.
+  // fits in the free space (Checkpointer::CheckMetadataRoom).
   Status CheckMetadataRoomLocked(const MetadataNeed& need);
   // REQUIRES: mu_ held. EFBIG if the volumes' directories (checkpoint
   // payload) or all maps in memory would pass their bounds.
   Status CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t more_slots);
   uint64_t PayloadBytesLocked();  // REQUIRES: mu_ held
-  // What a new snapshot named `name` of a volume with `slots` directory
-  // slots, or a new volume (or clone), adds to the metadata.
-  static MetadataNeed SnapshotNeed(const std::string& name, uint64_t slots);
-  static MetadataNeed VolumeNeed(const std::string& name, uint64_t slots);
   // REQUIRES: mu_ held. With `new_keys`, the label changes to them.
   Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr,
                           const CheckpointChange& change = {});
@@ -170,15 +160,12 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   Status UnlockVolumeLocked(ThinVolume& volume);
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
   // ---- VolumeEvents: what the volumes report ----
-  void MapPagesDirtied() override { UpdateMetadataReserve(); }
+  void MapPagesDirtied() override { checkpointer_.UpdateMetadataReserve(); }
   // With no volume lock held: has the committer checkpoint when the journal
   // or the dirty map pages need one.
   void RequestFinished() override;
-  // Recomputes the space kept back for the next checkpoint's metadata.
-  void UpdateMetadataReserve();
   std::unique_ptr<ThinVolume> MakeVolume(uint32_t id, std::string name, uint64_t size,
                                          const format::VolumeAttributes& attributes);
-  bool NeedsCheckpoint() const;
   // On the committer's thread: the checkpoint RequestFinished asked for.
   void CheckpointIfNeeded();
   ThinVolume* FindLocked(const std::string& name);
@@ -186,6 +173,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
 
   std::unique_ptr<Pool> pool_;
   MapCacheBudget budget_;
+  Checkpointer checkpointer_{*pool_, budget_};  // atomics: any thread (see checkpointer.h)
   // Guards the volume table; taken before any volume's mutex. Checkpoints
   // hold it, so control operations and checkpoints are serialized.
   std::mutex mu_;
@@ -205,12 +193,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
   KeyRing key_ring_{*pool_};  // GUARDED_BY(mu_), but DeriveKey: the pool key, once given
-  std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
-  std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
-  // RequestFinished: after a checkpoint refused for lack of space, no other until
-  // this time (steady_clock ticks).
-  std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
   std::unique_ptr<CodecPool> codec_pool_;
   std::unique_ptr<Committer> committer_;  // its thread uses the members above
