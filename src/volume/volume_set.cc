@@ -3,7 +3,6 @@
 
 #include <cassert>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <set>
 #include <unordered_set>
@@ -18,11 +17,6 @@ namespace {
 // allocation overhead); converts the budget from bytes to pages.
 constexpr uint64_t kCachedPageCost = sizeof(CachedPage) + 64;
 constexpr uint64_t kMinCachedPages = 64;
-// Extra blocks always kept back for a checkpoint's chain and labels. Map
-// pages can also become dirty without a data allocation (written bits of a
-// mapped cluster, discard, copy-on-write of a page): a checkpoint starts
-// early once half of this slack is used, so those never outrun the reserve.
-constexpr uint64_t kReserveSlackBlocks = 64;
 // Bounds on the maps, whatever the pool size. Every checkpoint writes every
 // volume's directory (16 bytes per map page of 255 clusters), and every
 // directory slot of a volume or snapshot costs sizeof(ThinMap::Slot) of
@@ -31,49 +25,19 @@ constexpr uint64_t kReserveSlackBlocks = 64;
 constexpr uint64_t kMaxVolumeDirectorySlots = 4ull << 20;
 constexpr uint64_t kMaxMapSlotsInMemory = 16ull << 20;
 
-uint64_t ChainBlocks(uint64_t payload_bytes) { return payload_bytes / format::kCheckpointPayload + 1; }
-
-// Payload bytes a volume (or clone) with `slots` directory slots adds.
-uint64_t VolumePayloadBytes(size_t name_length, uint64_t slots) {
-  return sizeof(format::VolumeTableEntry) + name_length + sizeof(format::VolumeAttributes) +
-         slots * sizeof(format::DirectorySlot);
-}
-
-uint64_t SnapshotPayloadBytes(size_t name_length) {
-  return sizeof(format::SnapshotEntry) + name_length + sizeof(format::VolumeAttributes);
-}
-
-std::string Bytes(uint64_t blocks) { return std::to_string(blocks * kBlockSize / 1024) + " KiB"; }
-
 }  // namespace
 
 uint64_t VolumeSetImpl::PayloadBytesLocked() {
-  uint64_t bytes = sizeof(format::CheckpointHeader) + sizeof(format::PoolDefaults) + sizeof(format::SnapshotTableHeader);
+  uint64_t bytes = Checkpointer::EmptyPayloadBytes();
+  const uint32_t cluster_size = pool_->geometry().cluster_size;
   for (auto& [name, volume] : volumes_)
-    bytes += VolumePayloadBytes(name.size(), DirectorySlotsFor(volume->size(), pool_->geometry().cluster_size));
-  for (auto& [full, snapshot] : snapshots_) bytes += SnapshotPayloadBytes(snapshot.name.size());
+    bytes += Checkpointer::VolumePayloadBytes(name.size(), DirectorySlotsFor(volume->size(), cluster_size));
+  for (auto& [full, snapshot] : snapshots_) bytes += Checkpointer::SnapshotPayloadBytes(snapshot.name.size());
   return bytes;
 }
 
-VolumeSetImpl::MetadataNeed VolumeSetImpl::SnapshotNeed(const std::string& name, uint64_t slots) {
-  return {SnapshotPayloadBytes(name.size()), ChainBlocks(slots * sizeof(format::DirectorySlot)), kControlSlackBlocks};
-}
-
-VolumeSetImpl::MetadataNeed VolumeSetImpl::VolumeNeed(const std::string& name, uint64_t slots) {
-  return {VolumePayloadBytes(name.size(), slots), 0, kControlSlackBlocks};
-}
-
 Status VolumeSetImpl::CheckMetadataRoomLocked(const MetadataNeed& need) {
-  uint64_t needed = budget_.dirty_pages + ChainBlocks(PayloadBytesLocked() + need.payload_bytes) +
-                    need.side_chain_blocks + need.slack_blocks;
-  // Blocks prepared for an earlier check of this operation count as free.
-  uint64_t free = pool_->free_blocks() + pool_->prepared_blocks();
-  // Host space too (a sparse pool file on a full file system): taken now,
-  // so the checkpoint cannot fail midway for it.
-  if (needed <= free) return pool_->PrepareMetadataBlocks(needed);
-  return Status(ENOSPC, "pool is full: this needs " + Bytes(needed) + " of metadata space and " + Bytes(free) +
-                            " is free; nothing was changed (free space by deleting snapshots or volumes, or by "
-                            "discarding, then try again)");
+  return checkpointer_.CheckMetadataRoom(PayloadBytesLocked(), need);
 }
 
 Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t more_slots) {
@@ -122,7 +86,7 @@ VolumeSetImpl::~VolumeSetImpl() {
 
 Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> device, const PoolCreateOptions& options,
                                                      const PoolOpenOptions& open_options) {
-  ES_ASSIGN_OR_RETURN(auto keys, VolumeSetImpl::NewKeyProtection(options.secret, options.kdf));
+  ES_ASSIGN_OR_RETURN(auto keys, KeyRing::NewKeyProtection(options.secret, options.kdf));
   if (options.encrypt_by_default && !keys.second)
     return Status(EINVAL, "encrypting volumes by default needs a pool key (--keyfile or --passphrase-file)");
   FormatOptions format_options{.cluster_size = options.cluster_size,
@@ -170,7 +134,7 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   if (!payload.empty()) defaults_ = contents.defaults;  // a new pool keeps what Create set
   for (VolumeRecord& v : contents.volumes) {
     auto volume = MakeVolume(v.id, v.name, v.size, v.attributes);
-    if (v.attributes.encrypted && pool_->key_protection().source == format::kKeySourceNone)
+    if (v.attributes.encrypted && !key_ring_.pool_has_key())
       problem("volume " + v.name + " is encrypted but the pool has no key");
     else if (!v.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*volume, nullptr));
     for (size_t s = 0; s < v.directory.size(); s++) {
@@ -207,8 +171,11 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
   for (auto& [name, volume] : volumes_) volume->MarkDivergedPages(problem);
   pool_->FinishRecovery();
   if (!first_problem.ok()) return first_problem;
-  for (auto& [name, volume] : volumes_) directory_slots_ += volume->map().slots().size();
-  UpdateMetadataReserve();
+  uint64_t slots = 0;
+  for (auto& [name, volume] : volumes_) slots += volume->map().slots().size();
+  // Snapshots join the reserve from the first checkpoint on.
+  checkpointer_.Checkpointed(slots, /*snapshot_count=*/0);
+  checkpointer_.UpdateMetadataReserve();
   if (report) return Status::Ok();  // fsck never writes
   // A fresh checkpoint generation makes any journal block written before
   // the crash (valid or torn) stale for good.
@@ -271,7 +238,7 @@ PoolInfo VolumeSetImpl::Info() {
   info.key_source = source == format::kKeySourceNone      ? "none"
                     : source == format::kKeySourceKeyFile ? "key file"
                                                           : "passphrase";
-  info.locked = source != format::kKeySourceNone && !pool_key_;
+  info.locked = key_ring_.locked();
   info.encrypt_by_default = defaults_.encrypt;
   info.default_compression = {static_cast<Compression>(defaults_.compression), defaults_.compression_level};
   for (auto& [full, snapshot] : snapshots_) {
@@ -359,7 +326,7 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
   if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
   uint64_t slots = DirectorySlotsFor(size, pool_->geometry().cluster_size);
   ES_RETURN_IF_ERROR(CheckMapBoundsLocked(slots, slots));
-  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(VolumeNeed(name, slots)));
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(Checkpointer::VolumeNeed(name, slots)));
   format::VolumeAttributes attributes{};
   CompressionSetting compression = options.compression.value_or(
       CompressionSetting{static_cast<Compression>(defaults_.compression), defaults_.compression_level});
@@ -367,14 +334,15 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
   attributes.compression_level = static_cast<uint8_t>(compression.level);
   std::optional<DataKey> data_key;
   if (options.encrypt.value_or(defaults_.encrypt)) {
-    if (pool_->key_protection().source == format::kKeySourceNone)
+    if (!key_ring_.pool_has_key())
       return Status(EINVAL, "pool has no key to encrypt with: create it with --keyfile or --passphrase-file, or add "
                             "a key with `edgestor pool rekey`");
-    if (!pool_key_)
+    if (!key_ring_.unlocked())
       return Status(EACCES, "pool is locked: give its key (--keyfile or --passphrase-file; `edgestor pool unlock` "
                             "for a running daemon) to create encrypted volumes");
-    ES_ASSIGN_OR_RETURN(data_key, NewDataKey());
-    ES_ASSIGN_OR_RETURN(WrappedKey wrapped, WrapDataKey(*pool_key_, *data_key));
+    ES_ASSIGN_OR_RETURN(auto keys, key_ring_.NewVolumeKey());
+    auto& [key, wrapped] = keys;
+    data_key = std::move(key);
     attributes.encrypted = 1;
     std::memcpy(attributes.wrapped_key, wrapped.data(), wrapped.size());
   }
@@ -404,7 +372,7 @@ Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, b
   if (new_slots > old_slots) {
     ES_RETURN_IF_ERROR(CheckMapBoundsLocked(new_slots - old_slots, new_slots - old_slots));
     ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(
-        {(new_slots - old_slots) * sizeof(format::DirectorySlot), 0, kControlSlackBlocks}));
+        {(new_slots - old_slots) * sizeof(format::DirectorySlot), 0, Checkpointer::kControlSlackBlocks}));
   }
   // A shrink releases in steps of bounded memory, each one committed.
   while (new_size < volume->size()) {
@@ -579,54 +547,29 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
     volume->map().EvictIfOverBudget();
     slots += volume->map().slots().size();
   }
-  directory_slots_ = slots;
-  snapshot_count_ = snapshots_.size();
+  checkpointer_.Checkpointed(slots, snapshots_.size());
   locks.clear();
-  UpdateMetadataReserve();
+  checkpointer_.UpdateMetadataReserve();
   return refused;
 }
 
-bool VolumeSetImpl::NeedsCheckpoint() const {
-  // Space running short: storing the dirty pages now turns them into
-  // used blocks and frees the blocks they replace.
-  bool space = pool_->MetadataShort() && budget_.dirty_pages > 0;
-  return pool_->JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages || space;
-}
-
 void VolumeSetImpl::RequestFinished() {
-  if (NeedsCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
+  if (checkpointer_.NeedsCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
 }
 
 void VolumeSetImpl::CheckpointIfNeeded() {
-  if (!NeedsCheckpoint() || closed_ || failed_) return;
+  if (!checkpointer_.NeedsCheckpoint() || closed_ || failed_) return;
   // After a checkpoint refused for lack of space, wait before trying again
   // rather than after every request.
-  int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
-  if (now < space_retry_after_.load(std::memory_order_relaxed)) return;
+  if (checkpointer_.BackingOff()) return;
   // A control operation holding the table checkpoints anyway; the data path
   // goes on meanwhile (it blocks on volume locks only while one writes).
   std::unique_lock lock(mu_, std::try_to_lock);
-  if (!lock.owns_lock() || !NeedsCheckpoint()) return;
+  if (!lock.owns_lock() || !checkpointer_.NeedsCheckpoint()) return;
   // A device failure marks the set failed (later I/O reports it); a refusal
   // for space changes nothing, and the journal keeps every change meanwhile.
   Status s = CheckpointLocked({});
-  if (s.code() == ENOSPC && !failed_) {
-    auto retry = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
-    space_retry_after_.store(retry.time_since_epoch().count(), std::memory_order_relaxed);
-  }
-}
-
-void VolumeSetImpl::UpdateMetadataReserve() {
-  // The next checkpoint writes every dirty page and a chain holding every
-  // directory slot and volume table entry.
-  uint64_t dirty = budget_.dirty_pages;
-  uint64_t table_bytes = directory_slots_ * sizeof(format::DirectorySlot) +
-                         format::kMaxVolumes * (sizeof(format::VolumeTableEntry) + format::kMaxVolumeNameLength +
-                                                sizeof(format::VolumeAttributes)) +
-                         (snapshot_count_ + 1) * (sizeof(format::SnapshotEntry) + format::kMaxSnapshotNameLength +
-                                                  sizeof(format::VolumeAttributes));
-  uint64_t chain_blocks = table_bytes / format::kCheckpointPayload + 1;
-  pool_->SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks, dirty + chain_blocks + kReserveSlackBlocks / 2);
+  if (s.code() == ENOSPC && !failed_) checkpointer_.BackOffAfterSpaceRefusal();
 }
 
 Result<std::unique_ptr<VolumeSet>> OpenPoolFile(const std::string& path, const PoolOpenOptions& options) {

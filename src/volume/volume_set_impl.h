@@ -1,4 +1,6 @@
-// VolumeSetImpl: the volume table, recovery and checkpoints.
+// VolumeSetImpl: the volume table, recovery and checkpoints. Its named
+// parts: KeyRing (key_ring.h: the pool key, data keys wrapped) and
+// Checkpointer (checkpointer.h: when to checkpoint, metadata space).
 #pragma once
 
 #include <algorithm>
@@ -16,6 +18,8 @@
 #include "volume/codec_pool.h"
 #include "volume/committer.h"
 #include "volume/checkpoint_codec.h"
+#include "volume/checkpointer.h"
+#include "volume/key_ring.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
 #include "volume/volume_services.h"
@@ -54,12 +58,10 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   Result<uint64_t> FlattenVolume(const std::string& name, const ProgressFn& progress) override;
   Status Unlock(const PoolSecret& secret) override;
   Status Rekey(const PoolSecret& new_secret, const ScryptParams& kdf) override;
-  // Pool creation: the key protection for the label and the key itself.
-  static Result<std::pair<KeyProtection, std::optional<PoolKey>>> NewKeyProtection(const PoolSecret& secret,
-                                                                                   const ScryptParams& kdf);
+  // Pool creation: the pool key (KeyRing::NewKeyProtection) and defaults.
   void SetCreatedState(std::optional<PoolKey> key, const format::PoolDefaults& defaults);
-  // The pool key the secret gives, checked against the label.
-  Result<PoolKey> DeriveKey(const PoolSecret& secret);
+  // The pool key the secret gives, checked against the label (no lock).
+  Result<PoolKey> DeriveKey(const PoolSecret& secret) { return key_ring_.DeriveKey(secret); }
   Status Flush() override;
   Status Checkpoint() override;
   Device& device() override { return pool_->device(); }
@@ -106,26 +108,13 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // current pages) and before the payload is encoded. May append releases
   // to `frees`. An error fails the checkpoint (and the set, until reopened).
   using CheckpointChange = std::function<Status(std::vector<BlockRun>* frees)>;
-  // Control operations keep this much more room than the checkpoint they
-  // run needs, for pages the data path dirties meanwhile.
-  static constexpr uint64_t kControlSlackBlocks = 16;
-  // Metadata space a control operation needs beyond the next checkpoint's.
-  struct MetadataNeed {
-    uint64_t payload_bytes = 0;      // added to the checkpoint payload
-    uint64_t side_chain_blocks = 0;  // snapshot directories written
-    uint64_t slack_blocks = 0;
-  };
   // REQUIRES: mu_ held. ENOSPC unless the next checkpoint, grown by `need`,
-  // fits in the free space.
+  // fits in the free space (Checkpointer::CheckMetadataRoom).
   Status CheckMetadataRoomLocked(const MetadataNeed& need);
   // REQUIRES: mu_ held. EFBIG if the volumes' directories (checkpoint
   // payload) or all maps in memory would pass their bounds.
   Status CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t more_slots);
   uint64_t PayloadBytesLocked();  // REQUIRES: mu_ held
-  // What a new snapshot named `name` of a volume with `slots` directory
-  // slots, or a new volume (or clone), adds to the metadata.
-  static MetadataNeed SnapshotNeed(const std::string& name, uint64_t slots);
-  static MetadataNeed VolumeNeed(const std::string& name, uint64_t slots);
   // REQUIRES: mu_ held. With `new_keys`, the label changes to them.
   Status CheckpointLocked(std::vector<BlockRun> frees, const KeyProtection* new_keys = nullptr,
                           const CheckpointChange& change = {});
@@ -166,18 +155,17 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // reference counts (and the accounting built on them) are exact.
   Status SettleLocked();
   // ---- Keys (volume_set_keys.cc) ----
-  Status UnlockVolumeLocked(ThinVolume& volume);       // REQUIRES: mu_ and pool_key_
+  // REQUIRES: mu_ held and key_ring_.unlocked(). Gives an encrypted volume
+  // (or view) without a codec the one its unwrapped data key makes.
+  Status UnlockVolumeLocked(ThinVolume& volume);
   Status GiveCodec(ThinVolume& volume, const DataKey* key);
   // ---- VolumeEvents: what the volumes report ----
-  void MapPagesDirtied() override { UpdateMetadataReserve(); }
+  void MapPagesDirtied() override { checkpointer_.UpdateMetadataReserve(); }
   // With no volume lock held: has the committer checkpoint when the journal
   // or the dirty map pages need one.
   void RequestFinished() override;
-  // Recomputes the space kept back for the next checkpoint's metadata.
-  void UpdateMetadataReserve();
   std::unique_ptr<ThinVolume> MakeVolume(uint32_t id, std::string name, uint64_t size,
                                          const format::VolumeAttributes& attributes);
-  bool NeedsCheckpoint() const;
   // On the committer's thread: the checkpoint RequestFinished asked for.
   void CheckpointIfNeeded();
   ThinVolume* FindLocked(const std::string& name);
@@ -185,6 +173,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
 
   std::unique_ptr<Pool> pool_;
   MapCacheBudget budget_;
+  Checkpointer checkpointer_{*pool_, budget_};  // atomics: any thread (see checkpointer.h)
   // Guards the volume table; taken before any volume's mutex. Checkpoints
   // hold it, so control operations and checkpoints are serialized.
   std::mutex mu_;
@@ -203,13 +192,8 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   std::string reclaim_error_;    // GUARDED_BY(mu_): why the background release stopped
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
-  std::optional<PoolKey> pool_key_;                             // GUARDED_BY(mu_): unlocked
-  std::atomic<uint64_t> directory_slots_{0};  // all volumes', as of the last checkpoint
-  std::atomic<uint64_t> snapshot_count_{0};   // as of the last checkpoint
+  KeyRing key_ring_{*pool_};  // GUARDED_BY(mu_), but DeriveKey: the pool key, once given
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
-  // RequestFinished: after a checkpoint refused for lack of space, no other until
-  // this time (steady_clock ticks).
-  std::atomic<int64_t> space_retry_after_{0};
   std::atomic<bool> closed_{false};
   std::unique_ptr<CodecPool> codec_pool_;
   std::unique_ptr<Committer> committer_;  // its thread uses the members above

@@ -140,7 +140,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
   snapshot.view->MakeSnapshotView(entry);
   snapshot.view->map().ReplaceDirectory(directory, source.map().clusters());
   if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*snapshot.view, nullptr));
-  else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*snapshot.view));
+  else if (key_ring_.unlocked()) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*snapshot.view));
   ES_ASSIGN_OR_RETURN(entry.directory_block, pool_->WriteSideChain(EncodeDirectory(directory),
                                                                    format::kSnapshotDirectoryMagic,
                                                                    &snapshot.directory_chain));
@@ -188,7 +188,7 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
                                   " in flight did not finish within 30 s (is the disk stuck?); no snapshot was "
                                   "taken, nothing changed: try again")
                  : CheckMapBoundsLocked(0, slots);
-  if (s.ok()) s = CheckMetadataRoomLocked(SnapshotNeed(name, slots));
+  if (s.ok()) s = CheckMetadataRoomLocked(Checkpointer::SnapshotNeed(name, slots));
   if (s.ok())
     s = CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
       return AddSnapshotLocked(*volume, volume_name, name, 0);
@@ -423,7 +423,8 @@ Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, cons
   const uint32_t cluster_size = pool_->geometry().cluster_size;
   uint64_t current_slots = DirectorySlotsFor(volume->size(), cluster_size);
   uint64_t target_slots = DirectorySlotsFor(view.size(), cluster_size);
-  MetadataNeed need = keep_current ? SnapshotNeed(kept, current_slots) : MetadataNeed{0, 0, kControlSlackBlocks};
+  MetadataNeed need = keep_current ? Checkpointer::SnapshotNeed(kept, current_slots)
+                                   : MetadataNeed{0, 0, Checkpointer::kControlSlackBlocks};
   if (target_slots > current_slots) {
     need.payload_bytes += (target_slots - current_slots) * sizeof(format::DirectorySlot);
     ES_RETURN_IF_ERROR(CheckMapBoundsLocked(target_slots - current_slots,
@@ -463,14 +464,14 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   ThinVolume& view = *origin->view;
   const uint64_t slots = DirectorySlotsFor(view.size(), pool_->geometry().cluster_size);
   ES_RETURN_IF_ERROR(CheckMapBoundsLocked(slots, slots));
-  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(VolumeNeed(clone_name, slots)));
+  ES_RETURN_IF_ERROR(CheckMetadataRoomLocked(Checkpointer::VolumeNeed(clone_name, slots)));
   format::VolumeAttributes attributes = view.attributes();
   attributes.origin_snapshot = origin->entry.snapshot_id;  // same data key: the clone reads the shared data
   ThinVolume* created = nullptr;
   ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
     auto clone = MakeVolume(next_volume_id_, clone_name, view.size(), attributes);
     if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*clone, nullptr));
-    else if (pool_key_) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
+    else if (key_ring_.unlocked()) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
     clone->TakeContentOf(view);
     ReferenceDirectory(view.map().Directory());
     next_volume_id_++;
