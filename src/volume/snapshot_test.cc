@@ -430,6 +430,10 @@ void WriteManyInFlightAfterASnapshot(TestPool& pool, bool compressed = false, bo
   auto& thin = dynamic_cast<ThinVolume&>(*v);
   EXPECT_GT(compressed ? thin.reencodes_started() : thin.copies_started(), 0u);
   EXPECT_GT(thin.rewrite_retries(), 0u) << "no two rewrites of one cluster raced";
+  VolumeInfo info = pool.set().GetVolumeInfo("vol").value();  // what vol.info reports
+  EXPECT_EQ(info.cow_copies, thin.copies_started());
+  EXPECT_EQ(info.compressed_rewrites, thin.reencodes_started());
+  EXPECT_EQ(info.rewrite_retries, thin.rewrite_retries());
   EXPECT_TRUE(ReadAll(pool, "vol") == expected);
   EXPECT_TRUE(ReadAll(pool, "vol@s") == before);
   ASSERT_TRUE(pool.Flush(*v).ok());

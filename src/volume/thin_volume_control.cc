@@ -25,6 +25,10 @@ VolumeInfo ThinVolume::Info() {
   info.encrypted = attributes_.encrypted;
   info.locked = codec_ == nullptr;
   info.compression = {static_cast<Compression>(attributes_.compression), attributes_.compression_level};
+  info.cow_copies = copies_started();
+  info.compressed_rewrites = reencodes_started();
+  info.rewrite_retries = rewrite_retries();
+  info.sync_path_offloads = sync_path_offloads();
   return info;
 }
 

@@ -139,6 +139,14 @@ struct VolumeInfo {
   uint32_t snapshot_count = 0;
   uint64_t used_bytes = 0;        // freed if the volume and all its snapshots were deleted
   uint64_t used_by_snapshots_bytes = 0;  // freed if all its snapshots were deleted
+  // Data-path counters since the pool was opened: writes and zeroing that
+  // copied a shared cluster or re-encoded a compressed one asynchronously,
+  // those redone after losing a race for the cluster, and unaligned
+  // requests whose synchronous path ran on a worker thread.
+  uint64_t cow_copies = 0;
+  uint64_t compressed_rewrites = 0;
+  uint64_t rewrite_retries = 0;
+  uint64_t sync_path_offloads = 0;
 };
 
 struct SnapshotInfo {
