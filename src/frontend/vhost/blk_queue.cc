@@ -27,6 +27,7 @@ struct BlkQueue::Request {
   uint64_t out_bytes = 0;
   AlignedBuffer bounce;
   uint64_t bounce_capacity = 0;
+  bool direct = false;       // io.buf points into guest memory (no bounce)
   uint32_t written = 0;      // bytes written into the guest's buffers, status included
   uint64_t budgeted = 0;     // bytes taken from the budgets, given back in Finish
 };
@@ -57,6 +58,29 @@ void Scatter(const std::vector<Segment>& segments, const uint8_t* src, uint64_t 
     src += n;
     length -= n;
   }
+}
+
+// The `length` bytes starting `skip` bytes into the chain, if they lie in
+// one piece of host memory aligned for O_DIRECT (a guest buffer of
+// physically contiguous pages, as a guest's large requests often are);
+// nullptr otherwise.
+uint8_t* ContiguousAligned(const std::vector<Segment>& segments, uint64_t skip, uint64_t length) {
+  uint8_t* start = nullptr;
+  uint64_t found = 0;
+  for (const Segment& s : segments) {
+    if (found == length) break;
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
+    }
+    uint8_t* piece = s.data + skip;
+    if (start == nullptr) start = piece;
+    else if (piece != start + found) return nullptr;
+    found += std::min<uint64_t>(s.length - skip, length - found);
+    skip = 0;
+  }
+  if (found != length || reinterpret_cast<uintptr_t>(start) % kBufferAlignment != 0) return nullptr;
+  return start;
 }
 
 uint8_t* StatusByte(const std::vector<Segment>& in) {
@@ -296,6 +320,20 @@ void BlkQueue::Begin(uint16_t head) {
 void BlkQueue::StartData(Request* r) {
   VolumeIo& io = r->io;
   assert(r->budgeted == io.length && (io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite));
+  // Data in one aligned piece of guest memory is read or written by the
+  // device where it is: no copy. The guest could change a write's data
+  // while it is written, but only its own (as with any disk); the memory
+  // stays mapped until the request is answered, since the ring keeps the
+  // table it started with (see Virtqueue::Start).
+  bool write = io.op == VolumeOp::kWrite;
+  uint8_t* guest_data = write ? ContiguousAligned(r->out, sizeof(BlkOutHeader), io.length)
+                              : ContiguousAligned(r->in, 0, io.length);
+  if (guest_data) {
+    r->direct = true;
+    io.buf = guest_data;
+    direct_requests_++;
+    return channel_->Submit(*settings_.volume, &io);
+  }
   r->bounce = bounce_cache_.Take(io.length, &r->bounce_capacity);  // wholly overwritten before use
   if (!r->bounce) {
     spdlog::warn("vhost-blk queue {}: no memory for a {}-byte request", index_, io.length);
@@ -310,7 +348,7 @@ void BlkQueue::StartData(Request* r) {
 void BlkQueue::OnVolumeIoDone(VolumeIo* io, const Status& status) {
   auto* r = static_cast<Request*>(io->context);
   if (status.ok() && io->op == VolumeOp::kRead) {
-    Scatter(r->in, r->bounce.get(), io->length);
+    if (!r->direct) Scatter(r->in, r->bounce.get(), io->length);
     r->written = static_cast<uint32_t>(io->length);
   }
   r->queue->Finish(r, status.ok() ? kBlkStatusOk : kBlkStatusIoErr);

@@ -80,14 +80,17 @@ class BlkQueue {
   int ExchangeCallFd(int fd);
   // This queue's budget (its counters: bytes in flight, peak, waits).
   const InflightBudget& budget() const { return budget_; }
+  // Reads and writes served in the guest's own memory, without a bounce
+  // buffer (their data was one aligned piece).
+  uint64_t direct_requests() const { return direct_requests_.load(std::memory_order_relaxed); }
 
  private:
   struct Request;
   void Run();
   bool TakeAvailable();  // false if the ring is broken
   void Begin(uint16_t head);
-  // Allocates a read's or write's bounce buffer and submits it. REQUIRES:
-  // its budget was taken.
+  // Submits a read or write, in the guest's memory or through a bounce
+  // buffer. REQUIRES: its budget was taken.
   void StartData(Request* request);
   // Starts parked requests, oldest first, while the budget has room.
   void StartParked();
@@ -117,6 +120,7 @@ class BlkQueue {
   int call_fd_ = -1;
   std::atomic<bool> stopping_{false};
   uint32_t in_flight_ = 0;  // requests taken and not yet returned (parked ones included)
+  std::atomic<uint64_t> direct_requests_{0};
   InflightBudget budget_;
   std::deque<Request*> parked_;  // taken, waiting for budget; nothing is popped meanwhile
   BounceCache bounce_cache_{kKeptBounceBytes};
