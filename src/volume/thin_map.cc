@@ -125,6 +125,7 @@ void ThinMap::ReplaceDirectory(const std::vector<format::DirectorySlot>& directo
     slots_[i].generation = directory[i].generation;
   }
   clusters_ = clusters;
+  if (clock_hand_ >= slots_.size()) clock_hand_ = 0;  // the directory may have shrunk
 }
 
 std::vector<format::DirectorySlot> ThinMap::Directory() const {
@@ -148,6 +149,7 @@ void ThinMap::Resize(uint64_t clusters) {
   }
   slots_.resize(slots);
   clusters_ = clusters;
+  if (clock_hand_ >= slots_.size()) clock_hand_ = 0;  // shrunk past the scan position
 }
 
 void ThinMap::Evict(Slot& slot) {
@@ -163,6 +165,7 @@ void ThinMap::EvictIfOverBudget() {
   if (budget_.cached_pages <= budget_.max_pages || slots_.empty()) return;
   // Clock scan over this map's slots; bounded so one call stays cheap.
   for (uint64_t n = 0; n < slots_.size() && n < 4096 && budget_.cached_pages > budget_.max_pages; n++) {
+    assert(clock_hand_ < slots_.size());
     Slot& slot = slots_[clock_hand_];
     clock_hand_ = (clock_hand_ + 1) % slots_.size();
     if (slot.page && !slot.page->dirty && slot.page->pins == 0) Evict(slot);
