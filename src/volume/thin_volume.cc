@@ -520,6 +520,7 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
       io->progress.error = page.status().code();
       return;
     }
+    assert(page.value() != nullptr && "create=true always gives a page");
     const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
     if (write_barrier_) {
       // A snapshot is waiting for the asynchronous writes in flight.

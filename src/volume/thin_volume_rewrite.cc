@@ -273,6 +273,8 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
   // same block with the same bits means nobody changed the cluster.
   bool unchanged = current.phys_block == old.phys_block && current.written_bits == old.written_bits;
   const format::MapEntry& fresh = rewrite->new_entry;
+  // The old run held an extra reference throughout: fresh space is never it.
+  assert(fresh.phys_block == 0 || old.phys_block == 0 || format::FirstBlock(fresh) != format::FirstBlock(old));
   if (result == 0 && unchanged) {
     if (old.phys_block != 0 && !format::IsCompressed(old)) HoldRunForIoInFlight(page, cluster);
     std::span<const BlockRun> release = old.phys_block != 0 ? std::span(&rewrite->old_run, 1) : std::span<const BlockRun>();
