@@ -9,6 +9,7 @@ namespace edgestor {
 Allocator::Allocator(uint64_t total_blocks, uint32_t cluster_blocks)
     : total_blocks_(total_blocks), cluster_blocks_(cluster_blocks), bits_((total_blocks + 63) / 64, 0),
       block_cursor_(total_blocks - 1) {
+  assert(total_blocks > 0 && "block_cursor_ starts at the last block");
   assert(cluster_blocks >= 1 && cluster_blocks <= 64);
   assert((cluster_blocks & (cluster_blocks - 1)) == 0);
 }
@@ -19,7 +20,7 @@ bool Allocator::IsUsed(uint64_t block) const {
 }
 
 bool Allocator::MarkUsed(uint64_t block, uint64_t count) {
-  assert(block + count <= total_blocks_);
+  assert(block <= total_blocks_ && count <= total_blocks_ - block);
   bool clean = true;
   for (uint64_t b = block; b < block + count; b++) {
     uint64_t mask = 1ull << (b % 64);
@@ -30,11 +31,12 @@ bool Allocator::MarkUsed(uint64_t block, uint64_t count) {
     bits_[b / 64] |= mask;
     used_blocks_++;
   }
+  assert(used_blocks_ <= total_blocks_);
   return clean;
 }
 
 bool Allocator::Free(uint64_t block, uint64_t count) {
-  assert(block + count <= total_blocks_);
+  assert(block <= total_blocks_ && count <= total_blocks_ - block);
   bool clean = true;
   for (uint64_t b = block; b < block + count; b++) {
     uint64_t mask = 1ull << (b % 64);
@@ -42,6 +44,7 @@ bool Allocator::Free(uint64_t block, uint64_t count) {
       clean = false;
       continue;
     }
+    assert(used_blocks_ > 0 && "a used bit is counted in used_blocks_");
     bits_[b / 64] &= ~mask;
     used_blocks_--;
   }
@@ -51,6 +54,8 @@ bool Allocator::Free(uint64_t block, uint64_t count) {
 bool Allocator::ClusterIsFree(uint64_t cluster) const {
   uint64_t first = cluster * cluster_blocks_;
   if (first + cluster_blocks_ > total_blocks_) return false;
+  // Aligned and a power of two no larger than 64: a cluster never straddles a word.
+  assert(first % 64 + cluster_blocks_ <= 64);
   uint64_t word = bits_[first / 64];
   uint64_t mask = cluster_blocks_ == 64 ? ~0ull : ((1ull << cluster_blocks_) - 1) << (first % 64);
   return (word & mask) == 0;
@@ -69,6 +74,7 @@ Result<uint64_t> Allocator::AllocateCluster(uint64_t reserve) {
     }
     if (!ClusterIsFree(cluster)) continue;
     uint64_t first = cluster * cluster_blocks_;
+    assert(first % cluster_blocks_ == 0 && first + cluster_blocks_ <= total_blocks_);
     bool was_free = MarkUsed(first, cluster_blocks_);
     assert(was_free);
     (void)was_free;
@@ -97,7 +103,9 @@ Result<uint64_t> Allocator::AllocateRun(uint64_t count, uint64_t reserve) {
     }
     if (run_length++ == 0) run_start = block;
     if (run_length == count) {
-      MarkUsed(run_start, count);
+      assert(run_start + count <= total_blocks_ && "a run never wraps");
+      [[maybe_unused]] bool was_free = MarkUsed(run_start, count);
+      assert(was_free);
       run_cursor_ = run_start + count;
       return run_start;
     }
@@ -117,7 +125,9 @@ Result<uint64_t> Allocator::AllocateBlock() {
     if (w == words - 1 && total_blocks_ % 64) free_bits &= (1ull << (total_blocks_ % 64)) - 1;
     if (free_bits == 0) continue;
     uint64_t block = w * 64 + (63 - __builtin_clzll(free_bits));
-    MarkUsed(block, 1);
+    assert(block < total_blocks_);
+    [[maybe_unused]] bool was_free = MarkUsed(block, 1);
+    assert(was_free);
     block_cursor_ = block;
     return block;
   }

@@ -10,11 +10,15 @@ namespace edgestor {
 using format::kBlockSize;
 
 uint64_t Pool::JournalBlockOffset(uint64_t seq) const {
+  assert(geometry_.journal_blocks >= format::kMinJournalBlocks && geometry_.journal_start >= 2);
   return (geometry_.journal_start + seq % geometry_.journal_blocks) * kBlockSize;
 }
 
 void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, std::span<const BlockRun> frees) {
   assert(sizeof(format::RecordHeader) + body.size() <= format::kJournalPayload);
+  assert(type == format::RecordType::kMapSet && "the only record type");
+  for ([[maybe_unused]] const BlockRun& run : frees)
+    assert(run.block != 0 && run.count >= 1 && run.block + run.count <= geometry_.total_blocks);
   format::RecordHeader header{static_cast<uint16_t>(type), static_cast<uint16_t>(body.size())};
   std::lock_guard lock(mu_);
   const uint8_t* h = reinterpret_cast<const uint8_t*>(&header);
@@ -25,6 +29,8 @@ void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, 
 }
 
 void Pool::UpdateJournalPressure() {
+  assert(journal_head_seq_ >= label_.replay_seq);
+  assert(journal_head_seq_ - label_.replay_seq <= geometry_.journal_blocks && "the ring never overruns");
   // Pending records are counted as if packed at 3/4 density.
   uint64_t pending_blocks = pending_records_.size() * 4 / 3 / format::kJournalPayload + 1;
   uint64_t used = journal_head_seq_ - label_.replay_seq + pending_blocks;
@@ -34,6 +40,7 @@ void Pool::UpdateJournalPressure() {
 // Packs the records into whole journal blocks and writes them, each to a
 // block never written before in this checkpoint generation.
 Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
+  assert(!records.empty());
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   size_t pos = 0;
   while (pos < records.size()) {
@@ -56,6 +63,7 @@ Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
       format::RecordHeader rh;
       std::memcpy(&rh, records.data() + pos, sizeof rh);
       size_t len = sizeof rh + rh.length;
+      assert(len <= format::kJournalPayload && pos + len <= records.size() && "AppendRecord packed it whole");
       if (h.used_bytes + len > format::kJournalPayload) break;
       std::memcpy(out + h.used_bytes, records.data() + pos, len);
       h.used_bytes += static_cast<uint32_t>(len);
@@ -63,14 +71,20 @@ Status Pool::WriteJournalBlocks(const std::vector<uint8_t>& records) {
       pos += len;
     }
     assert(h.record_count > 0);
+    assert(h.used_bytes <= format::kJournalPayload && h.magic == format::kJournalMagic && h.crc == 0);
     std::memcpy(buf.get(), &h, sizeof h);
     uint32_t crc = MetadataCrc(gen, buf.get(), offsetof(format::JournalBlockHeader, crc));
     std::memcpy(buf.get() + offsetof(format::JournalBlockHeader, crc), &crc, 4);
+    // The block lies in the ring, never over a label or allocatable space.
+    assert(JournalBlockOffset(seq) / kBlockSize >= geometry_.journal_start &&
+           JournalBlockOffset(seq) / kBlockSize < geometry_.journal_start + geometry_.journal_blocks);
     ES_RETURN_IF_ERROR(device_->WriteSync(JournalBlockOffset(seq), buf.get(), kBlockSize));
     std::lock_guard lock(mu_);
+    assert(journal_head_seq_ == seq && "WriteJournalBlocks runs under commit_mu_ alone");
     journal_head_seq_ = seq + 1;
     UpdateJournalPressure();
   }
+  assert(pos == records.size());
   return Status::Ok();
 }
 
@@ -82,6 +96,7 @@ static uint64_t JournalBlocksFor(const std::vector<uint8_t>& records) {
     format::RecordHeader rh;
     std::memcpy(&rh, records.data() + pos, sizeof rh);
     size_t len = sizeof rh + rh.length;
+    assert(len <= format::kJournalPayload && pos + len <= records.size());
     if (used + len > format::kJournalPayload) {
       blocks++;
       used = 0;
@@ -99,6 +114,7 @@ Status Pool::Commit() {
   std::vector<BlockRun> frees;
   {
     std::lock_guard lock(mu_);
+    assert(journal_head_seq_ - label_.replay_seq <= geometry_.journal_blocks);
     // Records that piled up behind another commit may not fit: refuse
     // before writing anything. They stay pending; a checkpoint (which the
     // caller runs instead) makes them durable without the journal.

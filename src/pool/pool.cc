@@ -41,6 +41,7 @@ constexpr uint64_t kLabelBlocksBack = 2;
 constexpr size_t kLabelCrcOffset = offsetof(format::Label, crc);
 
 uint64_t LabelBlock(uint64_t total_blocks, int copy) {
+  assert(copy >= 0 && copy < static_cast<int>(format::kLabelCopies) && total_blocks >= kLabelBlocksFront + kLabelBlocksBack);
   return copy < 2 ? static_cast<uint64_t>(copy) : total_blocks - kLabelBlocksBack + (copy - 2);
 }
 
@@ -253,10 +254,17 @@ Status Pool::WriteLabels(format::Label label) {
   label.version = format::kVersion;  // a version 1-3 pool is upgraded by its first checkpoint
   // Its first version 4 label names the generation from which blocks are bound.
   assert(label.checkpoint_gen >= bound_since_gen_);
+  // The geometry never changes; the committed checkpoint and the journal only move forward.
+  assert(label.magic == format::kLabelMagic && label.device_bytes == geometry_.device_bytes &&
+         label.cluster_size == geometry_.cluster_size && label.journal_start == geometry_.journal_start &&
+         label.journal_blocks == geometry_.journal_blocks);
+  assert(label.checkpoint_block < geometry_.total_blocks && label.checkpoint_gen >= label_.checkpoint_gen &&
+         label.replay_seq >= label_.replay_seq);
   label.bound_since_gen = bound_since_gen_;
   label.generation = label_.generation + 1;
   label.crc = 0;
   label.crc = format::BlockCrc(&label, kBlockSize, kLabelCrcOffset);
+  assert(LabelIsValid(label) && CheckLabelGeometry(label).ok() && "a label we write must open");
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   std::memcpy(buf.get(), &label, kBlockSize);
   // Two rounds (A+C, then B+D), each followed by a flush: a torn write can
@@ -276,6 +284,7 @@ Status Pool::WriteLabels(format::Label label) {
 }
 
 Status Pool::Fail(Status status) {
+  assert(!status.ok());
   std::lock_guard lock(mu_);
   failed_ = true;
   return status;
@@ -393,7 +402,8 @@ uint32_t Pool::References(uint64_t block) const {
 
 void Pool::AddReference(uint64_t block) {
   std::lock_guard lock(mu_);
-  assert(block < geometry_.total_blocks && allocator_.IsUsed(block));
+  assert(block < geometry_.total_blocks && allocator_.IsUsed(block) && "never a reference to a free block");
+  assert(!extra_references_.count(block) || extra_references_.at(block) < UINT32_MAX);
   extra_references_[block]++;
   PublishSharedRuns();
 }
@@ -403,11 +413,13 @@ void Pool::DropSharedReference(uint64_t block) {
   auto it = extra_references_.find(block);
   assert(it != extra_references_.end());
   if (it == extra_references_.end()) return;
+  assert(it->second > 0 && allocator_.IsUsed(block) && "a zero count is erased, a shared run is used");
   if (--it->second == 0) extra_references_.erase(it);
   PublishSharedRuns();
 }
 
 void Pool::DropHeldReference(const BlockRun& run) {
+  assert(run.block != 0 && run.count >= 1 && run.block + run.count <= geometry_.total_blocks);
   std::lock_guard lock(mu_);
   ReleaseLocked(run);
 }
@@ -415,13 +427,22 @@ void Pool::DropHeldReference(const BlockRun& run) {
 Result<uint64_t> Pool::AllocateCluster() {
   std::lock_guard lock(mu_);
   auto block = allocator_.AllocateCluster(metadata_reserve_);
+  // A fresh cluster: aligned, in allocatable space, referenced by nothing yet.
+  assert(!block.ok() || (block.value() % allocator_.cluster_blocks() == 0 &&
+                         block.value() >= geometry_.journal_start + geometry_.journal_blocks &&
+                         block.value() + allocator_.cluster_blocks() <= geometry_.total_blocks - kLabelBlocksBack &&
+                         !extra_references_.count(block.value())));
   UpdateReservePressure();
   return block;
 }
 
 Result<uint64_t> Pool::AllocateRun(uint64_t count) {
+  assert(count >= 1 && count <= allocator_.cluster_blocks() && "a compressed frame fits its cluster");
   std::lock_guard lock(mu_);
   auto block = allocator_.AllocateRun(count, metadata_reserve_);
+  assert(!block.ok() || (block.value() >= geometry_.journal_start + geometry_.journal_blocks &&
+                         block.value() + count <= geometry_.total_blocks - kLabelBlocksBack &&
+                         !extra_references_.count(block.value())));
   UpdateReservePressure();
   return block;
 }
@@ -431,9 +452,14 @@ Result<uint64_t> Pool::AllocateMetaBlock() {
   if (!prepared_.empty()) {
     uint64_t block = prepared_.back();
     prepared_.pop_back();
+    assert(allocator_.IsUsed(block) && !extra_references_.count(block) && "prepared blocks are taken, unreferenced");
     return block;
   }
   auto block = allocator_.AllocateBlock();
+  // Labels and journal are marked used at construction: never handed out.
+  assert(!block.ok() || (block.value() >= geometry_.journal_start + geometry_.journal_blocks &&
+                         block.value() < geometry_.total_blocks - kLabelBlocksBack &&
+                         !extra_references_.count(block.value())));
   UpdateReservePressure();
   return block;
 }
@@ -471,12 +497,16 @@ Status Pool::PrepareMetadataBlocks(uint64_t count) {
   }
   // Handed out lowest first (AllocateMetaBlock takes from the back).
   prepared_.insert(prepared_.end(), taken.rbegin(), taken.rend());
+  assert(prepared_.size() >= count);
   return Status::Ok();
 }
 
 void Pool::ReleasePreparedBlocks() {
   std::lock_guard lock(mu_);
-  for (uint64_t b : prepared_) allocator_.Free(b, 1);
+  for (uint64_t b : prepared_) {
+    [[maybe_unused]] bool was_used = allocator_.Free(b, 1);
+    assert(was_used && "a prepared block is taken until used or released");
+  }
   prepared_.clear();
   UpdateReservePressure();
 }
@@ -487,6 +517,8 @@ uint64_t Pool::prepared_blocks() const {
 }
 
 void Pool::FreeUnreferenced(BlockRun run) {
+  assert(run.block >= geometry_.journal_start + geometry_.journal_blocks && run.count >= 1 &&
+         run.block + run.count <= geometry_.total_blocks - kLabelBlocksBack);
   std::lock_guard lock(mu_);
   assert(!extra_references_.count(run.block));
   bool was_used = allocator_.Free(run.block, run.count);
@@ -496,6 +528,8 @@ void Pool::FreeUnreferenced(BlockRun run) {
 }
 
 void Pool::SetMetadataReserve(uint64_t blocks, uint64_t short_below) {
+  // Short is signalled before data allocation starts to eat into the reserve.
+  assert(short_below <= blocks);
   std::lock_guard lock(mu_);
   metadata_reserve_ = blocks;
   metadata_short_below_ = short_below;
@@ -503,12 +537,14 @@ void Pool::SetMetadataReserve(uint64_t blocks, uint64_t short_below) {
 }
 
 void Pool::UpdateReservePressure() {
+  assert(allocator_.used_blocks() <= allocator_.total_blocks());
   metadata_short_.store(allocator_.free_blocks() < metadata_short_below_, std::memory_order_relaxed);
 }
 
 // ---- Checkpoint ----
 
 Status Pool::ReadMapPage(uint64_t block, uint64_t generation, format::MapPage* page) {
+  assert(page != nullptr);
   if (block == 0 || block >= geometry_.total_blocks) return Status(EUCLEAN, "map page pointer out of range");
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   ES_RETURN_IF_ERROR(device_->ReadSync(block * kBlockSize, buf.get(), kBlockSize));
@@ -528,10 +564,13 @@ Status Pool::CheckMapPage(uint64_t block, uint64_t generation, const format::Map
 
 Status Pool::WriteMapPage(uint64_t block, format::MapPage* page) {
   assert(block != 0 && block < geometry_.total_blocks);
+  // A fresh metadata block from AllocateMetaBlock: never a label or the journal.
+  assert(block >= geometry_.journal_start + geometry_.journal_blocks && block < geometry_.total_blocks - kLabelBlocksBack);
   page->header.magic = format::kMapPageMagic;
   page->header.generation = next_checkpoint_gen();
   page->header.crc = 0;
   page->header.crc = MetadataCrc(page->header.generation, page, offsetof(format::MapPageHeader, crc));
+  assert(CheckMapPage(block, page->header.generation, *page).ok());
   AlignedBuffer buf = AllocateAligned(kBlockSize);
   std::memcpy(buf.get(), page, kBlockSize);
   Status s = device_->WriteSync(block * kBlockSize, buf.get(), kBlockSize);
@@ -577,6 +616,7 @@ Result<std::vector<uint8_t>> Pool::ReadChain(uint64_t head, uint64_t generation,
 // Writes `payload` as a chain of fresh blocks; returns the head block.
 static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const uint8_t> payload, uint64_t generation,
                                    uint32_t magic, std::vector<BlockRun>* chain) {
+  assert(chain != nullptr && generation >= 1);
   size_t blocks = std::max<size_t>(1, (payload.size() + format::kCheckpointPayload - 1) / format::kCheckpointPayload);
   // Every block is taken before anything is written: running out of space
   // midway would leave a chain that nothing may free or name.
@@ -587,6 +627,7 @@ static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const u
       for (uint64_t taken : where) pool.FreeUnreferenced({taken, 1});
       return b.status();
     }
+    assert(b.value() != 0 && b.value() < pool.total_blocks() && "AllocateMetaBlock hands out allocatable blocks");
     where.push_back(b.value());
   }
   for (uint64_t b : where) chain->push_back({b, 1});
@@ -601,6 +642,9 @@ static Result<uint64_t> WriteChain(Pool& pool, Device& device, std::span<const u
     size_t offset = i * format::kCheckpointPayload;
     h.payload_bytes = static_cast<uint32_t>(std::min<size_t>(format::kCheckpointPayload, payload.size() - std::min(offset, payload.size())));
     std::memcpy(buf.get(), &h, sizeof h);
+    assert(h.payload_bytes <= format::kCheckpointPayload && (h.payload_bytes == 0 || offset + h.payload_bytes <= payload.size()));
+    assert((i + 1 < blocks) == (h.payload_bytes == format::kCheckpointPayload && offset + h.payload_bytes < payload.size()) &&
+           "every block but the last is full");
     if (h.payload_bytes) std::memcpy(buf.get() + sizeof h, payload.data() + offset, h.payload_bytes);
     uint32_t crc = pool.MetadataCrc(generation, buf.get(), offsetof(format::CheckpointBlockHeader, crc));
     std::memcpy(buf.get() + offsetof(format::CheckpointBlockHeader, crc), &crc, 4);
@@ -635,6 +679,7 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
   ES_RETURN_IF_ERROR(WriteLabels(label));
 
   std::lock_guard lock(mu_);
+  assert(label_.checkpoint_gen == gen && label_.checkpoint_block == head.value() && !new_chain.empty());
   pending_records_.clear();
   UpdateJournalPressure();
   superseded.insert(superseded.end(), chain_blocks_.begin(), chain_blocks_.end());
@@ -646,6 +691,7 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
 }
 
 Result<uint64_t> Pool::WriteSideChain(std::span<const uint8_t> payload, uint32_t magic, std::vector<BlockRun>* blocks) {
+  assert(blocks != nullptr && magic != format::kCheckpointMagic && "side chains are not the checkpoint chain");
   size_t first = blocks->size();
   auto head = WriteChain(*this, *device_, payload, next_checkpoint_gen(), magic, blocks);
   if (!head.ok()) {
@@ -659,8 +705,11 @@ Result<uint64_t> Pool::WriteSideChain(std::span<const uint8_t> payload, uint32_t
 }
 
 void Pool::ReleaseLocked(const BlockRun& run) {
+  assert(run.block >= geometry_.journal_start + geometry_.journal_blocks && run.count >= 1 &&
+         run.block + run.count <= geometry_.total_blocks - kLabelBlocksBack && "never a label or the journal");
   auto it = extra_references_.find(run.block);
   if (it != extra_references_.end()) {
+    assert(it->second > 0);
     if (--it->second == 0) extra_references_.erase(it);
     PublishSharedRuns();
     return;

@@ -1,5 +1,6 @@
 #include "volume/checkpoint_codec.h"
 
+#include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -23,12 +24,14 @@ class Reader {
   explicit Reader(std::span<const uint8_t> data) : data_(data) {}
   template <typename T>
   bool Get(T* value) {
+    assert(pos_ <= data_.size());
     if (data_.size() - pos_ < sizeof(T)) return false;
     std::memcpy(value, data_.data() + pos_, sizeof(T));
     pos_ += sizeof(T);
     return true;
   }
   bool GetBytes(size_t n, std::string* out) {
+    assert(pos_ <= data_.size());
     if (data_.size() - pos_ < n) return false;
     out->assign(reinterpret_cast<const char*>(data_.data() + pos_), n);
     pos_ += n;
@@ -43,6 +46,9 @@ class Reader {
 
 Status Corrupt(const std::string& what) { return Status(EUCLEAN, "checkpoint is damaged: " + what); }
 
+bool ValidDefaults(const format::PoolDefaults& d);
+bool ValidAttributes(const format::VolumeAttributes& a);
+
 }  // namespace
 
 bool IsValidVolumeName(const std::string& name) {
@@ -56,7 +62,9 @@ bool IsValidVolumeName(const std::string& name) {
   return true;
 }
 
-uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) { return (size + cluster_size - 1) / cluster_size; }
+uint64_t ClustersFor(uint64_t size, uint32_t cluster_size) {
+  assert(cluster_size >= format::kMinClusterSize && (cluster_size & (cluster_size - 1)) == 0);
+  return (size + cluster_size - 1) / cluster_size; }
 
 std::string DeletingSnapshotName(uint32_t snapshot_id) { return ".deleting-" + std::to_string(snapshot_id); }
 
@@ -71,6 +79,7 @@ uint64_t DirectorySlotsFor(uint64_t size, uint32_t cluster_size) {
 std::vector<uint8_t> EncodeDirectory(const std::vector<format::DirectorySlot>& slots) {
   std::vector<uint8_t> out(slots.size() * sizeof(format::DirectorySlot));
   if (!slots.empty()) std::memcpy(out.data(), slots.data(), out.size());
+  assert(out.size() % sizeof(format::DirectorySlot) == 0);
   return out;
 }
 
@@ -84,14 +93,23 @@ Result<std::vector<format::DirectorySlot>> ParseDirectory(std::span<const uint8_
   if (slots) std::memcpy(out.data(), bytes.data(), bytes.size());
   for (const auto& slot : out)
     if (slot.block >= total_blocks) return Status(EUCLEAN, "snapshot directory points outside the pool");
+  assert(out.size() == slots);
   return out;
 }
 
+// Every field the parser checks is asserted here: a checkpoint the engine
+// writes must open again.
 std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
+  assert(contents.volumes.size() <= format::kMaxVolumes && contents.snapshots.size() <= format::kMaxSnapshots);
+  assert(ValidDefaults(contents.defaults));
   std::vector<uint8_t> out;
   Put(out, format::CheckpointHeader{static_cast<uint32_t>(contents.volumes.size()), contents.next_volume_id});
   Put(out, contents.defaults);
   for (const VolumeRecord& v : contents.volumes) {
+    assert(v.id != 0 && v.id < contents.next_volume_id);
+    assert(IsValidVolumeName(v.name) || v.name == DeletingVolumeName(v.id));
+    assert(v.size != 0 && v.size <= format::kMaxVolumeSize && v.size % 512 == 0);
+    assert(ValidAttributes(v.attributes));
     Put(out, format::VolumeTableEntry{v.id, static_cast<uint32_t>(v.name.size()), v.size, v.directory.size()});
     out.insert(out.end(), v.name.begin(), v.name.end());
     Put(out, v.attributes);
@@ -100,11 +118,18 @@ std::vector<uint8_t> EncodeCheckpoint(const CheckpointContents& contents) {
   Put(out, format::SnapshotTableHeader{static_cast<uint32_t>(contents.snapshots.size()), contents.next_snapshot_id});
   for (const SnapshotRecord& s : contents.snapshots) {
     format::SnapshotEntry e = s.entry;
+    assert(e.snapshot_id != 0 && e.snapshot_id < contents.next_snapshot_id);
+    assert((e.flags & format::kSnapshotDeleting) ? s.name == DeletingSnapshotName(e.snapshot_id)
+                                                 : IsValidVolumeName(s.name));
+    assert((e.flags & ~(format::kSnapshotAutomatic | format::kSnapshotDeleting)) == 0);
+    assert(e.size != 0 && e.size <= format::kMaxVolumeSize && e.size % 512 == 0 && e.directory_block != 0);
+    assert(ValidAttributes(s.attributes) && s.attributes.origin_snapshot == 0);
     e.name_length = static_cast<uint32_t>(s.name.size());
     Put(out, e);
     out.insert(out.end(), s.name.begin(), s.name.end());
     Put(out, s.attributes);
   }
+  assert(out.size() >= sizeof(format::CheckpointHeader) + sizeof(format::PoolDefaults) + sizeof(format::SnapshotTableHeader));
   return out;
 }
 
@@ -175,6 +200,8 @@ Status ParseSnapshots(Reader& in, const std::set<uint32_t>& volume_ids, uint32_t
 
 Result<CheckpointContents> ParseCheckpoint(std::span<const uint8_t> payload, uint32_t version,
                                            uint32_t cluster_size, uint64_t total_blocks) {
+  // The label was checked at open: a known version, a valid cluster size.
+  assert(version >= format::kOldestReadableVersion && version <= format::kVersion && total_blocks > 0);
   CheckpointContents contents;
   if (payload.empty()) return contents;  // a pool never checkpointed
   Reader in(payload);

@@ -14,6 +14,8 @@ namespace {
 // mapped cluster, discard, copy-on-write of a page): a checkpoint starts
 // early once half of this slack is used, so those never outrun the reserve.
 constexpr uint64_t kReserveSlackBlocks = 64;
+// The pool signals "short" (short_below) before the reserve itself is reached.
+static_assert(kReserveSlackBlocks / 2 > 0 && kReserveSlackBlocks / 2 < kReserveSlackBlocks);
 // After a background checkpoint refused for space, none other for this long.
 constexpr auto kSpaceRetryDelay = std::chrono::milliseconds(50);
 
@@ -55,6 +57,7 @@ void Checkpointer::UpdateMetadataReserve() {
                          (snapshot_count_ + 1) * (sizeof(format::SnapshotEntry) + format::kMaxSnapshotNameLength +
                                                   sizeof(format::VolumeAttributes));
   uint64_t chain_blocks = ChainBlocks(table_bytes);
+  assert(chain_blocks >= 1 && chain_blocks < pool_.total_blocks() && "the chain of a full table fits any pool");
   pool_.SetMetadataReserve(dirty + chain_blocks + kReserveSlackBlocks, dirty + chain_blocks + kReserveSlackBlocks / 2);
 }
 
@@ -64,6 +67,7 @@ Status Checkpointer::CheckMetadataRoom(uint64_t payload_bytes, const MetadataNee
                     need.slack_blocks;
   // Blocks prepared for an earlier check of this operation count as free.
   uint64_t free = pool_.free_blocks() + pool_.prepared_blocks();
+  assert(needed >= 1 && free <= pool_.total_blocks());
   // Host space too (a sparse pool file on a full file system): taken now,
   // so the checkpoint cannot fail midway for it.
   if (needed <= free) return pool_.PrepareMetadataBlocks(needed);

@@ -16,6 +16,7 @@ constexpr size_t kWaitingPerWorker = 2;
 
 CodecPool::CodecPool(unsigned workers)
     : max_waiting_(size_t{workers} * kWaitingPerWorker), waiting_(size_t{workers} * kWaitingPerWorker) {
+  assert(waiting_.size() == max_waiting_ && "the ring holds exactly the waiting bound");
   for (unsigned i = 0; i < workers; i++) workers_.emplace_back(&CodecPool::Work, this);
 }
 
@@ -54,6 +55,7 @@ bool CodecPool::TryOffload(IoRequest* req, IoQueue& queue, Step step, StepKind k
     queue.ExpectForeign(req);  // before a worker can post it
     waiting_[(head_ + count_) % waiting_.size()] = {req, &queue, step};
     count_++;
+    assert(count_ <= max_waiting_ && head_ < waiting_.size());
   }
   offloaded_.fetch_add(1, std::memory_order_relaxed);
   wake_.notify_one();
@@ -71,6 +73,7 @@ void CodecPool::Work() {
       head_ = (head_ + 1) % waiting_.size();
       count_--;
     }
+    assert(job.req != nullptr && job.queue != nullptr && job.step != nullptr);
     int result = job.step(job.req);
     assert(result <= 0);
     job.queue->PostForeign(job.req, result);  // the request is the submitter's again

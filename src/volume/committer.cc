@@ -6,7 +6,9 @@
 namespace edgestor {
 
 Committer::Committer(std::function<Status()> commit, std::function<void()> checkpoint)
-    : commit_(std::move(commit)), checkpoint_(std::move(checkpoint)), thread_([this] { Loop(); }) {}
+    : commit_(std::move(commit)), checkpoint_(std::move(checkpoint)), thread_([this] { Loop(); }) {
+  assert(commit_ && checkpoint_);
+}
 
 Committer::~Committer() { Stop(); }
 
@@ -54,6 +56,7 @@ void Committer::Loop() {
       std::unique_lock lock(mu_);
       wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || checkpoint_wanted_.load(); });
       if (waiting_.empty() && stopping_) return;  // a wanted checkpoint is left to Close
+      assert(batch.empty() && "the last batch was served and cleared");
       batch.swap(waiting_);
       checkpoint = checkpoint_wanted_.exchange(false) && !stopping_;
     }
@@ -64,6 +67,7 @@ void Committer::Loop() {
 }
 
 void Committer::CommitBatch(const std::vector<std::pair<IoRequest*, IoQueue*>>& batch) {
+  assert(!batch.empty());
   auto start = std::chrono::steady_clock::now();
   Status s = commit_();
   auto ns = static_cast<uint64_t>(
@@ -76,7 +80,10 @@ void Committer::CommitBatch(const std::vector<std::pair<IoRequest*, IoQueue*>>& 
     std::lock_guard lock(mu_);
     last_error_ = s.ToString();
   }
-  for (auto [req, queue] : batch) queue->PostForeign(req, s.ok() ? 0 : -s.code());
+  for (auto [req, queue] : batch) {
+    assert(req != nullptr && queue != nullptr);
+    queue->PostForeign(req, s.ok() ? 0 : -s.code());
+  }
 }
 
 }  // namespace edgestor

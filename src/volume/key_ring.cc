@@ -22,6 +22,7 @@ Result<std::pair<KeyProtection, std::optional<PoolKey>>> KeyRing::NewKeyProtecti
   }
   ES_ASSIGN_OR_RETURN(DataKey check, NewDataKey());
   ES_ASSIGN_OR_RETURN(keys.key_check, WrapDataKey(key, check));
+  assert(keys.source == format::kKeySourceKeyFile || keys.source == format::kKeySourcePassphrase);
   return std::make_pair(std::move(keys), std::optional<PoolKey>(std::move(key)));
 }
 
@@ -37,6 +38,8 @@ Result<PoolKey> KeyRing::DeriveKey(const PoolSecret& secret) const {
       key = PoolKey(secret.key->span());
       break;
     default: {
+      // Open refused any other source (CheckLabelGeometry).
+      assert(keys.source == format::kKeySourcePassphrase);
       if (secret.passphrase.empty()) return Status(EINVAL, "pool is protected by a passphrase; give --passphrase-file");
       ES_ASSIGN_OR_RETURN(PassphraseKdf kdf, DecodePassphraseKdf(keys.kdf));
       ES_ASSIGN_OR_RETURN(key, DerivePoolKey(secret.passphrase, kdf));
@@ -60,6 +63,7 @@ Result<std::pair<DataKey, WrappedKey>> KeyRing::NewVolumeKey() const {
 
 Result<DataKey> KeyRing::UnwrapVolumeKey(std::span<const uint8_t> wrapped) const {
   assert(key_ && "unwrapping needs the pool key");
+  assert(wrapped.size() == format::kWrappedKeyBytes);
   return UnwrapDataKey(*key_, wrapped);
 }
 

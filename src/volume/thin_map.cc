@@ -8,12 +8,28 @@ namespace edgestor {
 
 using format::kEntriesPerMapPage;
 
+namespace {
+
+// Debug-only, O(entries per page): a page's pins are the sum of its
+// clusters' I/Os in flight. Asserted where a page leaves the cache or the
+// directory changes, never per I/O.
+[[maybe_unused]] bool PinsMatchInflight(const CachedPage& page) {
+  uint64_t sum = 0;
+  for (uint16_t n : page.inflight) sum += n;
+  return sum == page.pins;
+}
+
+}  // namespace
+
 ThinMap::ThinMap(Pool& pool, MapCacheBudget& budget, uint64_t clusters)
-    : pool_(pool), budget_(budget), clusters_(clusters), slots_(SlotsFor(clusters)) {}
+    : pool_(pool), budget_(budget), clusters_(clusters), slots_(SlotsFor(clusters)) {
+  assert(pool_.geometry().cluster_size >= format::kMinClusterSize);
+}
 
 ThinMap::~ThinMap() {
   for (Slot& slot : slots_) {
     if (!slot.page) continue;
+    assert(budget_.cached_pages > 0 && (!slot.page->dirty || budget_.dirty_pages > 0));
     if (slot.page->dirty) budget_.dirty_pages--;
     budget_.cached_pages--;
   }
@@ -23,6 +39,7 @@ uint64_t ThinMap::SlotsFor(uint64_t clusters) { return (clusters + kEntriesPerMa
 
 Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
   assert(cluster < clusters_);
+  assert(cluster / kEntriesPerMapPage < slots_.size());
   Slot& slot = slots_[cluster / kEntriesPerMapPage];
   if (slot.page) {
     budget_.hits.fetch_add(1, std::memory_order_relaxed);
@@ -36,6 +53,7 @@ Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
     ES_RETURN_IF_ERROR(pool_.ReadMapPage(slot.block, slot.generation, raw.get()));
     std::memcpy(page->entries, raw->entries, sizeof page->entries);
   }
+  assert(page->pins == 0 && !page->dirty);
   slot.page = std::move(page);
   budget_.cached_pages++;
   return slot.page.get();
@@ -43,6 +61,7 @@ Result<CachedPage*> ThinMap::Page(uint64_t cluster, bool create) {
 
 std::optional<ThinMap::StoredPage> ThinMap::FirstUncached(uint64_t first_cluster, uint64_t end_cluster) const {
   assert(first_cluster <= end_cluster && end_cluster <= clusters_);
+  assert(slots_.size() == SlotsFor(clusters_));
   if (first_cluster == end_cluster) return std::nullopt;
   for (uint64_t s = first_cluster / kEntriesPerMapPage, last = (end_cluster - 1) / kEntriesPerMapPage; s <= last; s++)
     if (!slots_[s].page && slots_[s].block != 0) return StoredPage{s, slots_[s].block, slots_[s].generation};
@@ -50,6 +69,7 @@ std::optional<ThinMap::StoredPage> ThinMap::FirstUncached(uint64_t first_cluster
 }
 
 Status ThinMap::InstallLoaded(const StoredPage& where, const format::MapPage& raw) {
+  assert(where.block != 0 && "FirstUncached names stored pages only");
   ES_RETURN_IF_ERROR(pool_.CheckMapPage(where.block, where.generation, raw));
   if (where.slot >= slots_.size()) return Status::Ok();  // shrunk meanwhile
   Slot& slot = slots_[where.slot];
@@ -65,12 +85,14 @@ Status ThinMap::InstallLoaded(const StoredPage& where, const format::MapPage& ra
 }
 
 void ThinMap::MarkDirty(CachedPage* page) {
+  assert(page != nullptr);
   if (page->dirty) return;
   page->dirty = true;
   budget_.dirty_pages++;
 }
 
 void ThinMap::Unshare(uint64_t cluster) {
+  assert(cluster < clusters_);
   if (pool_.shared_runs() == 0) return;  // the common case: no snapshot, no clone
   Slot& slot = slots_[cluster / kEntriesPerMapPage];
   if (!slot.page || slot.page->dirty || slot.block == 0 || slot.released) return;
@@ -82,6 +104,7 @@ void ThinMap::Unshare(uint64_t cluster) {
 }
 
 bool ThinMap::IsShared(uint64_t cluster, const format::MapEntry& entry) const {
+  assert(cluster < clusters_);
   if (entry.phys_block == 0 || pool_.shared_runs() == 0) return false;
   const Slot& slot = slots_[cluster / kEntriesPerMapPage];
   bool page_shared = slot.page && !slot.page->dirty && slot.block != 0 && !slot.released &&
@@ -91,7 +114,7 @@ bool ThinMap::IsShared(uint64_t cluster, const format::MapEntry& entry) const {
 
 void ThinMap::ReplaceDirectory(const std::vector<format::DirectorySlot>& directory, uint64_t clusters) {
   for (Slot& slot : slots_) {
-    assert(!slot.page || (!slot.page->dirty && slot.page->pins == 0));
+    assert(!slot.page || (!slot.page->dirty && slot.page->pins == 0 && PinsMatchInflight(*slot.page)));
     if (slot.page) Evict(slot);
   }
   assert(directory.size() == SlotsFor(clusters));
@@ -102,12 +125,14 @@ void ThinMap::ReplaceDirectory(const std::vector<format::DirectorySlot>& directo
     slots_[i].generation = directory[i].generation;
   }
   clusters_ = clusters;
+  if (clock_hand_ >= slots_.size()) clock_hand_ = 0;  // the directory may have shrunk
 }
 
 std::vector<format::DirectorySlot> ThinMap::Directory() const {
   std::vector<format::DirectorySlot> out;
   out.reserve(slots_.size());
   for (const Slot& slot : slots_) out.push_back({slot.block, slot.generation});
+  assert(out.size() == SlotsFor(clusters_));
   return out;
 }
 
@@ -124,10 +149,13 @@ void ThinMap::Resize(uint64_t clusters) {
   }
   slots_.resize(slots);
   clusters_ = clusters;
+  if (clock_hand_ >= slots_.size()) clock_hand_ = 0;  // shrunk past the scan position
 }
 
 void ThinMap::Evict(Slot& slot) {
   assert(slot.page && slot.page->pins == 0);
+  assert(PinsMatchInflight(*slot.page) && "an unpinned page has no I/O in flight");
+  assert(budget_.cached_pages > 0 && (!slot.page->dirty || budget_.dirty_pages > 0));
   if (slot.page->dirty) budget_.dirty_pages--;
   slot.page.reset();
   budget_.cached_pages--;
@@ -137,6 +165,7 @@ void ThinMap::EvictIfOverBudget() {
   if (budget_.cached_pages <= budget_.max_pages || slots_.empty()) return;
   // Clock scan over this map's slots; bounded so one call stays cheap.
   for (uint64_t n = 0; n < slots_.size() && n < 4096 && budget_.cached_pages > budget_.max_pages; n++) {
+    assert(clock_hand_ < slots_.size());
     Slot& slot = slots_[clock_hand_];
     clock_hand_ = (clock_hand_ + 1) % slots_.size();
     if (slot.page && !slot.page->dirty && slot.page->pins == 0) Evict(slot);
@@ -144,10 +173,13 @@ void ThinMap::EvictIfOverBudget() {
 }
 
 Status ThinMap::WriteDirtyPages(std::vector<BlockRun>* superseded) {
+  assert(superseded != nullptr);
   format::MapPage raw;
   for (Slot& slot : slots_) {
     if (!slot.page || !slot.page->dirty) continue;
+    assert(PinsMatchInflight(*slot.page));
     ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateMetaBlock());
+    assert(block != 0);
     std::memset(&raw, 0, sizeof raw);
     std::memcpy(raw.entries, slot.page->entries, sizeof raw.entries);
     ES_RETURN_IF_ERROR(pool_.WriteMapPage(block, &raw));
@@ -155,6 +187,7 @@ Status ThinMap::WriteDirtyPages(std::vector<BlockRun>* superseded) {
     slot.released = false;
     slot.block = block;
     slot.generation = raw.header.generation;
+    assert(raw.header.magic == format::kMapPageMagic && raw.header.generation != 0 && budget_.dirty_pages > 0);
     slot.page->dirty = false;
     budget_.dirty_pages--;
   }

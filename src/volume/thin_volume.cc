@@ -111,6 +111,9 @@ constexpr size_t kRecycledSubIos = 0;
 constexpr size_t kRecycledSubIos = 256;
 #endif
 
+// A cluster's count of I/Os in flight (CachedPage::inflight) never wraps.
+[[maybe_unused]] constexpr bool CanPinOneMore(uint16_t inflight) { return inflight < UINT16_MAX; }
+
 }  // namespace
 
 // The calling thread's recycled sub-I/Os.
@@ -191,6 +194,7 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
       return Fail(io, Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; give the pool key "
                                      "(--keyfile or --passphrase-file, or `edgestor pool unlock` for a daemon)"));
     inflight_ios_++;
+    assert(inflight_ios_ > 0);
   }
   if (!IsAsynchronous(*io)) return io->op == VolumeOp::kFlush ? Complete(io) : SubmitSyncPath(io, queue);
   if (ParkOnUncachedPage(io, queue, io->offset / cluster_size_)) return;
@@ -253,6 +257,7 @@ bool ThinVolume::ParkOnUncachedPage(VolumeIo* io, IoQueue& queue, uint64_t from_
     if (from_cluster < end_cluster) missing = map_.FirstUncached(from_cluster, end_cluster);
   }
   if (!missing) return false;
+  assert(missing->block != 0 && missing->block < pool_.total_blocks() && missing->slot * format::kEntriesPerMapPage < end_cluster);
   AlignedBuffer buffer = TryAllocateUninitialized(kBlockSize);  // wholly overwritten by the read
   if (!buffer) return false;
   auto* load = new PageLoad{};
@@ -297,6 +302,7 @@ void ThinVolume::OnPageLoaded(IoRequest* req, int result) {
 // its front-end has yet to submit) go on meanwhile; the request then
 // completes on this queue's thread like any other.
 void ThinVolume::SubmitSyncPath(VolumeIo* io, IoQueue& queue) {
+  assert(io->op != VolumeOp::kFlush && !IsAsynchronous(*io));
   SubIo* sub = NewSubIo();
   sub->volume = this;
   sub->io = io;
@@ -352,6 +358,7 @@ static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_si
     uint64_t cluster = offset / cluster_size;
     uint64_t in_cluster = offset % cluster_size;
     uint64_t n = std::min<uint64_t>(length, cluster_size - in_cluster);
+    assert(n > 0 && in_cluster + n <= cluster_size);
     fn(cluster, in_cluster, n);
     offset += n;
     length -= n;
@@ -359,6 +366,7 @@ static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_si
 }
 
 void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
+  assert(io->op == VolumeOp::kRead && io->buf != nullptr);
   io->progress.pending = 1;  // guard until every sub-I/O is submitted
   SubIo* subs = nullptr;  // in order; submitted once the walk is done
   SubIo** last = &subs;
@@ -390,6 +398,9 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
       if (!written) {
         std::memset(dst + (pos - at), 0, run_end - pos);
       } else {
+        // Written blocks are mapped (a phys 0 entry has no written bits).
+        assert(entry.phys_block != 0 && pos % kBlockSize == 0 && run_end % kBlockSize == 0);
+        assert(CanPinOneMore(page.value()->inflight[ThinMap::IndexInPage(cluster)]));
         SubIo* sub = NewSubIo();
         sub->req.op = IoOp::kRead;
         sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + pos;
@@ -422,6 +433,7 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
 }
 
 void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
+  assert(io->op == VolumeOp::kWrite && !read_only_);
   io->progress.pending = 1;  // guard until every cluster's part is started
   {
     SubIoBatch batch(queue);
@@ -434,6 +446,7 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
 }
 
 void ThinVolume::SubmitZeroes(VolumeIo* io, IoQueue& queue) {
+  assert((io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes) && !read_only_);
   io->progress.pending = 1;  // guard until every cluster's part is started
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
     if (io->progress.error) return;
@@ -507,6 +520,7 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
       io->progress.error = page.status().code();
       return;
     }
+    assert(page.value() != nullptr && "create=true always gives a page");
     const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
     if (write_barrier_) {
       // A snapshot is waiting for the asynchronous writes in flight.
@@ -536,6 +550,9 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
 Result<ThinVolume::SubIo*> ThinVolume::BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster,
                                                          uint64_t at, uint64_t n) {
   ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
+  // In place only into a plain run this volume owns: never a shared or compressed one.
+  assert(entry.phys_block != 0 && !format::IsCompressed(entry) && n > 0 && at + n <= cluster_size_);
+  assert(CanPinOneMore(page->inflight[ThinMap::IndexInPage(cluster)]));
   SubIo* sub = NewSubIo();
   sub->req.op = IoOp::kWrite;
   sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + at;
@@ -580,6 +597,8 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
     return nullptr;
   }
   uint64_t stored = format::StoredBlocks(entry, cluster_blocks_) * kBlockSize;
+  assert(format::IsCompressed(entry) && stored >= kBlockSize && stored < cluster_size_);
+  assert(CanPinOneMore(page->inflight[ThinMap::IndexInPage(cluster)]));
   AlignedBuffer frame = TryAllocateUninitialized(stored);  // wholly overwritten by the read
   if (!frame) {
     io->progress.error = ENOMEM;
@@ -609,6 +628,7 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
 
 // Completion of a compressed read, outside the volume lock.
 Status ThinVolume::DecodeCompressedRead(SubIo* sub) {
+  assert(sub->compressed_out != nullptr && sub->compressed_at + sub->compressed_length <= cluster_size_);
   std::span<uint8_t> frame(sub->bounce.get(), sub->req.length);
   ES_RETURN_IF_ERROR(codec_->Decrypt(sub->first_logical_block, frame));
   // Decompression writes at least the bytes copied out below.
@@ -625,6 +645,7 @@ Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t clu
   format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
   if (entry.phys_block != 0) return entry;
   ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateCluster());
+  assert(block != 0 && block % cluster_blocks_ == 0 && "a plain cluster is cluster-aligned");
   // Not journaled yet: the mapping becomes durable with the first written
   // bit, after the data it guards (see Complete and the commit protocol).
   entry = {block, 0};
@@ -635,11 +656,21 @@ Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t clu
 void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapEntry& entry, bool journal,
                           std::span<const BlockRun> frees) {
   assert(!read_only_);
+  assert(page != nullptr && cluster < map_.clusters());
   map_.Unshare(cluster);
   format::MapEntry& slot = page->entries[ThinMap::IndexInPage(cluster)];
   assert(entry.phys_block != 0 || entry.written_bits == 0);
   assert(cluster_blocks_ == 64 || (entry.written_bits >> cluster_blocks_) == 0);
   assert(!format::IsCompressed(entry) || format::StoredBlocks(entry, cluster_blocks_) < cluster_blocks_);
+  // Well formed (replay checked entries from disk; the engine makes only such).
+  assert((entry.phys_block & format::kUnknownEntryBits) == 0);
+  assert(format::IsCompressed(entry) ? format::StoredBlocks(entry, cluster_blocks_) >= 1 && format::FirstBlock(entry) != 0
+                                     : (entry.phys_block >> format::kStoredBlocksShift) == 0);
+  // Journaled entries are the engine's own: their run lies in the pool.
+  assert(!journal || entry.phys_block == 0 ||
+         format::FirstBlock(entry) + format::StoredBlocks(entry, cluster_blocks_) <= pool_.total_blocks());
+  // Frees only go with a record, and name a run.
+  assert(journal || frees.empty());
   allocated_clusters_ += (entry.phys_block != 0) - (slot.phys_block != 0);
   compressed_clusters_ += format::IsCompressed(entry) - format::IsCompressed(slot);
   if (slot.phys_block) stored_blocks_ -= format::StoredBlocks(slot, cluster_blocks_);
@@ -687,6 +718,7 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     assert(sub->page->inflight[index] > 0 && sub->page->pins > 0);
     sub->page->inflight[index]--;
     sub->page->pins--;
+    assert(sub->page->pins >= sub->page->inflight[index]);
     if (sub->page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(sub->cluster);
     format::MapEntry entry = sub->page->entries[index];
     if (sub->compressed_out && result == 0 && sub->page->changes != sub->page_changes) {
@@ -702,6 +734,8 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     // it into the journal, which the next commit writes after a flush.
     if (result == 0 && sub->req.op == IoOp::kWrite && entry.phys_block == sub->phys_block &&
         (entry.written_bits | sub->written_mask) != entry.written_bits) {
+      // An in-place write lands only in a plain cluster (a compressed one is rewritten).
+      assert(!format::IsCompressed(entry) && sub->written_mask != 0);
       entry.written_bits |= sub->written_mask;
       SetEntry(sub->page, sub->cluster, entry, /*journal=*/true);
     }
@@ -743,6 +777,7 @@ void ThinVolume::EndSubIo(SubIo* sub, int result) {
 void ThinVolume::ReleaseHeldRuns(uint64_t cluster) {
   auto it = held_for_reads_.find(cluster);
   if (it == held_for_reads_.end()) return;
+  assert(!it->second.empty());
   for (const BlockRun& run : it->second) pool_.DropHeldReference(run);
   held_for_reads_.erase(it);
 }
@@ -763,6 +798,7 @@ static std::string DescribeError(int code) {
 }
 
 void ThinVolume::Complete(VolumeIo* io) {
+  assert(io->progress.pending == 0 && io->progress.volume == this);
   // Before the commit, which may wait for a checkpoint that a snapshot
   // (waiting for this count) holds up.
   if (io->progress.async_write) async_writes_--;

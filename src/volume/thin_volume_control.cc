@@ -47,12 +47,14 @@ Status ThinVolume::ReplayMapSet(uint64_t cluster, const format::MapEntry& entry)
   if (!EntryIsWellFormed(entry))
     return Status(EUCLEAN, "journal holds an impossible map entry for volume " + name_);
   ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/true));
+  assert(page != nullptr && page->pins == 0 && "replay runs before any I/O");
   SetEntry(page, cluster, entry, /*journal=*/false);
   return Status::Ok();
 }
 
 Status ThinVolume::CountEntries(const format::MapEntry* entries, uint64_t first_cluster, bool reference,
                                 const std::function<void(const std::string&)>& problem) {
+  assert(entries != nullptr && first_cluster % kEntriesPerMapPage == 0);
   const uint64_t total = pool_.total_blocks();
   for (uint32_t i = 0; i < kEntriesPerMapPage; i++) {
     const format::MapEntry& e = entries[i];
@@ -118,6 +120,7 @@ void ThinVolume::MarkDivergedPages(const std::function<void(const std::string&)>
 }
 
 void ThinVolume::MakeSnapshotView(const format::SnapshotEntry& entry) {
+  assert(inflight_ios_ == 0 && "a view is made before any I/O");
   read_only_ = true;
   allocated_clusters_ = entry.mapped_clusters;
   stored_blocks_ = entry.stored_blocks;
@@ -126,6 +129,7 @@ void ThinVolume::MakeSnapshotView(const format::SnapshotEntry& entry) {
 }
 
 void ThinVolume::FillSnapshotCounters(format::SnapshotEntry* entry) const {
+  assert(entry != nullptr);
   entry->mapped_clusters = allocated_clusters_;
   entry->stored_blocks = stored_blocks_;
   entry->compressed_clusters = compressed_clusters_;
@@ -137,6 +141,7 @@ void ThinVolume::TakeContentOf(ThinVolume& view) {
   std::lock_guard view_lock(view.mu_);
   map_.ReplaceDirectory(view.map_.Directory(), view.map_.clusters());
   size_ = view.size();
+  assert(map_.clusters() == ClustersFor(size(), cluster_size_));
   allocated_clusters_ = view.allocated_clusters_;
   stored_blocks_ = view.stored_blocks_;
   compressed_clusters_ = view.compressed_clusters_;
@@ -144,6 +149,7 @@ void ThinVolume::TakeContentOf(ThinVolume& view) {
 }
 
 Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<void(uint64_t, uint64_t)>& progress) {
+  assert(!read_only_ && "only a clone is flattened");
   uint64_t copied = 0;
   const uint64_t clusters = map_.clusters();
   AlignedBuffer plaintext = AllocateAligned(cluster_size_);
@@ -174,6 +180,7 @@ Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<void(uint64_
 }
 
 Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees) {
+  assert(frees != nullptr && new_size <= format::kMaxVolumeSize);
   uint64_t new_clusters = ClustersFor(new_size, cluster_size_);
   if (new_clusters < map_.clusters()) {
     if (inflight_ios_) return Status(EBUSY, "volume " + name_ + " has I/O in flight");
@@ -187,6 +194,7 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
       if (!page) continue;
       const format::MapEntry e = page->entries[ThinMap::IndexInPage(c)];
       if (e.phys_block == 0) continue;
+      assert(page->inflight[ThinMap::IndexInPage(c)] == 0 && "no I/O in flight");
       frees->push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks_)});
       SetEntry(page, c, format::MapEntry{}, /*journal=*/false);
     }
@@ -197,11 +205,13 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
   }
   map_.Resize(new_clusters);
   size_ = new_size;
+  assert(map_.clusters() == new_clusters && map_.slots().size() == ThinMap::SlotsFor(new_clusters));
   return Status::Ok();
 }
 
 void ThinVolume::TruncateView(const std::vector<format::DirectorySlot>& directory, uint64_t size) {
   assert(read_only_ && size <= this->size());
+  assert(directory.size() == ThinMap::SlotsFor(ClustersFor(size, cluster_size_)) && inflight_ios_ == 0);
   map_.ReplaceDirectory(directory, ClustersFor(size, cluster_size_));
   size_ = size;
 }
@@ -218,13 +228,16 @@ uint64_t ThinVolume::ShrinkStepSizeLocked(uint64_t floor_size, uint64_t pages) {
     if (released == pages) break;
     released++;
   }
+  assert(released <= pages);
   return std::max(floor_size, std::min(size(), slot * page_bytes));
 }
 
 Status ThinVolume::ReleaseAllLocked(std::vector<BlockRun>* frees) {
   if (inflight_ios_) return Status(EBUSY, "volume " + name_ + " has I/O in flight");
+  assert(frees != nullptr);
   std::vector<BlockRun> runs;
   ES_RETURN_IF_ERROR(ResizeLocked(0, &runs));
+  assert(allocated_clusters_ == 0 || read_only_);
   frees->insert(frees->end(), runs.begin(), runs.end());
   return Status::Ok();
 }
@@ -260,6 +273,7 @@ Result<std::vector<VolumeExtent>> ThinVolume::Describe(uint64_t offset, uint64_t
       written = (bits >> block) & 1;
       step_end = (pos / kBlockSize + 1) * kBlockSize;
     }
+    assert(step_end > pos && "every step advances");
     uint64_t n = std::min(end, step_end) - pos;
     if (!append(n, written)) break;
     pos += n;

@@ -63,14 +63,18 @@ void ThinVolume::HoldRunForIoInFlight(CachedPage* page, uint64_t cluster) {
   if (page->inflight[ThinMap::IndexInPage(cluster)] == 0) return;
   // I/O in flight still uses the old run: hold it until that finishes.
   BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
+  assert(run.count == cluster_blocks_ && run.block % cluster_blocks_ == 0 && "a plain run is a whole, aligned cluster");
   pool_.AddReference(run.block);
   held_for_reads_[cluster].push_back(run);
 }
 
 Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQueue& queue, CachedPage* page,
                                                              uint64_t cluster, uint64_t at, uint64_t n, bool reencode) {
+  assert(page != nullptr && cluster < map_.clusters() && !read_only_);
+  assert(at % kBlockSize == 0 && n % kBlockSize == 0 && n > 0 && at + n <= cluster_size_);
   const format::MapEntry old = page->entries[ThinMap::IndexInPage(cluster)];
   assert(reencode || (old.phys_block != 0 && !format::IsCompressed(old) && map_.IsShared(cluster, old)));
+  assert(page->inflight[ThinMap::IndexInPage(cluster)] < UINT16_MAX);
   AlignedBuffer buffer = TryAllocateUninitialized(cluster_size_);
   AlignedBuffer frame = reencode ? TryAllocateUninitialized(cluster_size_) : AlignedBuffer();
   if (!buffer || (reencode && !frame)) return Status(ENOMEM, "out of memory rewriting a cluster");
@@ -88,10 +92,12 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
   rewrite->old_entry = old;
   if (old.phys_block != 0) {
     rewrite->old_run = {format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
+    assert(rewrite->old_run.count >= 1 && rewrite->old_run.count <= cluster_blocks_);
     pool_.AddReference(rewrite->old_run.block);
   }
   rewrite->write_mask = BlockMask(at / kBlockSize, n / kBlockSize);
   rewrite->keep_mask = old.written_bits & ~rewrite->write_mask;
+  assert(rewrite->write_mask != 0 && (rewrite->keep_mask & rewrite->write_mask) == 0);
   rewrite->buffer = std::move(buffer);
   rewrite->frame = std::move(frame);
   page->inflight[ThinMap::IndexInPage(cluster)]++;
@@ -106,16 +112,20 @@ void ThinVolume::StartRewrite(ClusterRewrite* rewrite) {
   req.context = rewrite;
   req.done = &ThinVolume::OnRewriteReadDone;
   if (rewrite->keep_mask == 0) return OnRewriteReadDone(&req, 0);  // nothing old survives
+  // Kept blocks were written, so the cluster was mapped (and is held by Begin).
+  assert(rewrite->old_entry.phys_block != 0 && rewrite->old_run.count >= 1);
   req.op = IoOp::kRead;
   if (format::IsCompressed(rewrite->old_entry)) {
     req.offset = rewrite->old_run.block * kBlockSize;
     req.length = static_cast<uint32_t>(rewrite->old_run.count * kBlockSize);
     req.buf = rewrite->frame.get();
+    assert(rewrite->reencode && req.length < cluster_size_ && "the frame fits the cluster-sized buffer");
   } else {
     uint64_t first = FirstBlockOf(rewrite->keep_mask), end = EndBlockOf(rewrite->keep_mask);
     req.offset = (rewrite->old_run.block + first) * kBlockSize;
     req.length = static_cast<uint32_t>((end - first) * kBlockSize);
     req.buf = rewrite->buffer.get() + first * kBlockSize;
+    assert(first < end && end <= cluster_blocks_);
   }
   rewrite->queue->Submit(&req);
 }
@@ -177,6 +187,7 @@ Status ThinVolume::MergeForCopy(ClusterRewrite* rewrite) {
   for (uint64_t b = first; b < end; b++)
     if (!((bits >> b) & 1)) std::memset(buf + b * kBlockSize, 0, kBlockSize);
   ES_ASSIGN_OR_RETURN(uint64_t block, pool_.AllocateCluster());
+  assert(block != 0 && block % cluster_blocks_ == 0 && end <= cluster_blocks_);
   rewrite->new_entry = {block, bits};
   rewrite->req.offset = (block + first) * kBlockSize;
   rewrite->req.length = static_cast<uint32_t>((end - first) * kBlockSize);
@@ -211,6 +222,9 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   auto compressed = codec_->Compress(std::span<const uint8_t>(plain, cluster_size_), std::span(out, cluster_size_));
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
   uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  // Compression that saves no block reports ENOSPC: a frame is 1 .. cluster_blocks - 1 blocks.
+  assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
+  assert(bits != 0 && (cluster_blocks_ == 64 || (bits >> cluster_blocks_) == 0));
   if (!compressed.ok()) std::memcpy(out, plain, cluster_size_);
   uint64_t bytes = blocks * kBlockSize;
   ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster), std::span(out, bytes), std::span(out, bytes)));
@@ -223,6 +237,7 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
 }
 
 void ThinVolume::FinishRewrite(ClusterRewrite* rewrite, int result) {
+  assert(rewrite != nullptr && result <= 0);
   VolumeIo* io = rewrite->io;
   bool lost_race = false;
   {
@@ -251,12 +266,15 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
   assert(page->inflight[index] > 0 && page->pins > 0);
   page->inflight[index]--;
   page->pins--;
+  assert(page->pins >= page->inflight[index]);
   const format::MapEntry current = page->entries[index];
   const format::MapEntry& old = rewrite->old_entry;
   // The old run cannot have been reused while this rewrite held it, so the
   // same block with the same bits means nobody changed the cluster.
   bool unchanged = current.phys_block == old.phys_block && current.written_bits == old.written_bits;
   const format::MapEntry& fresh = rewrite->new_entry;
+  // The old run held an extra reference throughout: fresh space is never it.
+  assert(fresh.phys_block == 0 || old.phys_block == 0 || format::FirstBlock(fresh) != format::FirstBlock(old));
   if (result == 0 && unchanged) {
     if (old.phys_block != 0 && !format::IsCompressed(old)) HoldRunForIoInFlight(page, cluster);
     std::span<const BlockRun> release = old.phys_block != 0 ? std::span(&rewrite->old_run, 1) : std::span<const BlockRun>();

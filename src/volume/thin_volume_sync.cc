@@ -38,6 +38,7 @@ void ThinVolume::SetCompression(const CompressionSetting& setting) {
 }
 
 Status ThinVolume::WriteSyncRange(uint64_t offset, uint64_t length, const uint8_t* data) {
+  assert(!read_only_ && offset <= size() && length <= size() - offset);
   for (uint64_t pos = offset, end = offset + length; pos < end;) {
     uint64_t cluster = pos / cluster_size_;
     uint64_t at = pos % cluster_size_;
@@ -52,6 +53,7 @@ Status ThinVolume::WriteSyncRange(uint64_t offset, uint64_t length, const uint8_
 }
 
 Status ThinVolume::ReadSyncRange(uint64_t offset, uint64_t length, uint8_t* data) {
+  assert(data != nullptr && offset <= size() && length <= size() - offset);
   for (uint64_t pos = offset, end = offset + length; pos < end;) {
     uint64_t cluster = pos / cluster_size_;
     uint64_t at = pos % cluster_size_;
@@ -72,6 +74,7 @@ Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, 
   }
   if (!format::IsCompressed(entry)) return ReadClusterBytes(entry, cluster, 0, cluster_size_, out);
   uint64_t stored = format::StoredBlocks(entry, cluster_blocks_) * kBlockSize;
+  assert(stored >= kBlockSize && stored < cluster_size_);
   AlignedBuffer frame = AllocateAligned(stored);
   ES_RETURN_IF_ERROR(pool_.device().ReadSync(PhysOffset(entry), frame.get(), stored));
   ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster), std::span(frame.get(), stored)));
@@ -81,6 +84,7 @@ Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, 
 
 Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n,
                                     uint8_t* out) {
+  assert(out != nullptr && n > 0 && at + n <= cluster_size_);
   uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
   if ((entry.written_bits & BlocksBetween(first, end)) == 0) {
     std::memset(out, 0, n);  // nothing written here: zeros, no I/O
@@ -93,6 +97,7 @@ Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t clus
     return Status::Ok();
   }
   uint64_t span = (end - first) * kBlockSize;
+  assert(entry.phys_block != 0 && "written blocks are mapped");
   AlignedBuffer buf = AllocateAligned(span);
   ES_RETURN_IF_ERROR(pool_.device().ReadSync(PhysOffset(entry) + first * kBlockSize, buf.get(), span));
   ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster) + first, std::span(buf.get(), span)));
@@ -104,12 +109,14 @@ Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t clus
 
 void ThinVolume::FreeEntry(CachedPage* page, uint64_t cluster) {
   const format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
+  assert(entry.phys_block != 0 && "only a mapped cluster is freed");
   BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
   SetEntry(page, cluster, format::MapEntry{}, /*journal=*/true, std::span(&run, 1));
 }
 
 Status ThinVolume::WriteClusterBytes(CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n,
                                      const uint8_t* data) {
+  assert(page != nullptr && n > 0 && at + n <= cluster_size_);
   uint32_t index = ThinMap::IndexInPage(cluster);
   const format::MapEntry entry = page->entries[index];
   const bool zeroing = data == nullptr;
@@ -152,6 +159,7 @@ Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64
                                       const uint8_t* data) {
   assert(!format::IsCompressed(page->entries[ThinMap::IndexInPage(cluster)]));
   ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
+  assert(entry.phys_block != 0 && n > 0 && at + n <= cluster_size_);
   uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
   if (data == nullptr) {
     // Zeroing: whole blocks just lose their written bit; partial blocks at
@@ -191,6 +199,9 @@ Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint
   auto compressed = codec_->Compress(std::span(plaintext, cluster_size_), std::span(out.get(), cluster_size_));
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
   uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  // A frame is 1 .. cluster_blocks - 1 blocks (one that saves nothing is ENOSPC).
+  assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
+  assert(cluster_blocks_ == 64 || (written_bits >> cluster_blocks_) == 0);
   if (!compressed.ok()) std::memcpy(out.get(), plaintext, cluster_size_);
   if (!compressed.ok() && old.phys_block != 0 && !format::IsCompressed(old) && !map_.IsShared(cluster, old)) {
     // Does not compress and already has a plain home of its own: overwrite in place.

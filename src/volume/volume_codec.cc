@@ -98,17 +98,21 @@ Status VolumeCodec::Decrypt(uint64_t first_block, std::span<uint8_t> buf) {
 }
 
 Result<uint32_t> VolumeCodec::Compress(std::span<const uint8_t> cluster, std::span<uint8_t> out) {
+  assert(cluster.size() % kBlockSize == 0 && out.size() >= cluster.size());
   CompressionSetting setting = compression();
   if (setting.algorithm == Compression::kOff) return Status(ENOSPC, "compression is off");
   ES_ASSIGN_OR_RETURN(auto compressor, TakeCompressor());
   Loan loan(std::move(compressor), compressors_);
   ES_ASSIGN_OR_RETURN(size_t bytes, loan->Compress(setting, cluster, out));
   size_t padded = (bytes + kBlockSize - 1) / kBlockSize * kBlockSize;
+  // A frame that saves no block is refused (ENOSPC): it is 1 .. cluster blocks - 1.
+  assert(bytes > 0 && padded < cluster.size() && padded <= out.size());
   std::memset(out.data() + bytes, 0, padded - bytes);
   return static_cast<uint32_t>(padded / kBlockSize);
 }
 
 Status VolumeCodec::Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster, size_t needed) {
+  assert(needed <= cluster.size() && cluster.size() % kBlockSize == 0);
   if (stored.size() < kCompressedFrameHeaderBytes) return Status(EUCLEAN, "compressed data is damaged (short frame)");
   // Byte 4 of the frame names the algorithm (see codec/compressor.h).
   uint8_t algorithm = stored[4];

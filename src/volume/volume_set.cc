@@ -64,6 +64,7 @@ Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t 
 
 VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
   budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
+  assert(budget_.max_pages >= kMinCachedPages && budget_.cached_pages == 0);
   codec_pool_ = std::make_unique<CodecPool>(
       options.codec_workers < 0 ? CodecPool::DefaultWorkers() : static_cast<unsigned>(options.codec_workers));
   committer_ = std::make_unique<Committer>([this] { return Flush(); }, [this] { CheckpointIfNeeded(); });
@@ -120,6 +121,7 @@ Result<std::unique_ptr<VolumeSet>> VolumeSet::Open(std::unique_ptr<Device> devic
 
 Status VolumeSetImpl::Recover(FsckReport* report) {
   std::lock_guard lock(mu_);
+  assert(volumes_.empty() && snapshots_.empty() && "recovery runs once, on an empty set");
   Status first_problem;
   auto problem = [&](const std::string& what) {
     if (report) report->problems.push_back(what);
@@ -137,6 +139,8 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
     if (v.attributes.encrypted && !key_ring_.pool_has_key())
       problem("volume " + v.name + " is encrypted but the pool has no key");
     else if (!v.attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*volume, nullptr));
+    // ParseCheckpoint checked the directory length against the size.
+    assert(v.directory.size() == volume->map().slots().size());
     for (size_t s = 0; s < v.directory.size(); s++) {
       volume->map().slots()[s].block = v.directory[s].block;
       volume->map().slots()[s].generation = v.directory[s].generation;
@@ -226,6 +230,8 @@ PoolInfo VolumeSetImpl::Info() {
   info.cluster_size = g.cluster_size;
   info.data_bytes = (g.total_blocks - g.journal_start - g.journal_blocks - 2) * kBlockSize;
   info.free_bytes = pool_->free_blocks() * kBlockSize;
+  // Labels and journal are always in use.
+  assert(info.free_bytes <= info.data_bytes);
   info.allocated_bytes = info.data_bytes - info.free_bytes;
   info.journal_bytes = g.journal_blocks * kBlockSize;
   info.checkpoint_generation = pool_->checkpoint_gen();
@@ -389,11 +395,13 @@ Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, b
     std::vector<BlockRun> no_frees;
     ES_RETURN_IF_ERROR(volume->ResizeLocked(new_size, &no_frees));
     assert(no_frees.empty());  // growing frees nothing
+    assert(volume->size() == new_size);
   }
   return CheckpointLocked({});
 }
 
 Status VolumeSetImpl::ShrinkAndCommitLocked(ThinVolume& volume, uint64_t new_size) {
+  assert(new_size > 0 && new_size < volume.size() && "every shrink step makes progress and keeps a volume");
   std::vector<BlockRun> frees;
   {
     std::lock_guard volume_lock(volume.mutex());
@@ -524,6 +532,8 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
   } release_unused{*pool_};
   for (auto& [name, volume] : volumes_)
     if (s.ok()) s = volume->map().WriteDirtyPages(&frees);
+  // Every map is locked and snapshot views never change: nothing is dirty now.
+  assert(!s.ok() || budget_.dirty_pages == 0);
   // A change that refuses leaves memory as it was; the pages just written
   // are committed anyway.
   Status refused;

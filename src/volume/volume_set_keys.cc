@@ -1,6 +1,7 @@
 // VolumeSetImpl: keys at work on the volumes. The KeyRing (key_ring.h)
 // holds the pool key and wraps and unwraps data keys; here volumes get the
 // codecs their keys make, the pool is unlocked, and rekeyed.
+#include <cassert>
 #include <cerrno>
 #include <cstring>
 
@@ -19,12 +20,15 @@ Status VolumeSetImpl::GiveCodec(ThinVolume& volume, const DataKey* key) {
   CompressionSetting compression{static_cast<Compression>(a.compression), a.compression_level};
   ES_ASSIGN_OR_RETURN(std::unique_ptr<VolumeCodec> codec, VolumeCodec::Create(key, compression));
   std::lock_guard lock(volume.mutex());
+  assert(volume.codec() == nullptr && "a volume is given its codec once");
   volume.SetCodec(std::move(codec));
   return Status::Ok();
 }
 
 Status VolumeSetImpl::UnlockVolumeLocked(ThinVolume& volume) {
   if (volume.codec()) return Status::Ok();
+  // Plain volumes get their codec when they are made; only encrypted ones wait for the key.
+  assert(volume.attributes().encrypted && key_ring_.unlocked());
   auto key = key_ring_.UnwrapVolumeKey(volume.attributes().wrapped_key);
   if (!key.ok())
     return Status(EUCLEAN, "the data key of volume " + volume.name() + " does not unwrap with the pool key (damaged)");
@@ -51,6 +55,7 @@ Status VolumeSetImpl::Rekey(const PoolSecret& new_secret, const ScryptParams& kd
     return Status(EACCES, "pool is locked: give its current key (--keyfile or --passphrase-file) to rekey it");
   ES_ASSIGN_OR_RETURN(auto created, KeyRing::NewKeyProtection(new_secret, kdf));
   auto& [keys, new_key] = created;
+  assert(new_key.has_value() && keys.source != format::kKeySourceNone && "a non-empty secret makes a pool key");
   // Rewrap every data key; nothing changes until the checkpoint commits the
   // new label and the new wrapped keys together.
   std::map<ThinVolume*, WrappedKey> rewrapped;

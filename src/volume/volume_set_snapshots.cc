@@ -97,17 +97,21 @@ Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
 }
 
 void VolumeSetImpl::ReferenceDirectory(const std::vector<format::DirectorySlot>& directory) {
-  for (const auto& slot : directory)
+  for (const auto& slot : directory) {
+    assert(slot.block < pool_->total_blocks());
     if (slot.block != 0) pool_->AddReference(slot.block);
+  }
 }
 
 Status VolumeSetImpl::ReleaseDirectory(const std::vector<format::DirectorySlot>& directory,
                                        std::vector<BlockRun>* frees, const std::unordered_set<uint64_t>* read_already) {
+  assert(frees != nullptr);
   const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
   std::vector<BlockRun> released;
   format::MapPage page;
   for (const auto& slot : directory) {
     if (slot.block == 0) continue;
+    assert(slot.block < pool_->total_blocks() && "directories were checked at open or made by the engine");
     bool listed = read_already && read_already->count(slot.block);
     if (!listed && pool_->References(slot.block) == 1) {
       // The last directory reading this page: its runs lose the page's reference.
@@ -123,6 +127,11 @@ Status VolumeSetImpl::ReleaseDirectory(const std::vector<format::DirectorySlot>&
 
 Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& volume_name, const std::string& name,
                                         uint32_t flags) {
+  // Taken inside a checkpoint, after the dirty pages were stored: every page
+  // the directory names is durable and read by the source (none released).
+  for ([[maybe_unused]] const ThinMap::Slot& slot : source.map().slots())
+    assert((!slot.page || !slot.page->dirty) && !slot.released);
+  assert(!source.read_only() && next_snapshot_id_ != 0);
   std::vector<format::DirectorySlot> directory = source.map().Directory();
   format::SnapshotEntry entry{};
   entry.snapshot_id = next_snapshot_id_;
@@ -145,6 +154,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
                                                                    format::kSnapshotDirectoryMagic,
                                                                    &snapshot.directory_chain));
   entry.directory_gen = pool_->next_checkpoint_gen();
+  assert(entry.directory_block != 0 && entry.directory_slots == DirectorySlotsFor(entry.size, pool_->geometry().cluster_size));
   ReferenceDirectory(directory);
   next_snapshot_id_++;
   snapshot.entry = entry;
@@ -198,6 +208,7 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
     volume->set_write_barrier(false);
   }
   ES_RETURN_IF_ERROR(s);
+  assert(FindSnapshotLocked(volume_name, name) != nullptr && "the checkpoint added it");
   return SnapshotInfoLocked(*FindSnapshotLocked(volume_name, name));
 }
 
@@ -347,6 +358,8 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
     if (stored == release_step_pages_) break;
     stored++;
   }
+  // Every step makes progress (release_step_pages_ >= 1).
+  assert(release_step_pages_ >= 1 && (keep < directory.size() || directory.empty()));
   std::vector<format::DirectorySlot> step(directory.begin() + keep, directory.end());
   directory.resize(keep);
   // Hidden, the snapshot's own pages gain no reader: read them unlocked.
@@ -375,6 +388,7 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
       // chain stays as it is (a snapshot being deleted may have a longer
       // chain than it reads) until the last step frees it.
       uint64_t size = keep * format::kEntriesPerMapPage * pool_->geometry().cluster_size;
+      assert((snapshot.entry.flags & format::kSnapshotDeleting) && size > 0 && size < snapshot.entry.size);
       snapshot.entry.size = size;
       snapshot.entry.directory_slots = keep;
       std::lock_guard view_lock(snapshot.view->mutex());
@@ -443,6 +457,7 @@ Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, cons
     ES_RETURN_IF_ERROR(ReleaseDirectory(current, &released));
     ReferenceDirectory(view.map().Directory());
     volume->TakeContentOf(view);
+    assert(volume->size() == view.size());
     frees->insert(frees->end(), released.begin(), released.end());
     return Status::Ok();
   }));
@@ -473,6 +488,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
     if (!attributes.encrypted) ES_RETURN_IF_ERROR(GiveCodec(*clone, nullptr));
     else if (key_ring_.unlocked()) ES_RETURN_IF_ERROR(UnlockVolumeLocked(*clone));
     clone->TakeContentOf(view);
+    assert(clone->size() == view.size() && clone->attributes().origin_snapshot != 0);
     ReferenceDirectory(view.map().Directory());
     next_volume_id_++;
     created = clone.get();
