@@ -183,19 +183,23 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   io->progress.volume = this;
   io->progress.queue = &queue;
   Status s = services_.events.CheckUsable();
-  if (s.ok()) s = ValidateIo(*io, size());
   if (!s.ok()) return Fail(io, s);
   bool changes_data = io->op == VolumeOp::kWrite || io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes;
   if (read_only_ && changes_data)
     return Fail(io, Status(EROFS, name_ + " is a snapshot: snapshots are read-only (clone it for a writable copy)"));
   {
+    // The size is checked and the request counted under one lock: a shrink
+    // (refused while requests are in flight) cannot come between. A refusal
+    // is answered after the lock, so its callback may submit again.
     std::lock_guard lock(mu_);
-    if (!codec_)
-      return Fail(io, Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; give the pool key "
-                                     "(--keyfile or --passphrase-file, or `edgestor pool unlock` for a daemon)"));
-    inflight_ios_++;
-    assert(inflight_ios_ > 0);
+    s = ValidateIo(*io, size());
+    if (s.ok() && !codec_)
+      s = Status(EACCES, "volume " + name_ + " is encrypted and the pool is locked; give the pool key "
+                         "(--keyfile or --passphrase-file, or `edgestor pool unlock` for a daemon)");
+    if (s.ok()) inflight_ios_++;
+    assert(!s.ok() || inflight_ios_ > 0);
   }
+  if (!s.ok()) return Fail(io, s);
   if (!IsAsynchronous(*io)) return io->op == VolumeOp::kFlush ? Complete(io) : SubmitSyncPath(io, queue);
   if (ParkOnUncachedPage(io, queue, io->offset / cluster_size_)) return;
   SubmitAsynchronous(io, queue);
