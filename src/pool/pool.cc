@@ -65,9 +65,12 @@ Status CheckLabelGeometry(const format::Label& l) {
   if (l.vdev_layout != format::kVdevSingle) return Status(EPROTONOSUPPORT, "pool uses an unknown vdev layout");
   bool cluster_ok = l.cluster_size >= format::kMinClusterSize && l.cluster_size <= format::kMaxClusterSize &&
                     (l.cluster_size & (l.cluster_size - 1)) == 0;
+  // The journal and the checkpoint lie between the front and back labels:
+  // a journal running into the back labels would overwrite them.
+  uint64_t back_labels = total >= kLabelBlocksBack ? total - kLabelBlocksBack : 0;
   bool journal_ok = l.journal_start == kLabelBlocksFront && l.journal_blocks >= format::kMinJournalBlocks &&
-                    l.journal_blocks <= format::kMaxJournalBlocks && l.journal_start + l.journal_blocks < total;
-  bool checkpoint_ok = l.checkpoint_block < total;
+                    l.journal_blocks <= format::kMaxJournalBlocks && l.journal_start + l.journal_blocks <= back_labels;
+  bool checkpoint_ok = l.checkpoint_block < back_labels;
   bool binding_ok = l.version < format::kFirstBoundVersion ||
                     (l.bound_since_gen >= 1 && l.bound_since_gen <= l.checkpoint_gen);
   if (l.block_size != kBlockSize || !cluster_ok || !journal_ok || !checkpoint_ok || !binding_ok)

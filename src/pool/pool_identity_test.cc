@@ -154,6 +154,23 @@ TEST(PoolIdentity, FormatRefusesALabelOfANewerVersion) {
   EXPECT_EQ(Pool::Format(Borrow(device), {.journal_bytes = kMiB}).status().code(), EEXIST);
 }
 
+// A label (with a valid checksum) whose journal runs into the back labels
+// is damaged: opening it must refuse, not let the journal overwrite them.
+TEST(PoolIdentity, OpenRefusesAJournalReachingTheBackLabels) {
+  FaultDevice device(kDeviceBytes);
+  ASSERT_NE(NewPool(device), nullptr);
+  uint64_t total = kDeviceBytes / kBlockSize;
+  for (int copy = 0; copy < 4; copy++) {
+    format::Label label;
+    std::memcpy(&label, device.durable_image().data() + LabelOffset(device, copy), sizeof label);
+    label.journal_blocks = total - 1 - label.journal_start;  // its last block is back label copy C
+    label.crc = format::BlockCrc(&label, kBlockSize, offsetof(format::Label, crc));
+    std::memcpy(device.durable_image().data() + LabelOffset(device, copy), &label, sizeof label);
+  }
+  auto opened = Pool::Open(Borrow(device));
+  EXPECT_EQ(opened.status().code(), EUCLEAN) << opened.status().ToString();
+}
+
 // A pool whose device grew: its back labels are no longer at the end, the
 // front ones still say "edgestor".
 TEST(PoolIdentity, FormatRefusesAResizedPool) {
