@@ -281,6 +281,9 @@ struct Variant {
   int rounds;
   CompressionSetting compression;
   bool encrypt = false;
+  // 0: hot clusters left plain are compressed again as soon as the
+  // recompressor's next round (every 10 ms), racing the writers.
+  uint32_t recompress_idle_ms = 30000;
 };
 
 PoolCreateOptions CreateOptions(const Variant& variant) {
@@ -291,7 +294,9 @@ PoolCreateOptions CreateOptions(const Variant& variant) {
 }
 
 PoolOpenOptions OpenOptions(const Variant& variant) {
-  return variant.encrypt ? testing::OpenWith(testing::KeyFileSecret(7)) : PoolOpenOptions{};
+  PoolOpenOptions options = variant.encrypt ? testing::OpenWith(testing::KeyFileSecret(7)) : PoolOpenOptions{};
+  options.recompress_idle_ms = variant.recompress_idle_ms;
+  return options;
 }
 
 // A snapshot as the model knows it.
@@ -313,6 +318,10 @@ class ConcurrentPowerCutHarness {
     RunThreads();
     if (::testing::Test::HasFailure()) return;
     if (pool_.device().lost_power()) cuts_in_flight_++;
+    if (auto live = pool_.set().GetVolumeInfo("v"); live.ok()) {
+      hot_plain_seen_ += live->hot_plain_clusters;
+      recompressed_seen_ += live->recompressed_clusters;
+    }
     Status s = pool_.CrashAndReopen(rng_);
     ASSERT_TRUE(s.ok()) << "reopen after power cut: " << s.ToString();
     VerifyAfterCut();
@@ -323,6 +332,8 @@ class ConcurrentPowerCutHarness {
   uint64_t shared_runs_seen() const { return shared_runs_seen_; }
   uint64_t diverged_sectors() const { return diverged_sectors_; }
   uint64_t compressed_clusters_seen() const { return compressed_clusters_seen_; }
+  uint64_t hot_plain_seen() const { return hot_plain_seen_; }
+  uint64_t recompressed_seen() const { return recompressed_seen_; }
 
  private:
   void RunThreads() {
@@ -519,6 +530,8 @@ class ConcurrentPowerCutHarness {
   uint64_t shared_runs_seen_ = 0;
   uint64_t diverged_sectors_ = 0;  // snapshot sectors the head has since changed
   uint64_t compressed_clusters_seen_ = 0;
+  uint64_t hot_plain_seen_ = 0;     // clusters partial writes held plain, summed at each cut
+  uint64_t recompressed_seen_ = 0;  // clusters the recompressor compressed again before a cut
 };
 
 void RunCuts(const Variant& variant) {
@@ -543,6 +556,10 @@ void RunCuts(const Variant& variant) {
   EXPECT_GT(stats.snapshot_reads, 0u);
   if (variant.compression.algorithm != Compression::kOff) {
     EXPECT_GT(harness.compressed_clusters_seen(), 0u);
+    EXPECT_GT(harness.hot_plain_seen(), 0u);
+    if (variant.recompress_idle_ms == 0) {
+      EXPECT_GT(harness.recompressed_seen(), 0u);
+    }
   }
   EXPECT_GT(harness.shared_runs_seen(), 0u);
   EXPECT_GT(harness.diverged_sectors(), 0u);
@@ -557,7 +574,8 @@ void RunCuts(const Variant& variant) {
           << stats.snapshots_racing << " racing writes), flushes racing "
           << "writes " << stats.flushes_racing << ", live reads " << stats.live_reads << " + snapshot reads "
           << stats.snapshot_reads << ", shared runs seen " << harness.shared_runs_seen() << ", snapshot sectors diverged "
-          << harness.diverged_sectors();
+          << harness.diverged_sectors() << ", hot plain clusters " << harness.hot_plain_seen() << ", recompressed "
+          << harness.recompressed_seen();
   std::printf("%s\n", summary.str().c_str());
 }
 
@@ -568,7 +586,8 @@ TEST(ConcurrentPowerCut, TwoWritersAndSnapshotsSurviveCutsWith16KiBClusters) {
   RunCuts({.seed = 32, .cluster_size = 16384, .writers = 2, .rounds = 60});
 }
 TEST(ConcurrentPowerCut, WritersOnACompressedVolumeSurviveCuts) {
-  RunCuts({.seed = 33, .cluster_size = 65536, .writers = 2, .rounds = 40, .compression = {Compression::kLz4, 0}});
+  RunCuts({.seed = 33, .cluster_size = 65536, .writers = 2, .rounds = 40, .compression = {Compression::kLz4, 0},
+           .recompress_idle_ms = 0});
 }
 TEST(ConcurrentPowerCut, WritersOnAnEncryptedVolumeSurviveCuts) {
   RunCuts({.seed = 34, .cluster_size = 16384, .writers = 3, .rounds = 40, .encrypt = true});

@@ -569,6 +569,7 @@ Result<ThinVolume::SubIo*> ThinVolume::BeginInPlaceWrite(VolumeIo* io, CachedPag
   sub->phys_block = entry.phys_block;
   sub->written_mask = BlockMask(at / kBlockSize, n / kBlockSize);
   sub->first_logical_block = FirstLogicalBlock(cluster) + at / kBlockSize;
+  TouchHotPlain(cluster);
   page->inflight[ThinMap::IndexInPage(cluster)]++;
   page->pins++;
   io->progress.pending++;

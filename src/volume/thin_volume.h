@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -102,6 +103,16 @@ class ThinVolume : public Volume {
   // `directory` were released: it now describes `size` bytes.
   void TruncateView(const std::vector<format::DirectorySlot>& directory, uint64_t size);
   uint64_t inflight() const { return inflight_ios_; }
+  // ---- Hot clusters left plain, recompressed once cold (thin_volume_rewrite.cc) ----
+  // Up to `max` clusters that partial writes left plain and nobody wrote
+  // for `idle_ms`.
+  std::vector<uint64_t> ColdPlainClusters(uint64_t idle_ms, size_t max);
+  // Compresses `cluster` again if it is still a plain cluster of this volume
+  // alone with nothing in flight, through an asynchronous rewrite on
+  // `queue` (polled until it is done; mu_ not held). A cluster that changed
+  // meanwhile is left as it is.
+  Status Recompress(uint64_t cluster, IoQueue& queue);
+  uint64_t recompressed_clusters() const { return recompressed_clusters_.load(std::memory_order_relaxed); }
   // Checks an entry read from disk (journal or map page) for impossible values.
   bool EntryIsWellFormed(const format::MapEntry& entry) const;
 
@@ -152,6 +163,10 @@ class ThinVolume : public Volume {
   static void OnRewriteWriteDone(IoRequest* req, int result);
   Status MergeForCopy(ClusterRewrite* rewrite);
   Status ReencodeForRewrite(ClusterRewrite* rewrite);
+  Status EncodePlainCluster(ClusterRewrite* rewrite, uint64_t block, uint64_t bits);
+  void NoteRewritten(const ClusterRewrite* rewrite);  // REQUIRES: mu_ held
+  void TouchHotPlain(uint64_t cluster);                // REQUIRES: mu_ held
+  static uint64_t NowMs();                             // steady clock
   void FinishRewrite(ClusterRewrite* rewrite, int result);
   bool SwapInRewriteLocked(ClusterRewrite* rewrite, int result);
   // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: I/O
@@ -219,12 +234,16 @@ class ThinVolume : public Volume {
   // only) until those reads finish, so the run cannot be freed and reused
   // under them even if every snapshot sharing it is deleted meanwhile.
   std::map<uint64_t, std::vector<BlockRun>> held_for_reads_;
+  // GUARDED_BY(mu_): clusters partial writes left plain (at most
+  // services_.hot_plain_limit), by cluster, with their last write (NowMs).
+  std::unordered_map<uint64_t, uint64_t> hot_plain_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
   // Data path counters (for metrics and tests).
   std::atomic<uint64_t> copies_started_{0};    // asynchronous copy-on-writes begun
   std::atomic<uint64_t> reencodes_started_{0};  // asynchronous compressed rewrites begun
   std::atomic<uint64_t> rewrite_retries_{0};    // rewrites that lost a race and were redone
   std::atomic<uint64_t> sync_path_offloads_{0};  // synchronous-path requests run on a worker
+  std::atomic<uint64_t> recompressed_clusters_{0};  // hot plain clusters compressed again
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };

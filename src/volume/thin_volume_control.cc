@@ -29,6 +29,8 @@ VolumeInfo ThinVolume::Info() {
   info.compressed_rewrites = reencodes_started();
   info.rewrite_retries = rewrite_retries();
   info.sync_path_offloads = sync_path_offloads();
+  info.hot_plain_clusters = hot_plain_.size();
+  info.recompressed_clusters = recompressed_clusters();
   return info;
 }
 

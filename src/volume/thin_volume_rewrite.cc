@@ -48,6 +48,9 @@ struct ThinVolume::ClusterRewrite {
   uint64_t at = 0, length = 0;  // the request's bytes within the cluster
   const uint8_t* src = nullptr;  // their plaintext, in the request's buffer; null: zeroing
   bool reencode = false;         // decode, merge, compress; else copy blocks as stored
+  bool leave_plain = false;      // re-encoding a partial write into a compressed cluster: store it plain
+  bool recompress = false;       // no request data: compress a plain cluster left alone (Recompress)
+  bool skipped = false;          // recompressing saved nothing: the cluster stays as it is
   format::MapEntry old_entry{};
   BlockRun old_run{};            // {0, 0} if the cluster was unmapped
   uint64_t write_mask = 0;       // blocks the request writes
@@ -71,7 +74,8 @@ void ThinVolume::HoldRunForIoInFlight(CachedPage* page, uint64_t cluster) {
 Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQueue& queue, CachedPage* page,
                                                              uint64_t cluster, uint64_t at, uint64_t n, bool reencode) {
   assert(page != nullptr && cluster < map_.clusters() && !read_only_);
-  assert(at % kBlockSize == 0 && n % kBlockSize == 0 && n > 0 && at + n <= cluster_size_);
+  assert(at % kBlockSize == 0 && n % kBlockSize == 0 && at + n <= cluster_size_);
+  assert(n > 0 || (reencode && io->buf == nullptr));  // n == 0: a recompression, no request data
   const format::MapEntry old = page->entries[ThinMap::IndexInPage(cluster)];
   assert(reencode || (old.phys_block != 0 && !format::IsCompressed(old) && map_.IsShared(cluster, old)));
   assert(page->inflight[ThinMap::IndexInPage(cluster)] < UINT16_MAX);
@@ -87,8 +91,16 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
   rewrite->at = at;
   rewrite->length = n;
   rewrite->src = io->buf ? io->buf + (cluster * cluster_size_ + at - io->offset) : nullptr;
-  assert((rewrite->src == nullptr) == (io->op != VolumeOp::kWrite));
+  rewrite->recompress = n == 0;
+  assert(rewrite->recompress || (rewrite->src == nullptr) == (io->op != VolumeOp::kWrite));
   rewrite->reencode = reencode;
+  // A partial write into a compressed cluster is usually followed by more:
+  // the cluster is stored plain, so they go in place, until it has been
+  // left alone long enough to be recompressed (Recompress). Each volume
+  // keeps a bounded number of such clusters.
+  rewrite->leave_plain = reencode && rewrite->src != nullptr && n < cluster_size_ && format::IsCompressed(old) &&
+                         (old.written_bits & ~BlockMask(at / kBlockSize, n / kBlockSize)) != 0 &&
+                         hot_plain_.size() < services_.hot_plain_limit;
   rewrite->old_entry = old;
   if (old.phys_block != 0) {
     rewrite->old_run = {format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
@@ -97,7 +109,7 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
   }
   rewrite->write_mask = BlockMask(at / kBlockSize, n / kBlockSize);
   rewrite->keep_mask = old.written_bits & ~rewrite->write_mask;
-  assert(rewrite->write_mask != 0 && (rewrite->keep_mask & rewrite->write_mask) == 0);
+  assert((rewrite->write_mask != 0 || rewrite->recompress) && (rewrite->keep_mask & rewrite->write_mask) == 0);
   rewrite->buffer = std::move(buffer);
   rewrite->frame = std::move(frame);
   page->inflight[ThinMap::IndexInPage(cluster)]++;
@@ -157,7 +169,8 @@ void ThinVolume::OnRewriteEncoded(IoRequest* req, int result) {
   auto* rewrite = static_cast<ClusterRewrite*>(req->context);
   ThinVolume* volume = rewrite->volume;
   if (result < 0) return volume->FinishRewrite(rewrite, result);
-  if (rewrite->new_entry.phys_block == 0) return volume->FinishRewrite(rewrite, 0);  // now all zeros
+  // Now all zeros (unmapped by the swap), or a recompression that saved nothing.
+  if (rewrite->new_entry.phys_block == 0 || rewrite->skipped) return volume->FinishRewrite(rewrite, 0);
   req->op = IoOp::kWrite;
   req->done = &ThinVolume::OnRewriteWriteDone;
   rewrite->queue->Submit(req);
@@ -219,8 +232,18 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   if (IsAllZero(plain, cluster_size_)) return Status::Ok();
   uint64_t bits = rewrite->src ? old.written_bits | rewrite->write_mask : rewrite->keep_mask;
   uint8_t* out = rewrite->frame.get();
+  if (rewrite->leave_plain) {
+    auto block = pool_.AllocateCluster();
+    if (block.ok()) return EncodePlainCluster(rewrite, block.value(), bits);
+    if (block.status().code() != ENOSPC) return block.status();
+    rewrite->leave_plain = false;  // a nearly full pool may still hold the smaller frame
+  }
   auto compressed = codec_->Compress(std::span<const uint8_t>(plain, cluster_size_), std::span(out, cluster_size_));
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
+  if (!compressed.ok() && rewrite->recompress) {
+    rewrite->skipped = true;  // the cluster stays where it is
+    return Status::Ok();
+  }
   uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
   // Compression that saves no block reports ENOSPC: a frame is 1 .. cluster_blocks - 1 blocks.
   assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
@@ -232,6 +255,26 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   rewrite->new_entry = compressed.ok() ? format::CompressedEntry(block, blocks, bits) : format::MapEntry{block, bits};
   rewrite->req.offset = block * kBlockSize;
   rewrite->req.length = static_cast<uint32_t>(bytes);
+  rewrite->req.buf = out;
+  return Status::Ok();
+}
+
+// The merged plaintext, encrypted, as a whole plain cluster at `block`.
+Status ThinVolume::EncodePlainCluster(ClusterRewrite* rewrite, uint64_t block, uint64_t bits) {
+  assert(block != 0 && block % cluster_blocks_ == 0 && bits != 0);
+  uint8_t* out = rewrite->buffer.get();
+  if (codec_->encrypted()) {
+    out = rewrite->frame.get();
+    Status s = codec_->Encrypt(FirstLogicalBlock(rewrite->cluster),
+                               std::span<const uint8_t>(rewrite->buffer.get(), cluster_size_), std::span(out, cluster_size_));
+    if (!s.ok()) {
+      pool_.FreeUnreferenced({block, cluster_blocks_});
+      return s;
+    }
+  }
+  rewrite->new_entry = {block, bits};
+  rewrite->req.offset = block * kBlockSize;
+  rewrite->req.length = cluster_size_;
   rewrite->req.buf = out;
   return Status::Ok();
 }
@@ -248,7 +291,8 @@ void ThinVolume::FinishRewrite(ClusterRewrite* rewrite, int result) {
   // The entry that won is written as any other (in place, or rewritten
   // again); the part keeps this rewrite's pending count until that has
   // started.
-  if (lost_race && io->progress.error == 0) {
+  // A recompression that lost is simply dropped: the cluster is hot again.
+  if (lost_race && io->progress.error == 0 && !rewrite->recompress) {
     rewrite_retries_.fetch_add(1, std::memory_order_relaxed);
     StartClusterPart(io, *rewrite->queue, rewrite->cluster, rewrite->at, rewrite->length);
   }
@@ -275,16 +319,100 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
   const format::MapEntry& fresh = rewrite->new_entry;
   // The old run held an extra reference throughout: fresh space is never it.
   assert(fresh.phys_block == 0 || old.phys_block == 0 || format::FirstBlock(fresh) != format::FirstBlock(old));
-  if (result == 0 && unchanged) {
+  if (result == 0 && unchanged && rewrite->skipped) {
+    hot_plain_.erase(cluster);  // incompressible: not worth trying again
+  } else if (result == 0 && unchanged) {
     if (old.phys_block != 0 && !format::IsCompressed(old)) HoldRunForIoInFlight(page, cluster);
     std::span<const BlockRun> release = old.phys_block != 0 ? std::span(&rewrite->old_run, 1) : std::span<const BlockRun>();
     if (fresh.phys_block != 0 || old.phys_block != 0) SetEntry(page, cluster, fresh, /*journal=*/true, release);
+    NoteRewritten(rewrite);
   } else if (fresh.phys_block != 0) {
     pool_.FreeUnreferenced({format::FirstBlock(fresh), format::StoredBlocks(fresh, cluster_blocks_)});
   }
   if (old.phys_block != 0) pool_.DropHeldReference(rewrite->old_run);
   if (page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(cluster);
   return result == 0 && !unchanged;
+}
+
+// REQUIRES: mu_ held; `rewrite` was swapped in. Keeps the set of clusters
+// left plain for writes: added by a partial write that left one plain,
+// dropped once the cluster is compressed (or unmapped) again.
+void ThinVolume::NoteRewritten(const ClusterRewrite* rewrite) {
+  const format::MapEntry& fresh = rewrite->new_entry;
+  if (rewrite->leave_plain && fresh.phys_block != 0 && !format::IsCompressed(fresh)) {
+    hot_plain_[rewrite->cluster] = NowMs();
+    return;
+  }
+  if (rewrite->recompress) recompressed_clusters_.fetch_add(1, std::memory_order_relaxed);
+  if (!hot_plain_.empty()) hot_plain_.erase(rewrite->cluster);
+}
+
+// REQUIRES: mu_ held. A write to a cluster left plain keeps it hot.
+void ThinVolume::TouchHotPlain(uint64_t cluster) {
+  if (hot_plain_.empty()) return;
+  auto it = hot_plain_.find(cluster);
+  if (it != hot_plain_.end()) it->second = NowMs();
+}
+
+uint64_t ThinVolume::NowMs() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<uint64_t> ThinVolume::ColdPlainClusters(uint64_t idle_ms, size_t max) {
+  std::vector<uint64_t> cold;
+  uint64_t now = NowMs();
+  std::lock_guard lock(mu_);
+  for (const auto& [cluster, last_write] : hot_plain_) {
+    if (cold.size() >= max) break;
+    if (now - last_write >= idle_ms) cold.push_back(cluster);
+  }
+  return cold;
+}
+
+Status ThinVolume::Recompress(uint64_t cluster, IoQueue& queue) {
+  struct Waiter {
+    bool done = false;
+    Status status;
+  } waiter;
+  VolumeIo io{};
+  io.op = VolumeOp::kWrite;  // with no data: only a request's progress and completion are used
+  io.offset = cluster * cluster_size_;
+  io.context = &waiter;
+  io.done = [](VolumeIo* finished, const Status& status) {
+    auto* w = static_cast<Waiter*>(finished->context);
+    w->status = status;
+    w->done = true;
+  };
+  io.progress.volume = this;
+  io.progress.queue = &queue;
+  ClusterRewrite* rewrite = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    if (!codec_ || !codec_->compressing() || read_only_ || write_barrier_) return Status::Ok();
+    ES_RETURN_IF_ERROR(services_.events.CheckUsable());
+    auto page = cluster < map_.clusters() ? map_.Page(cluster, /*create=*/false) : Result<CachedPage*>(nullptr);
+    if (!page.ok()) return page.status();
+    uint32_t index = ThinMap::IndexInPage(cluster);
+    const format::MapEntry entry = page.value() ? page.value()->entries[index] : format::MapEntry{};
+    // Only a plain cluster of this volume alone. While the rewrite holds
+    // its run, writers see it shared and copy it, so none lands in place
+    // under the read below (and the swap then finds the entry changed).
+    if (entry.phys_block == 0 || format::IsCompressed(entry) || map_.IsShared(cluster, entry)) {
+      hot_plain_.erase(cluster);
+      return Status::Ok();
+    }
+    if (page.value()->inflight[index] != 0) return Status::Ok();  // in use: another round
+    auto begun = BeginRewrite(&io, queue, page.value(), cluster, 0, 0, /*reencode=*/true);
+    if (!begun.ok()) return begun.status();
+    rewrite = begun.value();
+    inflight_ios_++;
+    io.progress.async_write = true;  // a snapshot waits for it like for any asynchronous write
+    async_writes_++;
+  }
+  StartRewrite(rewrite);
+  while (!waiter.done) queue.Poll(/*wait=*/true);
+  return waiter.status;
 }
 
 }  // namespace edgestor

@@ -160,6 +160,7 @@ Status ThinVolume::WriteBlocksInPlace(CachedPage* page, uint64_t cluster, uint64
   assert(!format::IsCompressed(page->entries[ThinMap::IndexInPage(cluster)]));
   ES_ASSIGN_OR_RETURN(format::MapEntry entry, EnsureMapped(page, cluster));
   assert(entry.phys_block != 0 && n > 0 && at + n <= cluster_size_);
+  TouchHotPlain(cluster);
   uint64_t first = at / kBlockSize, end = (at + n + kBlockSize - 1) / kBlockSize;
   if (data == nullptr) {
     // Zeroing: whole blocks just lose their written bit; partial blocks at

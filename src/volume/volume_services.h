@@ -40,6 +40,9 @@ struct VolumeServices {
   Committer& committer;     // FLUSH and FUA wait here for their group commit
   CodecPool& codec_pool;    // compressed clusters decode and re-encode here
   VolumeEvents& events;
+  // Clusters per volume that partial writes may leave plain (see
+  // PoolOpenOptions::hot_plain_clusters).
+  uint64_t hot_plain_limit = 0;
 };
 
 }  // namespace edgestor

@@ -62,13 +62,14 @@ Status VolumeSetImpl::CheckMapBoundsLocked(uint64_t more_volume_slots, uint64_t 
   return Status::Ok();
 }
 
-VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options) : pool_(std::move(pool)) {
+VolumeSetImpl::VolumeSetImpl(std::unique_ptr<Pool> pool, const PoolOpenOptions& options)
+    : pool_(std::move(pool)), recompress_idle_ms_(options.recompress_idle_ms) {
   budget_.max_pages = std::max(kMinCachedPages, options.map_cache_bytes / kCachedPageCost);
   assert(budget_.max_pages >= kMinCachedPages && budget_.cached_pages == 0);
   codec_pool_ = std::make_unique<CodecPool>(
       options.codec_workers < 0 ? CodecPool::DefaultWorkers() : static_cast<unsigned>(options.codec_workers));
   committer_ = std::make_unique<Committer>([this] { return Flush(); }, [this] { CheckpointIfNeeded(); });
-  services_.emplace(VolumeServices{*pool_, budget_, *committer_, *codec_pool_, *this});
+  services_.emplace(VolumeServices{*pool_, budget_, *committer_, *codec_pool_, *this, options.hot_plain_clusters});
 }
 
 std::unique_ptr<ThinVolume> VolumeSetImpl::MakeVolume(uint32_t id, std::string name, uint64_t size,
@@ -77,6 +78,7 @@ std::unique_ptr<ThinVolume> VolumeSetImpl::MakeVolume(uint32_t id, std::string n
 }
 
 VolumeSetImpl::~VolumeSetImpl() {
+  StopRecompressor();
   committer_->Stop();
   // No I/O here (beyond a background deletion's step finishing): without
   // Close() this is a crash, as the tests intend.
@@ -103,6 +105,7 @@ Result<std::unique_ptr<VolumeSet>> VolumeSet::Create(std::unique_ptr<Device> dev
   defaults.compression_level = static_cast<uint8_t>(options.compression.level);
   set->SetCreatedState(std::move(keys.second), defaults);
   ES_RETURN_IF_ERROR(set->Recover(nullptr));
+  set->StartRecompressor();
   return std::unique_ptr<VolumeSet>(std::move(set));
 }
 
@@ -116,6 +119,7 @@ Result<std::unique_ptr<VolumeSet>> VolumeSet::Open(std::unique_ptr<Device> devic
   }
   ES_RETURN_IF_ERROR(set->Recover(nullptr));
   if (key) ES_RETURN_IF_ERROR(set->Unlock(options.secret));
+  set->StartRecompressor();
   return std::unique_ptr<VolumeSet>(std::move(set));
 }
 
@@ -211,6 +215,7 @@ Status VolumeSetImpl::CheckUsable() const {
 }
 
 Status VolumeSetImpl::Close() {
+  StopRecompressor();  // what it did not reach stays plain until written whole
   StopReclaimer();  // an unfinished background deletion resumes at the next open
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());

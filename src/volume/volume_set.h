@@ -81,6 +81,14 @@ struct PoolOpenOptions {
   // Threads that decompress and re-encode clusters beside the I/O threads
   // (compressed volumes); -1: one fewer than the machine's cores.
   int codec_workers = -1;
+  // Compressed volumes: a partial write into a compressed cluster stores
+  // the cluster plain, so the small writes that usually follow go in place
+  // instead of decompressing and compressing it each time. Each volume
+  // keeps at most this many such clusters (beyond, partial writes compress
+  // again); 0 always compresses. A cluster nobody wrote for
+  // `recompress_idle_ms` is compressed again in the background.
+  uint64_t hot_plain_clusters = 65536;
+  uint32_t recompress_idle_ms = 30000;
 };
 
 struct VolumeCreateOptions {
@@ -147,6 +155,10 @@ struct VolumeInfo {
   uint64_t compressed_rewrites = 0;
   uint64_t rewrite_retries = 0;
   uint64_t sync_path_offloads = 0;
+  // Compressed volumes: clusters partial writes hold plain now, and those
+  // compressed again in the background since the pool was opened.
+  uint64_t hot_plain_clusters = 0;
+  uint64_t recompressed_clusters = 0;
 };
 
 struct SnapshotInfo {

@@ -20,6 +20,7 @@
 #include "volume/checkpoint_codec.h"
 #include "volume/checkpointer.h"
 #include "volume/key_ring.h"
+#include "volume/recompressor.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
 #include "volume/volume_services.h"
@@ -36,6 +37,9 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // the journal. With a report (fsck), problems are collected there and
   // recovery goes on; without, the first problem is returned as EUCLEAN.
   Status Recover(FsckReport* report);
+  // After recovery, for a pool opened to serve (not for fsck): compresses
+  // hot clusters left plain once they are cold (volume_set_recompress.cc).
+  void StartRecompressor();
 
   Status Close() override;
   PoolInfo Info() override;
@@ -154,6 +158,12 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // REQUIRES: mu_ held. Commits releases still waiting in the journal, so
   // reference counts (and the accounting built on them) are exact.
   Status SettleLocked();
+  // ---- Recompression (volume_set_recompress.cc) ----
+  // One round on the recompressor's thread: the cold clusters of every
+  // volume, one at a time, each under control_mu_ (no volume is destroyed
+  // meanwhile).
+  void RecompressRound(IoQueue& queue, const std::function<bool()>& stopping);
+  void StopRecompressor();
   // ---- Keys (volume_set_keys.cc) ----
   // REQUIRES: mu_ held and key_ring_.unlocked(). Gives an encrypted volume
   // (or view) without a codec the one its unwrapped data key makes.
@@ -197,6 +207,8 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   std::atomic<bool> closed_{false};
   std::unique_ptr<CodecPool> codec_pool_;
   std::unique_ptr<Committer> committer_;  // its thread uses the members above
+  const uint32_t recompress_idle_ms_;
+  std::unique_ptr<Recompressor> recompressor_;  // its thread uses the members above
   std::optional<VolumeServices> services_;  // handed to every volume; set once the above exist
 };
 
