@@ -23,6 +23,7 @@
 #include <cassert>
 #include <cerrno>
 #include <chrono>
+#include <thread>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -75,6 +76,8 @@ struct Options {
   uint64_t seed = 1;
   std::string compression_name = "off";
   CompressionSetting compression;  // on: the data written compresses about 2:1
+  std::optional<uint32_t> recompress_idle_ms;  // unset: the pool's default
+  double settle_seconds = 0;  // after the timed phase: wait for the recompressor, at most this long
 };
 
 // Set once from the options, before any runner exists.
@@ -267,6 +270,7 @@ Engine CreateEngine(const Options& opt) {
   if (!device.ok()) Die(device.status(), "open " + opt.pool);
   PoolCreateOptions create{.cluster_size = opt.cluster_size, .compression = opt.compression};
   PoolOpenOptions open{.map_cache_bytes = opt.map_cache};
+  if (opt.recompress_idle_ms) open.recompress_idle_ms = *opt.recompress_idle_ms;
   auto set = VolumeSet::Create(std::move(device).value(), create, open);
   if (!set.ok()) Die(set.status(), "create pool on " + opt.pool);
   Engine engine{std::move(set).value(), nullptr};
@@ -362,6 +366,33 @@ void AddPoolFigures(Json& j, Engine& engine) {
   j["cached_map_pages"] = info.cached_map_pages;
   j["map_cache_limit_pages"] = info.map_cache_limit_pages;
   j["pool_allocated_bytes"] = info.allocated_bytes;
+  auto volume = engine.set->GetVolumeInfo(engine.volume->name());
+  if (volume.ok()) {
+    j["volume_allocated_bytes"] = volume->allocated_bytes;
+    j["compressed_clusters"] = volume->compressed_clusters;
+    j["hot_plain_clusters"] = volume->hot_plain_clusters;
+  }
+}
+
+// After the load: how long the background takes to compress again the
+// clusters partial writes held plain, and the space the volume holds then.
+Json Settle(Engine& engine, double max_seconds) {
+  auto start = std::chrono::steady_clock::now();
+  Usage before = Usage::Now();
+  double waited = 0;
+  Result<VolumeInfo> info = engine.set->GetVolumeInfo(engine.volume->name());
+  while (info.ok() && info->hot_plain_clusters > 0 && waited < max_seconds) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    info = engine.set->GetVolumeInfo(engine.volume->name());
+  }
+  if (!info.ok()) Die(info.status(), "volume info");
+  Usage after = Usage::Now();
+  return {{"seconds", waited},
+          {"hot_plain_clusters_left", info->hot_plain_clusters},
+          {"recompressed_clusters", info->recompressed_clusters},
+          {"volume_allocated_bytes", info->allocated_bytes},
+          {"cpu_us", (after.user_us - before.user_us) + (after.sys_us - before.sys_us)}};
 }
 
 // The modes firstwrite, overwrite and read: one timed phase.
@@ -390,6 +421,7 @@ Json RunThroughput(const Options& opt) {
   j["exhausted"] = opt.mode == Mode::kFirstWrite && taken == fresh.size();
   j["peak_rss_kib"] = phase.usage.max_rss_kib;
   AddPoolFigures(j, engine);
+  if (opt.settle_seconds > 0) j["settle"] = Settle(engine, opt.settle_seconds);
   if (Status s = engine.set->Close(); !s.ok()) Die(s, "close pool");
   return j;
 }
@@ -460,6 +492,11 @@ Options ParseOptions(int argc, char** argv) {
   app.add_option("--read-ios", opt.read_ios, "rss: reads after the writes")->check(CLI::PositiveNumber);
   app.add_option("--map-cache", opt.map_cache, "map page cache budget")->transform(SizeArg());
   app.add_option("--seed", opt.seed, "random seed");
+  app.add_option("--recompress-idle-ms", opt.recompress_idle_ms,
+                 "compressed volumes: a cluster held plain is compressed again after this long unwritten");
+  app.add_option("--settle-seconds", opt.settle_seconds,
+                 "after the timed phase, wait at most this long for the background to compress hot clusters again")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--compression", opt.compression_name, "off|lz4|zstd[:LEVEL]: the volume's compression; "
                                                         "on, the data written compresses about 2:1");
   try {
