@@ -118,6 +118,8 @@ struct ServeArgs {
   std::string nbd_socket_mode;   // octal; empty: 0600
   uint64_t map_cache_bytes = 64ull << 20;
   uint64_t inflight_bytes = 256ull << 20;  // kDefaultDaemonInflightBytes
+  uint64_t hot_plain_clusters = 65536;     // PoolOpenOptions::hot_plain_clusters
+  uint32_t recompress_idle_seconds = 30;
   KeyArgs key;  // the pool key, if the pool has one (else encrypted volumes wait for `pool unlock`)
 };
 // Runs the daemon in the foreground until SIGINT/SIGTERM; then drains,

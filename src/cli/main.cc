@@ -432,6 +432,14 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
                     "request data all NBD and vhost-user clients together may hold in flight")
       ->transform(SizeArg())
       ->default_str("256M");
+  serve->add_option("--hot-plain-clusters", args->hot_plain_clusters,
+                    "compressed volumes: clusters per volume that small writes may keep uncompressed until they "
+                    "cool down (0: always compress)")
+      ->default_str("65536");
+  serve->add_option("--recompress-idle", args->recompress_idle_seconds,
+                    "seconds without writes after which such a cluster is compressed again in the background")
+      ->check(CLI::Range(1u, 86400u))
+      ->default_str("30");
   serve->callback([args, &g, &action] {
     args->pool = PoolPath("", g.pool);
     args->control_socket = g.control;  // --control: where to answer (default: beside the pool)

@@ -29,6 +29,8 @@ void RunServe(const ServeArgs& args) {
   options.nbd_listen = args.nbd_listen;
   options.map_cache_bytes = args.map_cache_bytes;
   options.inflight_bytes = args.inflight_bytes;
+  options.hot_plain_clusters = args.hot_plain_clusters;
+  options.recompress_idle_ms = args.recompress_idle_seconds * 1000;
   if (!args.control_group.empty()) {
     options.control_access.group = Unwrap(LookUpGroup(args.control_group), "--control-group");
     options.control_access.mode = 0660;

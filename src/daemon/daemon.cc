@@ -50,8 +50,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   if (options.control_socket.empty()) options.control_socket = DefaultControlSocket(options.pool_path);
   if (options.nbd_socket.empty()) options.nbd_socket = DefaultNbdSocket(options.pool_path);
   ES_ASSIGN_OR_RETURN(int lock_fd, LockPool(options.pool_path));
-  auto pool = OpenPoolFile(options.pool_path,
-                           PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes, .secret = options.secret});
+  auto pool = OpenPoolFile(options.pool_path, PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes,
+                                                              .secret = options.secret,
+                                                              .hot_plain_clusters = options.hot_plain_clusters,
+                                                              .recompress_idle_ms = options.recompress_idle_ms});
   if (!pool.ok()) {
     ::close(lock_fd);
     return pool.status().WithContext("cannot open pool " + options.pool_path);

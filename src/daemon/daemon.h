@@ -39,6 +39,10 @@ struct DaemonOptions {
   // kDefaultQueueInflightBytes, each NBD connection to its max_buffered_bytes.
   uint64_t inflight_bytes = kDefaultDaemonInflightBytes;
   PoolSecret secret;  // empty: encrypted volumes stay locked until pool.unlock
+  // Compressed volumes (see PoolOpenOptions): clusters small writes keep
+  // plain per volume, and how long one must go unwritten to be compressed again.
+  uint64_t hot_plain_clusters = 65536;
+  uint32_t recompress_idle_ms = 30000;
 };
 
 // Sockets live beside the pool: var/pool.img -> var/pool.control.sock,

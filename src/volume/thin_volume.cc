@@ -232,8 +232,42 @@ void ThinVolume::SubmitAsynchronous(VolumeIo* io, IoQueue& queue) {
   // shared cluster too).
   io->progress.async_write = true;
   async_writes_++;
+  // Counted first, then the barrier read (both sequentially consistent):
+  // a snapshot raising it either sees this count or is seen here.
+  if (write_barrier_up_.load() && ParkBehindBarrier(io, queue)) return;
   if (io->op == VolumeOp::kWrite) return SubmitWrite(io, queue);
   SubmitZeroes(io, queue);
+}
+
+bool ThinVolume::ParkBehindBarrier(VolumeIo* io, IoQueue& queue) {
+  std::lock_guard lock(mu_);
+  if (!write_barrier_) return false;
+  io->progress.async_write = false;
+  async_writes_--;
+  IoRequest& resume = io->progress.commit;  // free until the request completes
+  resume = {};
+  resume.context = io;
+  resume.done = &ThinVolume::OnBarrierLowered;
+  queue.ExpectForeign(&resume);
+  held_by_barrier_.push_back(io);
+  barrier_waits_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void ThinVolume::OnBarrierLowered(IoRequest* req, int result) {
+  assert(result == 0);
+  (void)result;
+  auto* io = static_cast<VolumeIo*>(req->context);
+  auto* volume = static_cast<ThinVolume*>(io->progress.volume);
+  volume->SubmitAsynchronous(io, *io->progress.queue);
+}
+
+void ThinVolume::set_write_barrier(bool on) {
+  write_barrier_ = on;
+  write_barrier_up_.store(on);
+  if (on) return;
+  for (VolumeIo* io : held_by_barrier_) io->progress.queue->PostForeign(&io->progress.commit, 0);
+  held_by_barrier_.clear();
 }
 
 // A map page read for a parked request.

@@ -63,9 +63,12 @@ class ThinVolume : public Volume {
   bool read_only() const override { return read_only_; }
   // Accounting as stored in a SnapshotEntry. REQUIRES: mu_ held.
   void FillSnapshotCounters(format::SnapshotEntry* entry) const;
-  // While set, writes take the synchronous path (a snapshot is waiting for
-  // the asynchronous writes in flight to finish). REQUIRES: mu_ held.
-  void set_write_barrier(bool on) { write_barrier_ = on; }
+  // Raised while a snapshot waits for the asynchronous writes in flight to
+  // finish: new ones wait, parked off their thread (their queue expects
+  // them back), and lowering it hands each back to its queue to start
+  // again. REQUIRES: mu_ held.
+  void set_write_barrier(bool on);
+  uint64_t barrier_waits() const { return barrier_waits_.load(std::memory_order_relaxed); }
   uint64_t async_writes() const { return async_writes_.load(); }
   uint64_t copies_started() const { return copies_started_.load(std::memory_order_relaxed); }
   uint64_t reencodes_started() const { return reencodes_started_.load(std::memory_order_relaxed); }
@@ -125,6 +128,10 @@ class ThinVolume : public Volume {
   // ---- Dispatch (thin_volume.cc) ----
   static bool IsAsynchronous(const VolumeIo& io);
   void SubmitAsynchronous(VolumeIo* io, IoQueue& queue);
+  // REQUIRES: mu_ not held. True if `io` waits for the write barrier to be
+  // lowered (it starts again in OnBarrierLowered, on its queue).
+  bool ParkBehindBarrier(VolumeIo* io, IoQueue& queue);
+  static void OnBarrierLowered(IoRequest* req, int result);
   struct PageLoad;
   // REQUIRES: mu_ not held. True if `io` waits for a map page (it goes on
   // in OnPageLoaded).
@@ -245,6 +252,9 @@ class ThinVolume : public Volume {
   std::atomic<uint64_t> sync_path_offloads_{0};  // synchronous-path requests run on a worker
   std::atomic<uint64_t> recompressed_clusters_{0};  // hot plain clusters compressed again
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
+  std::atomic<bool> write_barrier_up_{false};  // its value, for the check without the lock
+  std::vector<VolumeIo*> held_by_barrier_;     // GUARDED_BY(mu_): writes parked behind it
+  std::atomic<uint64_t> barrier_waits_{0};      // writes that were parked (for tests)
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };
 

@@ -180,8 +180,10 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
     volume->set_write_barrier(true);
   }
   // An asynchronous write in flight could land in a cluster after the
-  // snapshot shares it: wait for them (new writes meanwhile go through the
-  // synchronous path, which the checkpoint's locks hold back). No lock is
+  // snapshot shares it: wait for them (new writes meanwhile are parked off
+  // their threads until the barrier is lowered; one that was counted just
+  // as it rose takes the synchronous path, which the checkpoint's locks
+  // hold back). No lock is
   // held: a completion may need one for a checkpoint of its own.
   // Once the count has been seen at zero, writes counted later see the
   // barrier before they look at any cluster: they are no reason to refuse.

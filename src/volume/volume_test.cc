@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "volume/testing/test_pool.h"
+#include "volume/thin_volume.h"
 
 namespace edgestor {
 namespace {
@@ -277,6 +278,47 @@ TEST(Volume, ConsecutiveClustersGoToTheDeviceAsOneIo) {
 // An unaligned write waits for the device on a worker thread: its queue
 // meanwhile completes a read of another volume (before, the submitting
 // thread itself waited, so the read could not even be submitted).
+// While a snapshot waits for the writes in flight, a new write is parked
+// off its thread (no device I/O, no completion) and starts again, on its
+// own queue, once the barrier is lowered.
+TEST(Volume, WritesWaitOffTheirThreadBehindASnapshotsBarrier) {
+  TestPool pool(64 * kMiB);
+  Volume* v = pool.set().CreateVolume("v", 4 * kMiB).value();
+  auto* thin = dynamic_cast<ThinVolume*>(v);
+  ASSERT_NE(thin, nullptr);
+  ASSERT_TRUE(pool.Write(*v, 0, Pattern(65536, 1)).ok());
+  {
+    std::lock_guard lock(thin->mutex());
+    thin->set_write_barrier(true);
+  }
+  pool.device().HoldSyncIo();  // a synchronous write would show here
+  auto data = Pattern(8192, 3);
+  AlignedBuffer buf = AllocateAligned(data.size());
+  std::memcpy(buf.get(), data.data(), data.size());
+  bool done = false;
+  VolumeIo write{.op = VolumeOp::kWrite, .offset = 4096, .length = data.size(), .buf = buf.get()};
+  write.context = &done;
+  write.done = [](VolumeIo* io, const Status& status) {
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    *static_cast<bool*>(io->context) = true;
+  };
+  v->Submit(&write, pool.queue());
+  for (int i = 0; i < 20; i++) pool.queue().Poll(/*wait=*/false);
+  EXPECT_FALSE(done);
+  EXPECT_EQ(pool.device().sync_io_waiting(), 0u);
+  EXPECT_EQ(thin->barrier_waits(), 1u);
+  EXPECT_EQ(thin->async_writes(), 0u);  // a snapshot waiting for the count is not held up by it
+  pool.device().ReleaseSyncIo();
+  {
+    std::lock_guard lock(thin->mutex());
+    thin->set_write_barrier(false);
+  }
+  while (!done) pool.queue().Poll(/*wait=*/true);
+  auto expected = Pattern(65536, 1);
+  std::copy(data.begin(), data.end(), expected.begin() + 4096);
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expected);
+}
+
 TEST(Volume, UnalignedWriteWaitsForTheDeviceOffItsQueuesThread) {
   PoolOpenOptions open;
   open.codec_workers = 1;
