@@ -25,7 +25,14 @@ void Pool::AppendRecord(format::RecordType type, std::span<const uint8_t> body, 
   pending_records_.insert(pending_records_.end(), h, h + sizeof header);
   pending_records_.insert(pending_records_.end(), body.begin(), body.end());
   pending_frees_.insert(pending_frees_.end(), frees.begin(), frees.end());
+  for (const BlockRun& run : frees) pending_free_blocks_ += run.count;
   UpdateJournalPressure();
+  UpdateFreesPressure();
+}
+
+void Pool::UpdateFreesPressure() {
+  frees_waiting_.store(pending_free_blocks_ > 0 && pending_free_blocks_ * 4 >= allocator_.free_blocks(),
+                       std::memory_order_relaxed);
 }
 
 void Pool::UpdateJournalPressure() {
@@ -123,6 +130,8 @@ Status Pool::Commit() {
       return Status(ENOSPC, "journal has no room for this commit; a checkpoint must run first");
     records.swap(pending_records_);
     frees.swap(pending_frees_);
+    pending_free_blocks_ = 0;
+    UpdateFreesPressure();
   }
   // First flush: the data of every completed write is durable before any
   // record that makes it readable (a written bit, a new mapping).

@@ -542,6 +542,7 @@ void Pool::SetMetadataReserve(uint64_t blocks, uint64_t short_below) {
 void Pool::UpdateReservePressure() {
   assert(allocator_.used_blocks() <= allocator_.total_blocks());
   metadata_short_.store(allocator_.free_blocks() < metadata_short_below_, std::memory_order_relaxed);
+  UpdateFreesPressure();
 }
 
 // ---- Checkpoint ----
@@ -688,7 +689,9 @@ Status Pool::WriteCheckpoint(std::span<const uint8_t> payload, std::vector<Block
   superseded.insert(superseded.end(), chain_blocks_.begin(), chain_blocks_.end());
   superseded.insert(superseded.end(), pending_frees_.begin(), pending_frees_.end());
   pending_frees_.clear();
+  pending_free_blocks_ = 0;
   for (const BlockRun& run : superseded) ReleaseLocked(run);
+  UpdateFreesPressure();
   chain_blocks_ = std::move(new_chain);
   return Status::Ok();
 }

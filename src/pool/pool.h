@@ -169,6 +169,11 @@ class Pool {
   // True when the journal is more than half full: time for a checkpoint.
   // Lock-free: called after every I/O.
   bool JournalWantsCheckpoint() const { return journal_wants_checkpoint_.load(std::memory_order_relaxed); }
+  // Lock-free: runs released by pending records (reusable only after the
+  // next commit) add up to a quarter of the free space or more. Writers
+  // that keep moving clusters (compressed, copied) without ever flushing
+  // would otherwise fill the pool with space that only waits for a commit.
+  bool FreesWaiting() const { return frees_waiting_.load(std::memory_order_relaxed); }
 
   // ---- Checkpoint ----
   // The generation the next checkpoint will stamp on its map pages.
@@ -234,6 +239,7 @@ class Pool {
                                          std::vector<BlockRun>* blocks);
   void UpdateJournalPressure();  // REQUIRES: mu_ held
   void UpdateReservePressure();  // REQUIRES: mu_ held; after the allocator or the reserve changes
+  void UpdateFreesPressure();    // REQUIRES: mu_ held; after the pending frees or the allocator change
 
   std::unique_ptr<Device> device_;
   PoolGeometry geometry_;
@@ -251,6 +257,8 @@ class Pool {
   std::atomic<bool> metadata_short_{false};
   std::vector<uint8_t> pending_records_;  // GUARDED_BY(mu_): packed RecordHeader+body
   std::vector<BlockRun> pending_frees_;   // GUARDED_BY(mu_): freed by pending records
+  uint64_t pending_free_blocks_ = 0;      // GUARDED_BY(mu_): their blocks
+  std::atomic<bool> frees_waiting_{false};
   uint64_t journal_head_seq_ = 0;         // GUARDED_BY(mu_): next block to write
   std::vector<BlockRun> chain_blocks_;    // GUARDED_BY(mu_): current checkpoint chain
   // GUARDED_BY(mu_): references beyond the first, by a run's first block.

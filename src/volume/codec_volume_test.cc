@@ -399,6 +399,38 @@ TEST(CompressedVolume, RecompressionNeverLosesAConcurrentWrite) {
   ASSERT_TRUE(report.ok() && report->ok());
 }
 
+// Clusters that move on every write (compressed ones, and hot ones being
+// recompressed) release their old space only with the next commit. A
+// client that never flushes must not see ENOSPC from space that merely
+// waits for it: a checkpoint is asked for once that space reaches a
+// quarter of the free space.
+TEST(CompressedVolume, SpaceWaitingForACommitIsReleasedBeforeThePoolFills) {
+  constexpr uint64_t kClusters = 32;
+  TestPool pool(64 * kMiB, {}, RecompressAfter(0));
+  Volume* v = pool.set().CreateVolume("c", kClusters * 65536, {.compression = CompressionSetting{Compression::kLz4, 0}}).value();
+  std::vector<uint8_t> expect = SecretText(kClusters * 65536);
+  ASSERT_TRUE(pool.Write(*v, 0, expect).ok());
+  auto queue = pool.device().CreateQueue(8);
+  AlignedBuffer buf = AllocateAligned(65536);
+  std::mt19937_64 rng(23);
+  for (int i = 0; i < 4000; i++) {  // about 200 MiB of moved clusters through a 64 MiB pool
+    bool whole = i % 2 == 0;  // a whole cluster is compressed again; a block leaves it plain
+    uint64_t length = whole ? 65536 : 4096;
+    uint64_t offset = whole ? rng() % kClusters * 65536 : rng() % (kClusters * 16) * 4096;
+    for (size_t b = 0; b < length; b += 8) std::memcpy(buf.get() + b, &i, sizeof(i));
+    VolumeIo io{.op = VolumeOp::kWrite, .offset = offset, .length = length, .buf = buf.get()};
+    Status s = RunSync(*v, io, *queue);
+    ASSERT_TRUE(s.ok()) << "write " << i << ": " << s.ToString();
+    std::copy(buf.get(), buf.get() + length, expect.begin() + offset);
+  }
+  EXPECT_EQ(pool.Read(*v, 0, kClusters * 65536).value(), expect);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(pool.Read(*pool.Find("c"), 0, kClusters * 65536).value(), expect);
+  ASSERT_TRUE(pool.Close().ok());
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok() && report->ok());
+}
+
 // The race the recompressor must lose: a whole-cluster write lands while
 // the recompression still reads the old content. The write is swapped in
 // first; the recompression then finds the entry changed and drops its
