@@ -31,10 +31,7 @@ bool Checkpointer::NeedsCheckpoint() const {
   // Space running short: storing the dirty pages now turns them into
   // used blocks and frees the blocks they replace.
   bool space = pool_.MetadataShort() && budget_.dirty_pages > 0;
-  // Released space piling up behind the next commit: a checkpoint makes
-  // it reusable (it commits every pending record).
-  return pool_.JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages || space ||
-         pool_.FreesWaiting();
+  return pool_.JournalWantsCheckpoint() || budget_.dirty_pages * 2 > budget_.max_pages || space;
 }
 
 void Checkpointer::BackOffAfterSpaceRefusal() {

@@ -56,6 +56,9 @@ class Checkpointer {
   // The journal or the dirty map pages want a checkpoint, or space runs
   // short while pages are dirty.
   bool NeedsCheckpoint() const;
+  // That, or released space piling up behind the next commit
+  // (Pool::FreesWaiting): a commit is enough to make it reusable.
+  bool NeedsCommitOrCheckpoint() const { return NeedsCheckpoint() || pool_.FreesWaiting(); }
   // A background checkpoint was refused for lack of space: the next waits
   // a while, rather than following every request.
   void BackOffAfterSpaceRefusal();

@@ -344,6 +344,34 @@ TEST(CompressedVolume, PartialWritesLeaveAClusterPlainUntilItIsColdAgain) {
   ASSERT_TRUE(report.ok() && report->ok());
 }
 
+// The list of hot clusters lives in memory: one left plain when the pool
+// closed comes back to it when next written in place, and is compressed
+// once cold again.
+TEST(CompressedVolume, AClusterLeftPlainAtCloseIsCompressedAfterItsNextWrite) {
+  TestPool pool(64 * kMiB, {}, RecompressAfter(200));
+  Volume* v = pool.set().CreateVolume("c", kMiB, {.compression = CompressionSetting{Compression::kLz4, 0}}).value();
+  std::vector<uint8_t> expect = SecretText(65536);
+  ASSERT_TRUE(pool.Write(*v, 0, expect).ok());
+  auto block = RandomBytes(4096, 31);
+  ASSERT_TRUE(pool.Write(*v, 8192, block).ok());  // left plain
+  std::copy(block.begin(), block.end(), expect.begin() + 8192);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  v = pool.Find("c");
+  auto info = pool.set().GetVolumeInfo("c").value();
+  EXPECT_EQ(info.compressed_clusters, 0u);
+  EXPECT_EQ(info.hot_plain_clusters, 0u);
+  block = RandomBytes(4096, 32);
+  ASSERT_TRUE(pool.Write(*v, 12288, block).ok());  // in place: the cluster is a candidate again
+  std::copy(block.begin(), block.end(), expect.begin() + 12288);
+  EXPECT_EQ(pool.set().GetVolumeInfo("c")->hot_plain_clusters, 1u);
+  for (int i = 0; i < 500 && pool.set().GetVolumeInfo("c")->recompressed_clusters == 0; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  info = pool.set().GetVolumeInfo("c").value();
+  EXPECT_EQ(info.recompressed_clusters, 1u);
+  EXPECT_EQ(info.compressed_clusters, 1u);
+  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expect);
+}
+
 // Each volume holds at most hot_plain_clusters plain; beyond, partial
 // writes compress as before. Incompressible clusters are not retried.
 TEST(CompressedVolume, HotPlainClustersAreBoundedPerVolume) {

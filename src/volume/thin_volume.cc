@@ -1,10 +1,10 @@
 // ThinVolume: the asynchronous data path (read, aligned write in place,
 // aligned discard and write-zeroes) and its completion, including the
 // hand-off of FLUSH/FUA to the committer. Copy-on-write and compressed
-// rewrites are in thin_volume_rewrite.cc; unaligned I/O and writes under a
-// snapshot's write barrier take the synchronous path (thin_volume_sync.cc),
-// on a worker thread when one is free; control operations are in
-// thin_volume_control.cc.
+// rewrites are in thin_volume_rewrite.cc; writes arriving under a
+// snapshot's write barrier are parked until it is lowered; unaligned I/O
+// takes the synchronous path (thin_volume_sync.cc), on a worker thread when
+// one is free; control operations are in thin_volume_control.cc.
 #include "volume/thin_volume.h"
 
 #include <cassert>

@@ -107,14 +107,16 @@ class ThinVolume : public Volume {
   void TruncateView(const std::vector<format::DirectorySlot>& directory, uint64_t size);
   uint64_t inflight() const { return inflight_ios_; }
   // ---- Hot clusters left plain, recompressed once cold (thin_volume_rewrite.cc) ----
-  // Up to `max` clusters that partial writes left plain and nobody wrote
-  // for `idle_ms`.
+  // Up to `max` plain clusters of this compressing volume (those partial
+  // writes left plain, and others written in place) that nobody wrote for
+  // `idle_ms`.
   std::vector<uint64_t> ColdPlainClusters(uint64_t idle_ms, size_t max);
   // Compresses `cluster` again if it is still a plain cluster of this volume
   // alone with nothing in flight, through an asynchronous rewrite on
   // `queue` (polled until it is done; mu_ not held). A cluster that changed
   // meanwhile is left as it is.
-  Status Recompress(uint64_t cluster, IoQueue& queue);
+  // Skipped if it was written less than `idle_ms` ago.
+  Status Recompress(uint64_t cluster, uint64_t idle_ms, IoQueue& queue);
   uint64_t recompressed_clusters() const { return recompressed_clusters_.load(std::memory_order_relaxed); }
   // Checks an entry read from disk (journal or map page) for impossible values.
   bool EntryIsWellFormed(const format::MapEntry& entry) const;
@@ -241,7 +243,8 @@ class ThinVolume : public Volume {
   // only) until those reads finish, so the run cannot be freed and reused
   // under them even if every snapshot sharing it is deleted meanwhile.
   std::map<uint64_t, std::vector<BlockRun>> held_for_reads_;
-  // GUARDED_BY(mu_): clusters partial writes left plain (at most
+  // GUARDED_BY(mu_): plain clusters of a compressing volume that writes
+  // touched, above all those partial writes left plain (at most
   // services_.hot_plain_limit), by cluster, with their last write (NowMs).
   std::unordered_map<uint64_t, uint64_t> hot_plain_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path

@@ -115,7 +115,7 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
   page->inflight[ThinMap::IndexInPage(cluster)]++;
   page->pins++;
   io->progress.pending++;
-  (reencode ? reencodes_started_ : copies_started_).fetch_add(1, std::memory_order_relaxed);
+  if (!rewrite->recompress) (reencode ? reencodes_started_ : copies_started_).fetch_add(1, std::memory_order_relaxed);
   return rewrite;
 }
 
@@ -291,7 +291,8 @@ void ThinVolume::FinishRewrite(ClusterRewrite* rewrite, int result) {
   // The entry that won is written as any other (in place, or rewritten
   // again); the part keeps this rewrite's pending count until that has
   // started.
-  // A recompression that lost is simply dropped: the cluster is hot again.
+  // A recompression that lost is simply dropped: the writer that won has
+  // rewritten the cluster itself.
   if (lost_race && io->progress.error == 0 && !rewrite->recompress) {
     rewrite_retries_.fetch_add(1, std::memory_order_relaxed);
     StartClusterPart(io, *rewrite->queue, rewrite->cluster, rewrite->at, rewrite->length);
@@ -347,8 +348,15 @@ void ThinVolume::NoteRewritten(const ClusterRewrite* rewrite) {
   if (!hot_plain_.empty()) hot_plain_.erase(rewrite->cluster);
 }
 
-// REQUIRES: mu_ held. A write to a cluster left plain keeps it hot.
+// REQUIRES: mu_ held. A write in place keeps a cluster hot. On a
+// compressing volume it also makes the cluster a candidate: that is how
+// clusters left plain when the pool last closed (the list lives in memory
+// only) or written before compression was turned on come back to it.
 void ThinVolume::TouchHotPlain(uint64_t cluster) {
+  if (codec_ && codec_->compressing() && hot_plain_.size() < services_.hot_plain_limit) {
+    hot_plain_.insert_or_assign(cluster, NowMs());
+    return;
+  }
   if (hot_plain_.empty()) return;
   auto it = hot_plain_.find(cluster);
   if (it != hot_plain_.end()) it->second = NowMs();
@@ -361,8 +369,8 @@ uint64_t ThinVolume::NowMs() {
 
 std::vector<uint64_t> ThinVolume::ColdPlainClusters(uint64_t idle_ms, size_t max) {
   std::vector<uint64_t> cold;
-  uint64_t now = NowMs();
   std::lock_guard lock(mu_);
+  const uint64_t now = NowMs();  // under the lock: no write time is later
   for (const auto& [cluster, last_write] : hot_plain_) {
     if (cold.size() >= max) break;
     if (now - last_write >= idle_ms) cold.push_back(cluster);
@@ -370,7 +378,7 @@ std::vector<uint64_t> ThinVolume::ColdPlainClusters(uint64_t idle_ms, size_t max
   return cold;
 }
 
-Status ThinVolume::Recompress(uint64_t cluster, IoQueue& queue) {
+Status ThinVolume::Recompress(uint64_t cluster, uint64_t idle_ms, IoQueue& queue) {
   struct Waiter {
     bool done = false;
     Status status;
@@ -389,7 +397,11 @@ Status ThinVolume::Recompress(uint64_t cluster, IoQueue& queue) {
   ClusterRewrite* rewrite = nullptr;
   {
     std::lock_guard lock(mu_);
-    if (!codec_ || !codec_->compressing() || read_only_ || write_barrier_) return Status::Ok();
+    if (codec_ && !codec_->compressing()) hot_plain_.clear();  // compression was turned off
+    auto hot = hot_plain_.find(cluster);
+    // Written since the round picked it: hot again.
+    if (hot == hot_plain_.end() || NowMs() - hot->second < idle_ms) return Status::Ok();
+    if (!codec_ || read_only_ || write_barrier_) return Status::Ok();
     ES_RETURN_IF_ERROR(services_.events.CheckUsable());
     auto page = cluster < map_.clusters() ? map_.Page(cluster, /*create=*/false) : Result<CachedPage*>(nullptr);
     if (!page.ok()) return page.status();

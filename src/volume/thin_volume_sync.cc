@@ -1,6 +1,6 @@
 // ThinVolume: the synchronous paths. I/O not aligned to 4 KiB (discard and
-// write-zeroes included), writes while a snapshot's write barrier is up,
-// and the map-only changes of aligned zeroing run here, under the volume's
+// write-zeroes included), the rare write that starts a cluster while a
+// snapshot's write barrier is up, and the map-only changes of aligned zeroing run here, under the volume's
 // mutex with synchronous device I/O: a read-modify-write of a block or of
 // a whole compressed cluster is then atomic with respect to the map and to
 // other requests. The data path hands unaligned requests to a worker

@@ -215,8 +215,16 @@ Status VolumeSetImpl::CheckUsable() const {
 }
 
 Status VolumeSetImpl::Close() {
-  StopRecompressor();  // what it did not reach stays plain until written whole
+  // What it did not reach is found again when next written in place.
+  StopRecompressor();
   StopReclaimer();  // an unfinished background deletion resumes at the next open
+  Status s = CheckpointAndClose();
+  // The pool stays open: its recompression goes on.
+  if (!s.ok() && !closed_) StartRecompressor();
+  return s;
+}
+
+Status VolumeSetImpl::CheckpointAndClose() {
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   for (auto& [name, volume] : volumes_)
@@ -371,6 +379,7 @@ Result<Volume*> VolumeSetImpl::CreateVolume(const std::string& name, uint64_t si
 
 Status VolumeSetImpl::ResizeVolume(const std::string& name, uint64_t new_size, bool allow_shrink) {
   ES_RETURN_IF_ERROR(ValidateSize(new_size));
+  ControlLock control(*this);  // a recompression in flight would make a shrink refuse
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   ThinVolume* volume = FindLocked(name);
@@ -417,7 +426,7 @@ Status VolumeSetImpl::ShrinkAndCommitLocked(ThinVolume& volume, uint64_t new_siz
 }
 
 Status VolumeSetImpl::DeleteVolume(const std::string& name) {
-  std::lock_guard control(control_mu_);
+  ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   auto it = volumes_.find(name);
@@ -569,11 +578,16 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
 }
 
 void VolumeSetImpl::RequestFinished() {
-  if (checkpointer_.NeedsCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
+  if (checkpointer_.NeedsCommitOrCheckpoint() && !closed_ && !failed_) committer_->WantCheckpoint();
 }
 
 void VolumeSetImpl::CheckpointIfNeeded() {
-  if (!checkpointer_.NeedsCheckpoint() || closed_ || failed_) return;
+  if (closed_ || failed_) return;
+  if (!checkpointer_.NeedsCheckpoint()) {
+    // Only space waiting for a commit: a commit releases it (a journal
+    // block and two flushes); a checkpoint only if the journal has no room.
+    if (!pool_->FreesWaiting() || pool_->Commit().code() != ENOSPC) return;
+  }
   // After a checkpoint refused for lack of space, wait before trying again
   // rather than after every request.
   if (checkpointer_.BackingOff()) return;

@@ -42,6 +42,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   void StartRecompressor();
 
   Status Close() override;
+  Status CheckpointAndClose();  // takes mu_; Close stops the background threads first
   PoolInfo Info() override;
   std::vector<VolumeInfo> ListVolumes() override;
   Result<VolumeInfo> GetVolumeInfo(const std::string& name) override;
@@ -191,8 +192,27 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   std::map<std::string, Snapshot> snapshots_;                  // GUARDED_BY(mu_), by "VOL@SNAP"
   uint32_t next_snapshot_id_ = 1;                              // GUARDED_BY(mu_)
   // Serializes snapshot creation (which releases mu_ while it waits for
-  // writes in flight) with the operations that destroy volume objects.
+  // writes in flight) with the operations that destroy or resize volume
+  // objects, and with each recompression.
   std::mutex control_mu_;
+  // Control operations waiting for control_mu_: the recompressor's round
+  // stops for them (std::mutex is not fair; it could hold them off).
+  std::atomic<int> control_waiting_{0};
+  // control_mu_ for a control operation.
+  class ControlLock {
+   public:
+    explicit ControlLock(VolumeSetImpl& set) : set_(set) {
+      set_.control_waiting_++;
+      set_.control_mu_.lock();
+      set_.control_waiting_--;
+    }
+    ~ControlLock() { set_.control_mu_.unlock(); }
+    ControlLock(const ControlLock&) = delete;
+    ControlLock& operator=(const ControlLock&) = delete;
+
+   private:
+    VolumeSetImpl& set_;
+  };
   uint64_t background_delete_pages_ = 64;
   uint64_t release_step_pages_ = 256;  // 256 pages: at most ~65,000 runs (1 MiB) per step
   uint64_t largest_release_ = 0;       // GUARDED_BY(mu_)

@@ -28,6 +28,7 @@ void VolumeSetImpl::StartRecompressor() {
 
 void VolumeSetImpl::StopRecompressor() {
   if (recompressor_) recompressor_->Stop();
+  recompressor_.reset();
 }
 
 void VolumeSetImpl::RecompressRound(IoQueue& queue, const std::function<bool()>& stopping) {
@@ -43,19 +44,22 @@ void VolumeSetImpl::RecompressRound(IoQueue& queue, const std::function<bool()>&
   }
   for (auto& [id, clusters] : work) {
     for (uint64_t cluster : clusters) {
-      if (stopping()) return;
-      // Held across the rewrite: deleting, rolling back or snapshotting the
-      // volume waits for this one cluster.
+      // A control operation waiting for control_mu_ goes first: the round
+      // resumes with the next one.
+      if (stopping() || control_waiting_.load() > 0) return;
+      // Held across the rewrite: deleting, resizing, rolling back or
+      // snapshotting the volume waits for this one cluster.
       std::lock_guard control(control_mu_);
       ThinVolume* volume = nullptr;
       {
         std::lock_guard lock(mu_);
+        if (!CheckUsable().ok()) return;
         volume = FindById(id);
         if (volume == nullptr || IsDeletingVolumeName(volume->name())) break;
       }
-      // A failure here changed nothing (the cluster stays plain); a device
-      // error has already stopped the pool and shows in every request.
-      if (!volume->Recompress(cluster, queue).ok()) return;
+      // A refusal (a full pool, a damaged map page) leaves the cluster
+      // plain and moves on to the next volume, whose clusters may free space.
+      if (!volume->Recompress(cluster, recompress_idle_ms_, queue).ok()) break;
     }
   }
 }

@@ -166,7 +166,7 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
 
 Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_name, const std::string& name) {
   ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, name));
-  std::lock_guard control(control_mu_);
+  ControlLock control(*this);
   ThinVolume* volume;
   {
     std::lock_guard lock(mu_);
@@ -258,7 +258,7 @@ Result<std::vector<SnapshotInfo>> VolumeSetImpl::ListSnapshots(const std::string
 
 Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::string& name) {
   ES_RETURN_IF_ERROR(CheckSnapshotRef(volume, name));
-  std::lock_guard control(control_mu_);
+  ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   Snapshot* snapshot = FindSnapshotLocked(volume, name);
@@ -421,7 +421,7 @@ void VolumeSetImpl::WaitForBackgroundDeletes() {
 Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, const std::string& snapshot_name,
                                             bool keep_current) {
   ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, snapshot_name));
-  std::lock_guard control(control_mu_);
+  ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   ThinVolume* volume = FindLocked(volume_name);
@@ -471,7 +471,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   ES_RETURN_IF_ERROR(CheckSnapshotRef(volume_name, snapshot_name));
   if (!IsValidVolumeName(clone_name))
     return Status(EINVAL, "invalid volume name '" + clone_name + "': use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
-  std::lock_guard control(control_mu_);
+  ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   Snapshot* origin = FindSnapshotLocked(volume_name, snapshot_name);
@@ -501,7 +501,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
 }
 
 Result<uint64_t> VolumeSetImpl::FlattenVolume(const std::string& name, const ProgressFn& progress) {
-  std::lock_guard control(control_mu_);  // the volume cannot be deleted meanwhile
+  ControlLock control(*this);  // the volume cannot be deleted meanwhile
   ThinVolume* volume;
   {
     std::lock_guard lock(mu_);

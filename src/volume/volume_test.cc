@@ -275,9 +275,6 @@ TEST(Volume, ConsecutiveClustersGoToTheDeviceAsOneIo) {
   EXPECT_TRUE(report->ok()) << report->problems[0];
 }
 
-// An unaligned write waits for the device on a worker thread: its queue
-// meanwhile completes a read of another volume (before, the submitting
-// thread itself waited, so the read could not even be submitted).
 // While a snapshot waits for the writes in flight, a new write is parked
 // off its thread (no device I/O, no completion) and starts again, on its
 // own queue, once the barrier is lowered.
@@ -319,6 +316,9 @@ TEST(Volume, WritesWaitOffTheirThreadBehindASnapshotsBarrier) {
   EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expected);
 }
 
+// An unaligned write waits for the device on a worker thread: its queue
+// meanwhile completes a read of another volume (before, the submitting
+// thread itself waited, so the read could not even be submitted).
 TEST(Volume, UnalignedWriteWaitsForTheDeviceOffItsQueuesThread) {
   PoolOpenOptions open;
   open.codec_workers = 1;
