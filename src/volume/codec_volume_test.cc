@@ -219,6 +219,23 @@ TEST(CompressedVolume, StoresCompressibleDataInFewerBlocksAndReadsItBack) {
   EXPECT_TRUE(std::equal(piece.begin(), piece.end(), text.begin() + 65536 + 8192));
 }
 
+// Reads `name` whole, closes, reopens, reads it again, closes and runs
+// fsck: the content must equal `expect` throughout and the pool be clean.
+void ExpectSurvivesReopenAndFsck(TestPool& pool, const std::string& name, const std::vector<uint8_t>& expect) {
+  EXPECT_EQ(pool.Read(*pool.Find(name), 0, expect.size()).value(), expect);
+  ASSERT_TRUE(pool.CloseAndReopen().ok());
+  EXPECT_EQ(pool.Read(*pool.Find(name), 0, expect.size()).value(), expect);
+  ASSERT_TRUE(pool.Close().ok());
+  auto report = CheckPool(pool.device());
+  ASSERT_TRUE(report.ok() && report->ok());
+}
+
+// Waits up to 5 s for the background to have compressed a cluster of `name` again.
+void WaitForRecompression(TestPool& pool, const std::string& name) {
+  for (int i = 0; i < 500 && pool.set().GetVolumeInfo(name)->recompressed_clusters == 0; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
 // With hot_plain_clusters = 0 every partial write compresses the cluster
 // again (the default leaves it plain: PartialWritesLeaveAClusterPlain...).
 PoolOpenOptions AlwaysCompress() {
@@ -329,19 +346,12 @@ TEST(CompressedVolume, PartialWritesLeaveAClusterPlainUntilItIsColdAgain) {
   EXPECT_EQ(pool.set().GetVolumeInfo("c")->compressed_rewrites, rewrites);
   EXPECT_EQ(pool.Read(*v, 0, kMiB).value(), expect);
   // Cold: compressed again in the background, content unchanged.
-  for (int i = 0; i < 500 && pool.set().GetVolumeInfo("c")->recompressed_clusters == 0; i++)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  WaitForRecompression(pool, "c");
   info = pool.set().GetVolumeInfo("c").value();
   EXPECT_EQ(info.recompressed_clusters, 1u);
   EXPECT_EQ(info.hot_plain_clusters, 0u);
   EXPECT_EQ(info.compressed_clusters, 16u);
-  EXPECT_EQ(pool.Read(*v, 0, kMiB).value(), expect);
-  ASSERT_TRUE(pool.CloseAndReopen().ok());
-  v = pool.Find("c");
-  EXPECT_EQ(pool.Read(*v, 0, kMiB).value(), expect);
-  ASSERT_TRUE(pool.Close().ok());
-  auto report = CheckPool(pool.device());
-  ASSERT_TRUE(report.ok() && report->ok());
+  ExpectSurvivesReopenAndFsck(pool, "c", expect);
 }
 
 // The list of hot clusters lives in memory: one left plain when the pool
@@ -364,8 +374,7 @@ TEST(CompressedVolume, AClusterLeftPlainAtCloseIsCompressedAfterItsNextWrite) {
   ASSERT_TRUE(pool.Write(*v, 12288, block).ok());  // in place: the cluster is a candidate again
   std::copy(block.begin(), block.end(), expect.begin() + 12288);
   EXPECT_EQ(pool.set().GetVolumeInfo("c")->hot_plain_clusters, 1u);
-  for (int i = 0; i < 500 && pool.set().GetVolumeInfo("c")->recompressed_clusters == 0; i++)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  WaitForRecompression(pool, "c");
   info = pool.set().GetVolumeInfo("c").value();
   EXPECT_EQ(info.recompressed_clusters, 1u);
   EXPECT_EQ(info.compressed_clusters, 1u);
@@ -418,13 +427,7 @@ TEST(CompressedVolume, RecompressionNeverLosesAConcurrentWrite) {
   }
   auto info = pool.set().GetVolumeInfo("c").value();
   EXPECT_GT(info.recompressed_clusters, 0u);
-  EXPECT_EQ(pool.Read(*v, 0, kClusters * 65536).value(), expect);
-  ASSERT_TRUE(pool.CloseAndReopen().ok());
-  v = pool.Find("c");
-  EXPECT_EQ(pool.Read(*v, 0, kClusters * 65536).value(), expect);
-  ASSERT_TRUE(pool.Close().ok());
-  auto report = CheckPool(pool.device());
-  ASSERT_TRUE(report.ok() && report->ok());
+  ExpectSurvivesReopenAndFsck(pool, "c", expect);
 }
 
 // Clusters that move on every write (compressed ones, and hot ones being
@@ -451,12 +454,7 @@ TEST(CompressedVolume, SpaceWaitingForACommitIsReleasedBeforeThePoolFills) {
     ASSERT_TRUE(s.ok()) << "write " << i << ": " << s.ToString();
     std::copy(buf.get(), buf.get() + length, expect.begin() + offset);
   }
-  EXPECT_EQ(pool.Read(*v, 0, kClusters * 65536).value(), expect);
-  ASSERT_TRUE(pool.CloseAndReopen().ok());
-  EXPECT_EQ(pool.Read(*pool.Find("c"), 0, kClusters * 65536).value(), expect);
-  ASSERT_TRUE(pool.Close().ok());
-  auto report = CheckPool(pool.device());
-  ASSERT_TRUE(report.ok() && report->ok());
+  ExpectSurvivesReopenAndFsck(pool, "c", expect);
 }
 
 // The race the recompressor must lose: a whole-cluster write lands while
@@ -500,13 +498,7 @@ TEST(CompressedVolume, AWriteDuringARecompressionWins) {
   for (int i = 0; i < 100 && pool.set().GetVolumeInfo("c")->hot_plain_clusters != 0; i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::vector<uint8_t> expect(data.get(), data.get() + 65536);
-  EXPECT_EQ(pool.Read(*v, 0, 65536).value(), expect);
-  ASSERT_TRUE(pool.CloseAndReopen().ok());
-  EXPECT_EQ(pool.Read(*pool.Find("c"), 0, 65536).value(), expect);
-  ASSERT_TRUE(pool.Close().ok());
-  auto report = CheckPool(pool.device());
-  ASSERT_TRUE(report.ok() && report->ok());
+  ExpectSurvivesReopenAndFsck(pool, "c", std::vector<uint8_t>(data.get(), data.get() + 65536));
 }
 
 // Compressed clusters move on every write and their old space is reused
