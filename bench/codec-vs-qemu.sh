@@ -375,6 +375,10 @@ if [[ " $parts " == *" comp "* ]]; then
   "$edgestor" --pool "$work/comp.img" vol create warmup --size 1M >/dev/null
   start_ours comp "$work/comp.img" warmup
   volname() { echo "${1//:/}-$2"; }  # zstd:9, run 2 -> zstd9-2
+  pool_free_bytes() {
+    python3 -c 'import json,sys; print(json.loads(sys.argv[1])["free_bytes"])' \
+      "$("$edgestor" --pool "$work/comp.img" pool info --json)"
+  }
 
   echo "bench: writing the data set (nbdcopy --flush into ours and qemu-nbd's compress filter; qemu-img convert -c)"
   for ((run = 1; run <= runs; run++)); do
@@ -384,16 +388,20 @@ if [[ " $parts " == *" comp "* ]]; then
       "$edgestor" --pool "$work/comp.img" vol create "$vol" --size "$comp_vol_size" --compress "$codec" >/dev/null
       wait_ready comp "$vol"
       pid=${server_pid[comp]}
+      free_before=$(pool_free_bytes)
       before=$(cpu_ticks "$pid")
       m=$(measure nbdcopy --flush "$data" "$(uri comp "$vol")" 2>"$work/nbdcopy-$vol.err")
       check_alive comp "nbdcopy into $vol" "$work/nbdcopy-$vol.err"
       after=$(cpu_ticks "$pid")
       [[ $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rc"])' "$m") == 0 ]] ||
         { echo "  nbdcopy into $vol FAILED:" >&2; sed 's/^/    /' "$work/nbdcopy-$vol.err" >&2; exit 1; }
-      # logical (written_bytes) and physical (allocated_bytes) from the daemon
+      # logical (written_bytes) from the daemon; physical: what the pool lost
+      # in free space (data, and any map pages written meanwhile), like du
+      # of a qcow2 with its metadata
       info=$("$edgestor" --pool "$work/comp.img" vol info "$vol" --json)
-      read -r logical physical ratio < <(python3 -c 'import json,sys; j=json.loads(sys.argv[1]);
-print(j["written_bytes"], j["allocated_bytes"], j.get("compression_ratio") or "")' "$info")
+      read -r logical ratio < <(python3 -c 'import json,sys; j=json.loads(sys.argv[1]);
+print(j["written_bytes"], j.get("compression_ratio") or "")' "$info")
+      physical=$((free_before - $(pool_free_bytes)))
       write_record "ours-$codec" "$codec" "$run" "$m" "$physical" "$((after - before))" "$(rss_kib "$pid")" \
         "$(hwm_kib "$pid")" "$logical" "$ratio"
     done
@@ -560,7 +568,7 @@ if w:
                      f"{med(rs, 'rss_kib') / 1024:.1f} ({max(r['hwm_kib'] for r in rs) / 1024:.1f})"])
     table(header, rows)
     print()
-    print("ours-*: nbdcopy --flush through NBD into a new volume of our daemon (physical: the volume's allocated_bytes;")
+    print("ours-*: nbdcopy --flush through NBD into a new volume of our daemon (physical: the pool's free space it took;")
     print("  reported ratio: the daemon's compression_ratio = written_bytes / allocated_bytes; CPU: the daemon's).")
     print("qemu-img-*: qemu-img convert -c -O qcow2 -o compression_type=T DATA OUT, then sync OUT; reads the file")
     print("  directly, no NBD (physical: du -B1 of the qcow2, its metadata included; CPU: qemu-img's own).")

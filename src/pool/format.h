@@ -13,7 +13,10 @@
 // block is detected and never trusted. Since version 4 the CRC of every
 // journal, checkpoint, snapshot-directory and map block is seeded with the
 // pool's uuid (BoundBlockCrc): a block another pool wrote on the same device
-// never verifies, even with the right magic, generation and sequence. All integers are little-endian (the
+// never verifies, even with the right magic, generation and sequence. Since
+// version 5 compressed frames may be packed at 512-byte granularity, two of
+// them sharing the block where one ends and the next begins (MapEntry).
+// All integers are little-endian (the
 // structs are written as they are in memory; x86-64 and arm64 are both LE).
 //
 // See docs/ARCHITECTURE.md for the commit protocol that ties these together.
@@ -31,9 +34,11 @@ inline constexpr uint32_t kBlockSize = 4096;
 // side chains, map pages and data runs shared between them, and a clone's
 // origin in its attributes. Version 4 binds metadata blocks to their pool:
 // their CRC is seeded with the pool uuid from Label::bound_since_gen on.
+// Version 5 packs compressed frames: a compressed entry names the sectors of
+// its first and last block it leaves to its neighbours (kFrameHeadShift).
 // Older pools open and are written in the current version from their first
 // checkpoint on.
-inline constexpr uint32_t kVersion = 4;
+inline constexpr uint32_t kVersion = 5;
 inline constexpr uint32_t kFirstBoundVersion = 4;
 inline constexpr uint32_t kOldestReadableVersion = 1;
 inline constexpr uint64_t kLabelMagic = 0x31524f5453474445ull;  // "EDGSTOR1"
@@ -142,9 +147,21 @@ static_assert(sizeof(RecordHeader) == 4);
 // block at its place. A compressed cluster (kCompressedFlag) occupies only
 // StoredBlocks() blocks holding a compressor frame of the whole cluster
 // (unwritten blocks compressed as zeros); it is always rewritten elsewhere.
+//
+// Packed frames (version 5): the frames of clusters written together are
+// laid back to back at 512-byte sectors in one allocated run, so a
+// compressed entry may start at sector FrameHead() of its first block and
+// leave the last FrameTail() sectors of its last block to the next frame.
+// A block is shared by at most two frames, the one ending in it and the one
+// starting in it (no two frames start in the same block, so a frame is still
+// known by its first block, as the pool's reference counts key runs). The
+// pool frees a shared block with the second of the two.
 struct MapEntry {
   uint64_t phys_block;    // low 48 bits: first 4 KiB block; bits 48..54: stored
-                          // blocks of a compressed cluster; bit 63: compressed
+                          // blocks of a compressed cluster; bits 55..57 and
+                          // 58..60: its frame's head and tail (sectors of the
+                          // first and last block it does not use); bit 63:
+                          // compressed
   uint64_t written_bits;
 };
 static_assert(sizeof(MapEntry) == 16);
@@ -152,17 +169,40 @@ inline constexpr uint64_t kPhysBlockMask = (1ull << 48) - 1;
 inline constexpr uint64_t kCompressedFlag = 1ull << 63;
 inline constexpr int kStoredBlocksShift = 48;
 inline constexpr uint64_t kStoredBlocksMask = 0x7f;
-// Bits of phys_block that are neither the block, the length nor the flag.
-inline constexpr uint64_t kUnknownEntryBits = ~(kPhysBlockMask | kCompressedFlag | (kStoredBlocksMask << kStoredBlocksShift));
+inline constexpr int kFrameHeadShift = 55;
+inline constexpr int kFrameTailShift = 58;
+inline constexpr uint64_t kFrameEdgeMask = 0x7;
+inline constexpr uint32_t kSectorSize = 512;
+inline constexpr uint32_t kSectorsPerBlock = kBlockSize / kSectorSize;
+inline constexpr uint64_t SectorsToBlocks(uint64_t sectors) { return (sectors + kSectorsPerBlock - 1) / kSectorsPerBlock; }
+// Bits of phys_block that are neither the block, the length, the frame's
+// edges nor the flag.
+inline constexpr uint64_t kUnknownEntryBits =
+    ~(kPhysBlockMask | kCompressedFlag | (kStoredBlocksMask << kStoredBlocksShift) |
+      (kFrameEdgeMask << kFrameHeadShift) | (kFrameEdgeMask << kFrameTailShift));
 
 inline uint64_t FirstBlock(const MapEntry& e) { return e.phys_block & kPhysBlockMask; }
 inline bool IsCompressed(const MapEntry& e) { return (e.phys_block & kCompressedFlag) != 0; }
-// Blocks the entry occupies on the device: the cluster, or the compressed length.
+// Blocks the entry occupies on the device: the cluster, or the compressed
+// length (every block its frame touches).
 inline uint64_t StoredBlocks(const MapEntry& e, uint32_t cluster_blocks) {
   return IsCompressed(e) ? (e.phys_block >> kStoredBlocksShift) & kStoredBlocksMask : cluster_blocks;
 }
-inline MapEntry CompressedEntry(uint64_t first_block, uint64_t stored_blocks, uint64_t written_bits) {
-  return {first_block | (stored_blocks << kStoredBlocksShift) | kCompressedFlag, written_bits};
+// Sectors at the start of the first block and the end of the last block
+// that belong to the neighbouring frames (0 for a plain cluster).
+inline uint32_t FrameHead(const MapEntry& e) { return (e.phys_block >> kFrameHeadShift) & kFrameEdgeMask; }
+inline uint32_t FrameTail(const MapEntry& e) { return (e.phys_block >> kFrameTailShift) & kFrameEdgeMask; }
+// Blocks the entry is charged for in space accounting: a block it shares
+// with the frame before it is that frame's. The charges of a packed run
+// add up to its blocks.
+inline uint64_t ChargedBlocks(const MapEntry& e, uint32_t cluster_blocks) {
+  return StoredBlocks(e, cluster_blocks) - (FrameHead(e) != 0 ? 1 : 0);
+}
+inline MapEntry CompressedEntry(uint64_t first_block, uint64_t stored_blocks, uint64_t written_bits, uint32_t head = 0,
+                                uint32_t tail = 0) {
+  return {first_block | (stored_blocks << kStoredBlocksShift) | (uint64_t{head} << kFrameHeadShift) |
+              (uint64_t{tail} << kFrameTailShift) | kCompressedFlag,
+          written_bits};
 }
 
 struct MapSetRecord {

@@ -364,36 +364,87 @@ bool Pool::MarkUsed(uint64_t block, uint64_t count) {
 namespace {
 bool TestBit(const std::vector<uint64_t>& bits, uint64_t b) { return (bits[b / 64] >> (b % 64)) & 1; }
 void SetBit(std::vector<uint64_t>& bits, uint64_t b) { bits[b / 64] |= 1ull << (b % 64); }
+void ClearBit(std::vector<uint64_t>& bits, uint64_t b) { bits[b / 64] &= ~(1ull << (b % 64)); }
 }  // namespace
 
-bool Pool::MarkReferenced(uint64_t block, uint64_t count) {
+// Recovery sees every reference to a run; the first marks it used, later
+// ones must name exactly the same run (same blocks, same edges). Runs
+// overlap nowhere except where a packed frame ends and the next begins.
+bool Pool::MarkReferenced(const BlockRun& run) {
   std::lock_guard lock(mu_);
+  const uint64_t block = run.block, count = run.count;
   if (block == 0 || count == 0 || block + count > geometry_.total_blocks) return false;
+  if (run.head >= format::kSectorsPerBlock || run.tail >= format::kSectorsPerBlock ||
+      (count == 1 && run.head + run.tail >= format::kSectorsPerBlock))
+    return false;
   if (run_starts_.empty()) {
     run_starts_.assign(geometry_.total_blocks / 64 + 1, 0);
     run_ends_.assign(geometry_.total_blocks / 64 + 1, 0);
   }
-  uint64_t used = 0;
-  for (uint64_t b = block; b < block + count; b++) used += allocator_.IsUsed(b);
-  if (used == 0) {
-    allocator_.MarkUsed(block, count);
-    SetBit(run_starts_, block);
-    SetBit(run_ends_, block + count - 1);
+  const bool packed = run.head != 0 || run.tail != 0;
+  if (packed && packed_shapes_.empty()) {
+    packed_shapes_.assign(geometry_.total_blocks, 0);
+    edge_claims_.assign(geometry_.total_blocks, 0);
+  }
+  const uint8_t shape = packed ? static_cast<uint8_t>((1 + run.head) | (1 + run.tail) << 4) : 0;
+  const bool head_part = run.head != 0 || (count == 1 && run.tail != 0);
+  const bool tail_part = run.tail != 0 && count > 1;
+  if (TestBit(run_starts_, block)) {
+    // A second reference: exactly the run seen before (no other run starts
+    // in its first block). Only its edge blocks may hold another run's end
+    // (first block) or start (last block).
+    if (!TestBit(run_ends_, block + count - 1)) return false;
+    for (uint64_t b = block; b + 1 < block + count; b++) {
+      if (TestBit(run_ends_, b) && !(b == block && head_part)) return false;
+      if (TestBit(run_starts_, b + 1) && !(b + 2 == block + count && tail_part)) return false;
+    }
+    if ((packed_shapes_.empty() ? 0 : packed_shapes_[block]) != shape) return false;
+    extra_references_[block]++;
+    PublishSharedRuns();
     return true;
   }
-  // A second reference must name exactly a run seen before.
-  if (used != count || !TestBit(run_starts_, block) || !TestBit(run_ends_, block + count - 1)) return false;
-  for (uint64_t b = block; b + 1 < block + count; b++)
-    if (TestBit(run_starts_, b + 1) || TestBit(run_ends_, b)) return false;
-  extra_references_[block]++;
-  PublishSharedRuns();
+  // A new run: blocks it fills must be free; edge blocks it uses in part
+  // may already hold the neighbouring frame's sectors.
+  const uint64_t full_from = block + (head_part ? 1 : 0), full_to = block + count - (tail_part ? 1 : 0);
+  for (uint64_t b = full_from; b < full_to; b++)
+    if (allocator_.IsUsed(b)) return false;
+  const uint32_t head_end = count == 1 ? format::kSectorsPerBlock - run.tail : format::kSectorsPerBlock;
+  if (head_part && !ClaimEdgeSectors(block, run.head, head_end)) return false;
+  if (tail_part && !ClaimEdgeSectors(block + count - 1, 0, format::kSectorsPerBlock - run.tail)) return false;
+  if (full_to > full_from) allocator_.MarkUsed(full_from, full_to - full_from);
+  SetBit(run_starts_, block);
+  SetBit(run_ends_, block + count - 1);
+  if (packed) packed_shapes_[block] = shape;
   return true;
 }
+
+// A block already used by a whole run, or whose claimed sectors overlap,
+// is refused. The second frame in a block makes it a shared edge.
+bool Pool::ClaimEdgeSectors(uint64_t block, uint32_t from, uint32_t to) {
+  assert(from < to && to <= format::kSectorsPerBlock && !edge_claims_.empty());
+  const uint8_t sectors = static_cast<uint8_t>(((1u << (to - from)) - 1) << from);
+  uint8_t& claimed = edge_claims_[block];
+  if (allocator_.IsUsed(block) && claimed == 0) return false;  // a whole run's, or metadata
+  if (claimed & sectors) return false;
+  if (claimed != 0) {
+    if (IsSharedEdge(block)) return false;  // a third frame
+    if (shared_edges_.empty()) shared_edges_.assign(geometry_.total_blocks / 64 + 1, 0);
+    SetBit(shared_edges_, block);
+  } else {
+    allocator_.MarkUsed(block, 1);
+  }
+  claimed |= sectors;
+  return true;
+}
+
+bool Pool::IsSharedEdge(uint64_t block) const { return !shared_edges_.empty() && TestBit(shared_edges_, block); }
 
 void Pool::FinishRecovery() {
   std::lock_guard lock(mu_);
   run_starts_ = {};
   run_ends_ = {};
+  packed_shapes_ = {};
+  edge_claims_ = {};
 }
 
 uint32_t Pool::References(uint64_t block) const {
@@ -524,9 +575,37 @@ void Pool::FreeUnreferenced(BlockRun run) {
          run.block + run.count <= geometry_.total_blocks - kLabelBlocksBack);
   std::lock_guard lock(mu_);
   assert(!extra_references_.count(run.block));
-  bool was_used = allocator_.Free(run.block, run.count);
-  assert(was_used);
-  (void)was_used;
+  FreeRunLocked(run);
+}
+
+void Pool::SharePackedEdges(std::span<const BlockRun> frames) {
+  std::lock_guard lock(mu_);
+  for (size_t i = 1; i < frames.size(); i++) {
+    const BlockRun& before = frames[i - 1];
+    const BlockRun& frame = frames[i];
+    assert(allocator_.IsUsed(frame.block) && frame.block + frame.count <= geometry_.total_blocks);
+    assert(frame.block >= before.block + before.count - 1 && frame.block > before.block && "one frame per first block");
+    if (frame.block != before.block + before.count - 1) continue;  // the frame before ended at a block boundary
+    assert(frame.head != 0 && before.tail != 0 && format::kSectorsPerBlock - before.tail <= frame.head);
+    if (shared_edges_.empty()) shared_edges_.assign(geometry_.total_blocks / 64 + 1, 0);
+    assert(!IsSharedEdge(frame.block));
+    SetBit(shared_edges_, frame.block);
+  }
+}
+
+void Pool::FreeRunLocked(const BlockRun& run) {
+  uint64_t from = run.block, to = run.block + run.count;
+  const bool head_part = run.head != 0 || (run.count == 1 && run.tail != 0);
+  const bool tail_part = run.tail != 0 && run.count > 1;
+  // An edge block the neighbouring frame still uses stays; the neighbour
+  // frees it.
+  if (head_part && IsSharedEdge(from)) ClearBit(shared_edges_, from++);
+  if (tail_part && IsSharedEdge(to - 1)) ClearBit(shared_edges_, --to);
+  if (to > from) {
+    bool was_used = allocator_.Free(from, to - from);
+    assert(was_used);
+    (void)was_used;
+  }
   UpdateReservePressure();
 }
 
@@ -720,10 +799,7 @@ void Pool::ReleaseLocked(const BlockRun& run) {
     PublishSharedRuns();
     return;
   }
-  bool was_used = allocator_.Free(run.block, run.count);
-  assert(was_used);
-  (void)was_used;
-  UpdateReservePressure();
+  FreeRunLocked(run);
 }
 
 }  // namespace edgestor

@@ -50,11 +50,21 @@ struct PoolGeometry {
 
 // A run released by the volume layer: one reference to it is dropped once
 // the commit (or checkpoint) that stops using it is durable, and the run is
-// reusable when no reference is left.
+// reusable when no reference is left. A packed frame's run (format.h) also
+// names the sectors of its first and last block it leaves to its
+// neighbours: such an edge block is freed with the last frame touching it.
 struct BlockRun {
   uint64_t block;
   uint64_t count;
+  uint8_t head = 0;  // sectors of the first block before the frame
+  uint8_t tail = 0;  // sectors of the last block after it
 };
+
+// The run a map entry occupies.
+inline BlockRun RunOf(const format::MapEntry& e, uint32_t cluster_blocks) {
+  return {format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks), static_cast<uint8_t>(format::FrameHead(e)),
+          static_cast<uint8_t>(format::FrameTail(e))};
+}
 
 // How the pool key is protected, as stored in the label. The pool layer
 // stores these bytes; the volume layer gives them meaning (see
@@ -107,8 +117,9 @@ class Pool {
   // Records one reference to the run [block, block+count) (a data cluster, a
   // compressed run or a map page): the first marks it used, later ones must
   // name exactly the same run. False for a run outside the pool or one that
-  // overlaps another run or metadata.
-  bool MarkReferenced(uint64_t block, uint64_t count);
+  // overlaps another run or metadata. A packed frame may share its edge
+  // blocks with its neighbours, as long as their sectors do not overlap.
+  bool MarkReferenced(const BlockRun& run);
   // Ends recovery: drops the run bounds MarkReferenced kept.
   void FinishRecovery();
 
@@ -151,6 +162,11 @@ class Pool {
   // allocated for a write that failed). Reusable at once. REQUIRES: a single
   // reference.
   void FreeUnreferenced(BlockRun run);
+  // Packing: `frames`, in order, were laid back to back over one run from
+  // AllocateRun, each starting in a block of its own; the block where one
+  // ends and the next begins now belongs to both (each frame then has one
+  // reference, and an edge block is freed with the second frame released).
+  void SharePackedEdges(std::span<const BlockRun> frames);
   // Blocks the volume layer keeps free for the next checkpoint's map pages;
   // MetadataShort() says when fewer than `short_below` blocks are free.
   void SetMetadataReserve(uint64_t blocks, uint64_t short_below);
@@ -234,6 +250,13 @@ class Pool {
   Status Fail(Status status);
   uint64_t JournalBlockOffset(uint64_t seq) const;
   void ReleaseLocked(const BlockRun& run);  // REQUIRES: mu_ held
+  // REQUIRES: mu_ held. Frees the blocks of a run whose last reference went;
+  // an edge block another frame still uses stays.
+  void FreeRunLocked(const BlockRun& run);
+  bool IsSharedEdge(uint64_t block) const;  // REQUIRES: mu_ held
+  // REQUIRES: mu_ held, recovery. Claims the sectors [from, to) of `block`
+  // for a packed frame; false if they overlap a claim already made.
+  bool ClaimEdgeSectors(uint64_t block, uint32_t from, uint32_t to);
   void PublishSharedRuns();                 // REQUIRES: mu_ held; after extra_references_ changes
   Result<std::vector<uint8_t>> ReadChain(uint64_t head, uint64_t generation, uint32_t magic,
                                          std::vector<BlockRun>* blocks);
@@ -267,6 +290,14 @@ class Pool {
   // GUARDED_BY(mu_), recovery only: bit per block, first and last block of
   // every run MarkReferenced saw (so a second reference can be checked).
   std::vector<uint64_t> run_starts_, run_ends_;
+  // GUARDED_BY(mu_), recovery only, allocated at the first packed frame:
+  // per block, the shape of each packed run seen (first block: its head
+  // and tail, 1 + head | (1 + tail) << 4; 0: none) and the sectors packed
+  // frames claim of edge blocks (bit per sector).
+  std::vector<uint8_t> packed_shapes_, edge_claims_;
+  // GUARDED_BY(mu_), allocated at the first packed frame: bit per block,
+  // set while two frames share it (the one ending and the one starting in it).
+  std::vector<uint64_t> shared_edges_;
   bool failed_ = false;                   // GUARDED_BY(mu_)
   std::atomic<bool> journal_wants_checkpoint_{false};
 };

@@ -321,6 +321,7 @@ class ConcurrentPowerCutHarness {
     if (auto live = pool_.set().GetVolumeInfo("v"); live.ok()) {
       hot_plain_seen_ += live->hot_plain_clusters;
       recompressed_seen_ += live->recompressed_clusters;
+      packed_seen_ += live->packed_frames;
     }
     Status s = pool_.CrashAndReopen(rng_);
     ASSERT_TRUE(s.ok()) << "reopen after power cut: " << s.ToString();
@@ -334,6 +335,7 @@ class ConcurrentPowerCutHarness {
   uint64_t compressed_clusters_seen() const { return compressed_clusters_seen_; }
   uint64_t hot_plain_seen() const { return hot_plain_seen_; }
   uint64_t recompressed_seen() const { return recompressed_seen_; }
+  uint64_t packed_seen() const { return packed_seen_; }
 
  private:
   void RunThreads() {
@@ -532,6 +534,7 @@ class ConcurrentPowerCutHarness {
   uint64_t compressed_clusters_seen_ = 0;
   uint64_t hot_plain_seen_ = 0;     // clusters partial writes held plain, summed at each cut
   uint64_t recompressed_seen_ = 0;  // clusters the recompressor compressed again before a cut
+  uint64_t packed_seen_ = 0;        // frames written packed beside others before a cut
 };
 
 void RunCuts(const Variant& variant) {
@@ -560,6 +563,9 @@ void RunCuts(const Variant& variant) {
     if (variant.recompress_idle_ms == 0) {
       EXPECT_GT(harness.recompressed_seen(), 0u);
     }
+    if (!variant.encrypt) {
+      EXPECT_GT(harness.packed_seen(), 0u);  // encrypted frames are never packed
+    }
   }
   EXPECT_GT(harness.shared_runs_seen(), 0u);
   EXPECT_GT(harness.diverged_sectors(), 0u);
@@ -575,7 +581,7 @@ void RunCuts(const Variant& variant) {
           << "writes " << stats.flushes_racing << ", live reads " << stats.live_reads << " + snapshot reads "
           << stats.snapshot_reads << ", shared runs seen " << harness.shared_runs_seen() << ", snapshot sectors diverged "
           << harness.diverged_sectors() << ", hot plain clusters " << harness.hot_plain_seen() << ", recompressed "
-          << harness.recompressed_seen();
+          << harness.recompressed_seen() << ", packed frames " << harness.packed_seen();
   std::printf("%s\n", summary.str().c_str());
 }
 

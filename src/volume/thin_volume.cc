@@ -473,6 +473,10 @@ void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
 void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
   assert(io->op == VolumeOp::kWrite && !read_only_);
   io->progress.pending = 1;  // guard until every cluster's part is started
+  // The frames of a request's clusters share a pack even when each is
+  // encoded right here, before the next cluster's part starts.
+  const bool hold_pack = io->length > cluster_size_ && codec_ && codec_->compressing() && !codec_->encrypted();
+  if (hold_pack) BeginEncoding();
   {
     SubIoBatch batch(queue);
     ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
@@ -480,6 +484,7 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
       WriteCluster(io, queue, cluster, at, n, &batch);
     });
   }
+  if (hold_pack) EndEncoding(nullptr, queue);
   ReleaseGuard(io);
 }
 
@@ -668,16 +673,25 @@ ThinVolume::SubIo* ThinVolume::NewCompressedRead(VolumeIo* io, CachedPage* page,
 // Completion of a compressed read, outside the volume lock.
 Status ThinVolume::DecodeCompressedRead(SubIo* sub) {
   assert(sub->compressed_out != nullptr && sub->compressed_at + sub->compressed_length <= cluster_size_);
-  std::span<uint8_t> frame(sub->bounce.get(), sub->req.length);
-  ES_RETURN_IF_ERROR(codec_->Decrypt(sub->first_logical_block, frame));
+  assert(sub->first_logical_block == FirstLogicalBlock(sub->cluster));
   // Decompression writes at least the bytes copied out below.
   AlignedBuffer cluster = TryAllocateUninitialized(cluster_size_);
   if (!cluster) return Status(ENOMEM, "out of memory decompressing a cluster");
-  ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(cluster.get(), cluster_size_),
-                                        sub->compressed_at + sub->compressed_length)
-                         .WithContext("volume " + name_ + " cluster " + std::to_string(sub->cluster)));
+  ES_RETURN_IF_ERROR(DecodeFrame({sub->phys_block, 0}, sub->cluster, std::span(sub->bounce.get(), sub->req.length),
+                                 cluster.get(), sub->compressed_at + sub->compressed_length));
   std::memcpy(sub->compressed_out, cluster.get() + sub->compressed_at, sub->compressed_length);
   return Status::Ok();
+}
+
+Status ThinVolume::DecodeFrame(const format::MapEntry& entry, uint64_t cluster, std::span<uint8_t> stored,
+                               uint8_t* out, size_t needed) {
+  assert(format::IsCompressed(entry) && stored.size() == format::StoredBlocks(entry, cluster_blocks_) * kBlockSize);
+  ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster), stored));
+  // A packed frame starts a few sectors into its first block; its header
+  // says where it ends.
+  return codec_->Decompress(stored.subspan(format::FrameHead(entry) * format::kSectorSize),
+                            std::span(out, cluster_size_), needed)
+      .WithContext("volume " + name_ + " cluster " + std::to_string(cluster));
 }
 
 Result<format::MapEntry> ThinVolume::EnsureMapped(CachedPage* page, uint64_t cluster) {
@@ -712,8 +726,8 @@ void ThinVolume::SetEntry(CachedPage* page, uint64_t cluster, const format::MapE
   assert(journal || frees.empty());
   allocated_clusters_ += (entry.phys_block != 0) - (slot.phys_block != 0);
   compressed_clusters_ += format::IsCompressed(entry) - format::IsCompressed(slot);
-  if (slot.phys_block) stored_blocks_ -= format::StoredBlocks(slot, cluster_blocks_);
-  if (entry.phys_block) stored_blocks_ += format::StoredBlocks(entry, cluster_blocks_);
+  if (slot.phys_block) stored_blocks_ -= format::ChargedBlocks(slot, cluster_blocks_);
+  if (entry.phys_block) stored_blocks_ += format::ChargedBlocks(entry, cluster_blocks_);
   written_blocks_ += __builtin_popcountll(entry.written_bits) - __builtin_popcountll(slot.written_bits);
   slot = entry;
   page->changes++;

@@ -178,6 +178,19 @@ class ThinVolume : public Volume {
   static uint64_t NowMs();                             // steady clock
   void FinishRewrite(ClusterRewrite* rewrite, int result);
   bool SwapInRewriteLocked(ClusterRewrite* rewrite, int result);
+  // ---- Packing compressed frames (thin_volume_pack.cc) ----
+  struct PackWrite;
+  // A re-encoding rewrite starts and stops encoding; stopping hands over
+  // its frame (or nullptr: none to pack) and may write the pack on `queue`.
+  void BeginEncoding();
+  void EndEncoding(ClusterRewrite* frame, IoQueue& queue);
+  void WritePack(std::vector<ClusterRewrite*> frames, IoQueue& queue);
+  uint64_t LayOutPack(std::vector<ClusterRewrite*>& frames) const;
+  BlockRun PackedRun(uint64_t first_block, const ClusterRewrite* frame) const;
+  static uint8_t* FillPack(PackWrite* pack, uint64_t blocks);
+  static void OnPackWritten(IoRequest* req, int result);
+  static void FinishPack(PackWrite* pack, int result);
+
   // REQUIRES: mu_ held; `cluster` plain. Before its run is replaced: I/O
   // in flight on it (reads, and in-place writes a whole-cluster rewrite
   // overtook) keeps it referenced until that I/O finishes.
@@ -207,6 +220,11 @@ class ThinVolume : public Volume {
   SubIo* NewCompressedRead(VolumeIo* io, CachedPage* page, uint64_t cluster, const format::MapEntry& entry,
                            uint64_t at, uint64_t n, uint8_t* dst);
   Status DecodeCompressedRead(SubIo* sub);
+  // Decrypts the blocks a compressed entry occupies, as read (in place), and
+  // decompresses its frame into `out` (a cluster; with `needed`, only its
+  // first `needed` bytes must be right).
+  Status DecodeFrame(const format::MapEntry& entry, uint64_t cluster, std::span<uint8_t> stored, uint8_t* out,
+                     size_t needed = 0);
   static int DecodeStep(IoRequest* req);  // on a codec worker
   static void OnCompressedReadDecoded(IoRequest* req, int result);
   void EndSubIo(SubIo* sub, int result);
@@ -254,6 +272,13 @@ class ThinVolume : public Volume {
   std::atomic<uint64_t> rewrite_retries_{0};    // rewrites that lost a race and were redone
   std::atomic<uint64_t> sync_path_offloads_{0};  // synchronous-path requests run on a worker
   std::atomic<uint64_t> recompressed_clusters_{0};  // hot plain clusters compressed again
+  std::atomic<uint64_t> packed_frames_{0};          // frames written in packs of two or more
+  // Frames waiting to be written together (thin_volume_pack.cc); a lock of
+  // its own, taken with mu_ not held.
+  std::mutex pack_mu_;
+  std::vector<ClusterRewrite*> pack_;  // GUARDED_BY(pack_mu_)
+  uint64_t pack_sectors_ = 0;          // GUARDED_BY(pack_mu_): their length
+  uint64_t encoding_ = 0;              // GUARDED_BY(pack_mu_): rewrites between their read and their frame
   bool write_barrier_ = false;       // GUARDED_BY(mu_)
   std::atomic<bool> write_barrier_up_{false};  // its value, for the check without the lock
   std::vector<VolumeIo*> held_by_barrier_;     // GUARDED_BY(mu_): writes parked behind it

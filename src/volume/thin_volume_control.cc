@@ -31,6 +31,7 @@ VolumeInfo ThinVolume::Info() {
   info.sync_path_offloads = sync_path_offloads();
   info.hot_plain_clusters = hot_plain_.size();
   info.recompressed_clusters = recompressed_clusters();
+  info.packed_frames = packed_frames_.load(std::memory_order_relaxed);
   return info;
 }
 
@@ -40,7 +41,10 @@ bool ThinVolume::EntryIsWellFormed(const format::MapEntry& e) const {
   if (e.phys_block == 0) return e.written_bits == 0;
   if (!format::IsCompressed(e)) return (e.phys_block >> format::kStoredBlocksShift) == 0;
   uint64_t stored = format::StoredBlocks(e, cluster_blocks_);
-  return stored >= 1 && stored < cluster_blocks_ && format::FirstBlock(e) != 0;
+  // A frame spans fewer blocks than the cluster (packing keeps it so); one
+  // inside a single block leaves it at least a sector.
+  bool edges_ok = stored > 1 || format::FrameHead(e) + format::FrameTail(e) < format::kSectorsPerBlock;
+  return stored >= 1 && stored < cluster_blocks_ && edges_ok && format::FirstBlock(e) != 0;
 }
 
 Status ThinVolume::ReplayMapSet(uint64_t cluster, const format::MapEntry& entry) {
@@ -72,10 +76,11 @@ Status ThinVolume::CountEntries(const format::MapEntry* entries, uint64_t first_
     if (cluster >= map_.clusters()) problem(where + " is mapped past the end of the volume");
     else if (!EntryIsWellFormed(e)) problem(where + " has an impossible map entry");
     else if (!aligned || phys + stored > total) problem(where + " points outside the pool");
-    else if (reference && !pool_.MarkReferenced(phys, stored)) problem(where + " overlaps other data or metadata");
+    else if (reference && !pool_.MarkReferenced(RunOf(e, cluster_blocks_)))
+      problem(where + " overlaps other data or metadata");
     if (read_only_) continue;  // a snapshot's counters are stored with it
     allocated_clusters_++;
-    stored_blocks_ += stored;
+    stored_blocks_ += format::ChargedBlocks(e, cluster_blocks_);
     compressed_clusters_ += format::IsCompressed(e);
     written_blocks_ += __builtin_popcountll(e.written_bits);
   }
@@ -96,7 +101,7 @@ Status ThinVolume::MarkReferencedSpace(std::unordered_set<uint64_t>* counted_pag
     // A page replay changed is this volume's own copy (its runs count for
     // it); a stored page counts its runs once, whoever reads it.
     bool diverged = slots[s].page && slots[s].page->dirty;
-    if (slots[s].block != 0 && !diverged && !pool_.MarkReferenced(slots[s].block, 1))
+    if (slots[s].block != 0 && !diverged && !pool_.MarkReferenced({slots[s].block, 1}))
       problem("volume " + name_ + ": map page block " + std::to_string(slots[s].block) + " overlaps other metadata or data");
     bool reference_runs = diverged || (slots[s].block != 0 && counted_pages->insert(slots[s].block).second);
     if (!reference_runs && read_only_) continue;
@@ -116,7 +121,7 @@ void ThinVolume::MarkDivergedPages(const std::function<void(const std::string&)>
   for (ThinMap::Slot& slot : map_.slots()) {
     if (slot.block == 0 || !slot.page || !slot.page->dirty) continue;
     if (pool_.References(slot.block) > 0) slot.released = true;  // another directory reads it
-    else if (!pool_.MarkReferenced(slot.block, 1))
+    else if (!pool_.MarkReferenced({slot.block, 1}))
       problem("volume " + name_ + ": map page block " + std::to_string(slot.block) + " overlaps other metadata or data");
   }
 }
@@ -197,7 +202,7 @@ Status ThinVolume::ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees)
       const format::MapEntry e = page->entries[ThinMap::IndexInPage(c)];
       if (e.phys_block == 0) continue;
       assert(page->inflight[ThinMap::IndexInPage(c)] == 0 && "no I/O in flight");
-      frees->push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks_)});
+      frees->push_back(RunOf(e, cluster_blocks_));
       SetEntry(page, c, format::MapEntry{}, /*journal=*/false);
     }
     // Every page past the end was unshared by SetEntry above (or holds

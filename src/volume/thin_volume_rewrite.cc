@@ -32,33 +32,11 @@
 #include <cstring>
 
 #include "volume/cluster_bits.h"
-#include "volume/thin_volume.h"
+#include "volume/cluster_rewrite.h"
 
 namespace edgestor {
 
 using format::kBlockSize;
-
-struct ThinVolume::ClusterRewrite {
-  IoRequest req;
-  ThinVolume* volume = nullptr;
-  VolumeIo* io = nullptr;
-  IoQueue* queue = nullptr;
-  CachedPage* page = nullptr;  // pinned until the swap
-  uint64_t cluster = 0;
-  uint64_t at = 0, length = 0;  // the request's bytes within the cluster
-  const uint8_t* src = nullptr;  // their plaintext, in the request's buffer; null: zeroing
-  bool reencode = false;         // decode, merge, compress; else copy blocks as stored
-  bool leave_plain = false;      // re-encoding a partial write into a compressed cluster: store it plain
-  bool recompress = false;       // no request data: compress a plain cluster left alone (Recompress)
-  bool skipped = false;          // recompressing saved nothing: the cluster stays as it is
-  format::MapEntry old_entry{};
-  BlockRun old_run{};            // {0, 0} if the cluster was unmapped
-  uint64_t write_mask = 0;       // blocks the request writes
-  uint64_t keep_mask = 0;        // old written blocks it does not
-  format::MapEntry new_entry{};  // what the swap stores (phys 0: the cluster reads as zeros)
-  AlignedBuffer buffer;          // one cluster, laid out as the cluster
-  AlignedBuffer frame;           // re-encoding: the old frame, then the new one
-};
 
 void ThinVolume::HoldRunForIoInFlight(CachedPage* page, uint64_t cluster) {
   const format::MapEntry& entry = page->entries[ThinMap::IndexInPage(cluster)];
@@ -103,7 +81,7 @@ Result<ThinVolume::ClusterRewrite*> ThinVolume::BeginRewrite(VolumeIo* io, IoQue
                          hot_plain_.size() < services_.hot_plain_limit;
   rewrite->old_entry = old;
   if (old.phys_block != 0) {
-    rewrite->old_run = {format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
+    rewrite->old_run = RunOf(old, cluster_blocks_);
     assert(rewrite->old_run.count >= 1 && rewrite->old_run.count <= cluster_blocks_);
     pool_.AddReference(rewrite->old_run.block);
   }
@@ -147,6 +125,7 @@ void ThinVolume::OnRewriteReadDone(IoRequest* req, int result) {
   ThinVolume* volume = rewrite->volume;
   if (result < 0) return volume->FinishRewrite(rewrite, result);
   if (rewrite->reencode) {
+    volume->BeginEncoding();
     // Decoding and compressing a cluster is the costly step: a codec worker
     // takes it if one has room; the rewrite comes back through this queue.
     req->done = &ThinVolume::OnRewriteEncoded;
@@ -168,6 +147,17 @@ int ThinVolume::ReencodeStep(IoRequest* req) {
 void ThinVolume::OnRewriteEncoded(IoRequest* req, int result) {
   auto* rewrite = static_cast<ClusterRewrite*>(req->context);
   ThinVolume* volume = rewrite->volume;
+  if (rewrite->reencode) {
+    // A frame goes into the pack (its write finishes it on this queue);
+    // either way this rewrite is no longer encoding, which may close the pack.
+    const bool packed = result == 0 && rewrite->frame_sectors != 0;
+    if (packed) {
+      req->done = &ThinVolume::OnRewriteWriteDone;
+      rewrite->queue->ExpectForeign(req);
+    }
+    volume->EndEncoding(packed ? rewrite : nullptr, *rewrite->queue);
+    if (packed) return;
+  }
   if (result < 0) return volume->FinishRewrite(rewrite, result);
   // Now all zeros (unmapped by the swap), or a recompression that saved nothing.
   if (rewrite->new_entry.phys_block == 0 || rewrite->skipped) return volume->FinishRewrite(rewrite, 0);
@@ -217,9 +207,7 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   const format::MapEntry& old = rewrite->old_entry;
   if (rewrite->keep_mask != 0 && format::IsCompressed(old)) {
     std::span<uint8_t> frame(rewrite->frame.get(), rewrite->old_run.count * kBlockSize);
-    ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(rewrite->cluster), frame));
-    ES_RETURN_IF_ERROR(codec_->Decompress(frame, std::span(plain, cluster_size_))
-                           .WithContext("volume " + name_ + " cluster " + std::to_string(rewrite->cluster)));
+    ES_RETURN_IF_ERROR(DecodeFrame(old, rewrite->cluster, frame, plain));
   } else if (rewrite->keep_mask != 0) {
     uint64_t first = FirstBlockOf(rewrite->keep_mask), end = EndBlockOf(rewrite->keep_mask);
     ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(rewrite->cluster) + first,
@@ -244,10 +232,17 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
     rewrite->skipped = true;  // the cluster stays where it is
     return Status::Ok();
   }
-  uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  uint64_t blocks = compressed.ok() ? format::SectorsToBlocks(compressed.value()) : cluster_blocks_;
   // Compression that saves no block reports ENOSPC: a frame is 1 .. cluster_blocks - 1 blocks.
   assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
   assert(bits != 0 && (cluster_blocks_ == 64 || (bits >> cluster_blocks_) == 0));
+  if (compressed.ok() && !codec_->encrypted()) {
+    // Packed with the frames written beside it (an encrypted block is one
+    // XTS unit with one tweak, so encrypted frames keep whole blocks).
+    rewrite->frame_sectors = compressed.value();
+    rewrite->frame_bits = bits;
+    return Status::Ok();
+  }
   if (!compressed.ok()) std::memcpy(out, plain, cluster_size_);
   uint64_t bytes = blocks * kBlockSize;
   ES_RETURN_IF_ERROR(codec_->Encrypt(FirstLogicalBlock(rewrite->cluster), std::span(out, bytes), std::span(out, bytes)));
@@ -328,7 +323,7 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
     if (fresh.phys_block != 0 || old.phys_block != 0) SetEntry(page, cluster, fresh, /*journal=*/true, release);
     NoteRewritten(rewrite);
   } else if (fresh.phys_block != 0) {
-    pool_.FreeUnreferenced({format::FirstBlock(fresh), format::StoredBlocks(fresh, cluster_blocks_)});
+    pool_.FreeUnreferenced(RunOf(fresh, cluster_blocks_));
   }
   if (old.phys_block != 0) pool_.DropHeldReference(rewrite->old_run);
   if (page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(cluster);

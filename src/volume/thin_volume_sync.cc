@@ -77,9 +77,7 @@ Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, 
   assert(stored >= kBlockSize && stored < cluster_size_);
   AlignedBuffer frame = AllocateAligned(stored);
   ES_RETURN_IF_ERROR(pool_.device().ReadSync(PhysOffset(entry), frame.get(), stored));
-  ES_RETURN_IF_ERROR(codec_->Decrypt(FirstLogicalBlock(cluster), std::span(frame.get(), stored)));
-  return codec_->Decompress(std::span(frame.get(), stored), std::span(out, cluster_size_))
-      .WithContext("volume " + name_ + " cluster " + std::to_string(cluster));
+  return DecodeFrame(entry, cluster, std::span(frame.get(), stored), out);
 }
 
 Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n,
@@ -110,7 +108,7 @@ Status ThinVolume::ReadClusterBytes(const format::MapEntry& entry, uint64_t clus
 void ThinVolume::FreeEntry(CachedPage* page, uint64_t cluster) {
   const format::MapEntry entry = page->entries[ThinMap::IndexInPage(cluster)];
   assert(entry.phys_block != 0 && "only a mapped cluster is freed");
-  BlockRun run{format::FirstBlock(entry), format::StoredBlocks(entry, cluster_blocks_)};
+  BlockRun run = RunOf(entry, cluster_blocks_);
   SetEntry(page, cluster, format::MapEntry{}, /*journal=*/true, std::span(&run, 1));
 }
 
@@ -199,7 +197,7 @@ Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint
   AlignedBuffer out = AllocateAligned(cluster_size_);
   auto compressed = codec_->Compress(std::span(plaintext, cluster_size_), std::span(out.get(), cluster_size_));
   if (!compressed.ok() && compressed.status().code() != ENOSPC) return compressed.status();
-  uint64_t blocks = compressed.ok() ? compressed.value() : cluster_blocks_;
+  uint64_t blocks = compressed.ok() ? format::SectorsToBlocks(compressed.value()) : cluster_blocks_;
   // A frame is 1 .. cluster_blocks - 1 blocks (one that saves nothing is ENOSPC).
   assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
   assert(cluster_blocks_ == 64 || (written_bits >> cluster_blocks_) == 0);
@@ -223,7 +221,7 @@ Status ThinVolume::StoreRelocated(CachedPage* page, uint64_t cluster, const uint
     SetEntry(page, cluster, entry, /*journal=*/true);
     return Status::Ok();
   }
-  BlockRun run{format::FirstBlock(old), format::StoredBlocks(old, cluster_blocks_)};
+  BlockRun run = RunOf(old, cluster_blocks_);
   SetEntry(page, cluster, entry, /*journal=*/true, std::span(&run, 1));
   return Status::Ok();
 }

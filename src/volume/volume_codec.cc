@@ -108,7 +108,7 @@ Result<uint32_t> VolumeCodec::Compress(std::span<const uint8_t> cluster, std::sp
   // A frame that saves no block is refused (ENOSPC): it is 1 .. cluster blocks - 1.
   assert(bytes > 0 && padded < cluster.size() && padded <= out.size());
   std::memset(out.data() + bytes, 0, padded - bytes);
-  return static_cast<uint32_t>(padded / kBlockSize);
+  return static_cast<uint32_t>((bytes + format::kSectorSize - 1) / format::kSectorSize);
 }
 
 Status VolumeCodec::Decompress(std::span<const uint8_t> stored, std::span<uint8_t> cluster, size_t needed) {

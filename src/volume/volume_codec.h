@@ -47,8 +47,9 @@ class VolumeCodec {
   Status Decrypt(uint64_t first_block, std::span<uint8_t> buf);
 
   // Compresses a whole cluster into `out` (at least cluster-sized), padded
-  // with zeros to whole 4 KiB blocks; returns the block count. ENOSPC when
-  // it would not save a block or compression is off: store it plain.
+  // with zeros to whole 4 KiB blocks; returns the frame's length in 512-byte
+  // sectors (a packed frame takes only those). ENOSPC when it would not save
+  // a block or compression is off: store it plain.
   Result<uint32_t> Compress(std::span<const uint8_t> cluster, std::span<uint8_t> out);
   // Decompresses a stored frame (its blocks as read, after decryption) into
   // exactly cluster.size() bytes. The algorithm is read from the frame, so

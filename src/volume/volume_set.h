@@ -159,6 +159,7 @@ struct VolumeInfo {
   // compressed again in the background since the pool was opened.
   uint64_t hot_plain_clusters = 0;
   uint64_t recompressed_clusters = 0;
+  uint64_t packed_frames = 0;  // compressed frames written packed with others (since open)
 };
 
 struct SnapshotInfo {

@@ -117,7 +117,7 @@ Status VolumeSetImpl::ReleaseDirectory(const std::vector<format::DirectorySlot>&
       // The last directory reading this page: its runs lose the page's reference.
       ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
       for (const format::MapEntry& e : page.entries)
-        if (e.phys_block != 0) released.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+        if (e.phys_block != 0) released.push_back(RunOf(e, cluster_blocks));
     }
     released.push_back({slot.block, 1});
   }
@@ -374,7 +374,7 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
     if (slot.block == 0 || pool_->References(slot.block) != 1) continue;
     ES_RETURN_IF_ERROR(pool_->ReadMapPage(slot.block, slot.generation, &page));
     for (const format::MapEntry& e : page.entries)
-      if (e.phys_block != 0) runs.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+      if (e.phys_block != 0) runs.push_back(RunOf(e, cluster_blocks));
     read.insert(slot.block);
   }
   std::lock_guard lock(mu_);
@@ -536,7 +536,7 @@ Result<uint64_t> VolumeSetImpl::BlocksFreedWithout(const std::vector<ThinVolume*
       if (entries[i].phys_block == 0) continue;
       Run& run = runs[format::FirstBlock(entries[i])];
       run.references++;
-      run.blocks = static_cast<uint32_t>(format::StoredBlocks(entries[i], cluster_blocks));
+      run.blocks = static_cast<uint32_t>(format::ChargedBlocks(entries[i], cluster_blocks));
     }
   };
   // Stored pages: read by how many of `maps` (a page others read too stays).
@@ -632,7 +632,7 @@ Result<std::vector<BlockRun>> VolumeSetImpl::MappedRunsForTest(const std::string
     ES_ASSIGN_OR_RETURN(CachedPage * page, map->map().Page(c, /*create=*/false));
     if (!page) continue;
     const format::MapEntry& e = page->entries[ThinMap::IndexInPage(c)];
-    if (e.phys_block != 0) runs.push_back({format::FirstBlock(e), format::StoredBlocks(e, cluster_blocks)});
+    if (e.phys_block != 0) runs.push_back(RunOf(e, cluster_blocks));
   }
   return runs;
 }

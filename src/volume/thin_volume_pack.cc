@@ -1,0 +1,160 @@
+// ThinVolume: packing compressed frames. Rounding every frame up to whole
+// 4 KiB blocks wastes about 2 KiB per cluster; instead, the frames of an
+// unencrypted compressing volume that are ready at about the same time are
+// laid back to back at 512-byte sectors over one allocated run and written
+// with one device write (format.h, "Packed frames").
+//
+// A pack is open while rewrites of the volume are still encoding: a frame
+// that comes back from its codec step joins it, and the last rewrite to
+// stop encoding (or a frame that fills it) closes it. A lone request's
+// frame is therefore written at once, and a stream of whole-cluster writes
+// (nbdcopy, imports, fills) gets packs of up to kMaxPackBlocks. The pack is
+// written on the queue of the thread that closed it; each frame's rewrite
+// then finishes on its own queue (PostForeign), swapping its entry in as
+// any rewrite does. A frame whose swap loses a race releases only its own
+// sectors: the pool frees a block two frames share with the second one.
+//
+// Power loss: the pack's blocks are fresh, so a torn pack write damages
+// nothing that a durable entry names, and no entry names a frame before its
+// write completed (the commit that makes entries durable flushes first).
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+#include "volume/cluster_rewrite.h"
+
+namespace edgestor {
+
+using format::kBlockSize;
+
+namespace {
+constexpr uint64_t kMaxPackBlocks = 128;  // 512 KiB: about 30 frames of text
+constexpr size_t kMaxPackFrames = 64;
+}  // namespace
+
+struct ThinVolume::PackWrite {
+  IoRequest req;
+  ThinVolume* volume = nullptr;
+  std::vector<ClusterRewrite*> frames;
+  AlignedBuffer buffer;  // the frames laid out (a lone frame is written from its own buffer)
+};
+
+void ThinVolume::BeginEncoding() {
+  std::lock_guard lock(pack_mu_);
+  encoding_++;
+}
+
+void ThinVolume::EndEncoding(ClusterRewrite* frame, IoQueue& queue) {
+  std::vector<ClusterRewrite*> closed;
+  {
+    std::lock_guard lock(pack_mu_);
+    assert(encoding_ > 0);
+    encoding_--;
+    if (frame != nullptr) {
+      assert(frame->frame_sectors > 0 && frame->new_entry.phys_block == 0);
+      pack_.push_back(frame);
+      pack_sectors_ += frame->frame_sectors;
+    }
+    const bool full = format::SectorsToBlocks(pack_sectors_) >= kMaxPackBlocks || pack_.size() >= kMaxPackFrames;
+    // While some rewrite still encodes, its frame will come and close the pack.
+    if (pack_.empty() || (encoding_ > 0 && !full)) return;
+    closed.swap(pack_);
+    pack_sectors_ = 0;
+  }
+  WritePack(std::move(closed), queue);
+}
+
+// Places each frame after the one before it, at a sector boundary, but
+// never two starting in one block (the pool keys a frame by its first
+// block) and never spanning as many blocks as a cluster (so it still
+// saves a block wherever it lies). Returns the blocks the pack spans.
+uint64_t ThinVolume::LayOutPack(std::vector<ClusterRewrite*>& frames) const {
+  constexpr uint64_t kPerBlock = format::kSectorsPerBlock;
+  uint64_t next = 0;  // first free sector
+  for (size_t i = 0; i < frames.size(); i++) {
+    ClusterRewrite* frame = frames[i];
+    uint64_t start = next;
+    const bool shares_first_block = i > 0 && start / kPerBlock == frames[i - 1]->pack_sector / kPerBlock;
+    const bool too_long = format::SectorsToBlocks(start % kPerBlock + frame->frame_sectors) >= cluster_blocks_;
+    if (shares_first_block || too_long) start = format::SectorsToBlocks(start) * kPerBlock;
+    assert(format::SectorsToBlocks(start % kPerBlock + frame->frame_sectors) < cluster_blocks_);
+    frame->pack_sector = start;
+    next = start + frame->frame_sectors;
+  }
+  return format::SectorsToBlocks(next);
+}
+
+void ThinVolume::WritePack(std::vector<ClusterRewrite*> frames, IoQueue& queue) {
+  assert(!frames.empty());
+  auto* pack = new PackWrite{};
+  pack->volume = this;
+  pack->frames = std::move(frames);
+  const uint64_t blocks = LayOutPack(pack->frames);
+  const bool alone = pack->frames.size() == 1;
+  if (!alone) {
+    pack->buffer = TryAllocateUninitialized(blocks * kBlockSize);
+    if (!pack->buffer) return FinishPack(pack, -ENOMEM);
+  }
+  auto first = pool_.AllocateRun(blocks);
+  if (!first.ok() && !alone && first.status().code() == ENOSPC) {
+    // No free run this long (a fragmented, nearly full pool): each frame on
+    // its own, in whatever space is left.
+    for (ClusterRewrite* frame : pack->frames) WritePack({frame}, queue);
+    delete pack;
+    return;
+  }
+  if (!first.ok()) return FinishPack(pack, -first.status().code());
+  std::vector<BlockRun> runs;
+  runs.reserve(pack->frames.size());
+  for (ClusterRewrite* frame : pack->frames) {
+    runs.push_back(PackedRun(first.value(), frame));
+    const BlockRun& run = runs.back();
+    frame->new_entry = format::CompressedEntry(run.block, run.count, frame->frame_bits, run.head, run.tail);
+  }
+  pool_.SharePackedEdges(runs);
+  if (!alone) packed_frames_.fetch_add(pack->frames.size(), std::memory_order_relaxed);
+  pack->req.op = IoOp::kWrite;
+  pack->req.offset = first.value() * kBlockSize;
+  pack->req.length = static_cast<uint32_t>(blocks * kBlockSize);
+  pack->req.buf = alone ? pack->frames[0]->frame.get() : FillPack(pack, blocks);
+  pack->req.context = pack;
+  pack->req.done = &ThinVolume::OnPackWritten;
+  queue.Submit(&pack->req);
+}
+
+BlockRun ThinVolume::PackedRun(uint64_t first_block, const ClusterRewrite* frame) const {
+  constexpr uint64_t kPerBlock = format::kSectorsPerBlock;
+  const uint64_t head = frame->pack_sector % kPerBlock;
+  const uint64_t count = format::SectorsToBlocks(head + frame->frame_sectors);
+  const uint64_t tail = count * kPerBlock - head - frame->frame_sectors;
+  assert(count >= 1 && count < cluster_blocks_ && tail < kPerBlock);
+  return {first_block + frame->pack_sector / kPerBlock, count, static_cast<uint8_t>(head), static_cast<uint8_t>(tail)};
+}
+
+// Copies each frame to its place; the sectors between frames are zeros
+// (Compress zeroed each frame's own padding).
+uint8_t* ThinVolume::FillPack(PackWrite* pack, uint64_t blocks) {
+  uint8_t* out = pack->buffer.get();
+  std::memset(out, 0, blocks * kBlockSize);
+  for (const ClusterRewrite* frame : pack->frames) {
+    assert((frame->pack_sector + frame->frame_sectors) * format::kSectorSize <= blocks * kBlockSize);
+    std::memcpy(out + frame->pack_sector * format::kSectorSize, frame->frame.get(),
+                frame->frame_sectors * format::kSectorSize);
+  }
+  return out;
+}
+
+void ThinVolume::OnPackWritten(IoRequest* req, int result) {
+  auto* pack = static_cast<PackWrite*>(req->context);
+  pack->volume->FinishPack(pack, result);
+}
+
+// Each frame's rewrite finishes on its own queue (it expected this), where
+// its swap stores the entry or, on an error or a lost race, frees the frame.
+void ThinVolume::FinishPack(PackWrite* pack, int result) {
+  assert(result <= 0);
+  for (ClusterRewrite* frame : pack->frames) frame->queue->PostForeign(&frame->req, result);
+  delete pack;
+}
+
+}  // namespace edgestor
