@@ -27,6 +27,7 @@ start_daemon || exit 1
 
 check "CLI creates a volume through the control socket" "$EDGESTOR" --pool "$pool" vol create vol1 --size 64M
 check "CLI lists through the control socket" bash -c "'$EDGESTOR' --pool '$pool' vol list --json | python3 -c 'import json,sys; v=json.load(sys.stdin)[\"volumes\"]; assert sorted(x[\"name\"] for x in v)==[\"vol0\",\"vol1\"]'"
+check "pool info through the control socket while the pool is served" bash -c "'$EDGESTOR' pool info '$pool' --json | python3 -c 'import json,sys; p=json.load(sys.stdin); assert p[\"volume_count\"]==2 and p[\"free_bytes\"]>0'"
 check "a second daemon on the same pool is refused" refuses timeout 5 "$EDGESTOR" serve --pool "$pool" --control "$work/other.sock" --nbd-socket "$work/other.nbd"
 locked() {
   local out

@@ -36,7 +36,6 @@ void RunPoolCreate(const PoolCreateArgs& args);
 // if the pool has one) to `new_key`. Offline: the daemon must be stopped.
 void RunPoolRekey(const std::string& path, const KeyArgs& new_key);
 
-void RunPoolInfo(const std::string& path, bool json);
 
 // Returns true when the pool is consistent; false (exit status 1) when
 // problems were found and printed.
@@ -53,6 +52,8 @@ struct VolumeCreateArgs {
   std::optional<std::string> compress;  // unset: the pool's default
 };
 void RunVolumeCreate(const VolumeArgs& args, const VolumeCreateArgs& create);
+// Through the daemon serving the pool if one does (the pool is in use then).
+void RunPoolInfo(const VolumeArgs& args, bool json);
 // Compression of new writes: "off", "lz4", "zstd[:LEVEL]".
 void RunVolumeSetCompression(const VolumeArgs& args, const std::string& compress);
 // Gives a running daemon the pool key; without a daemon, checks the key.

@@ -170,9 +170,11 @@ void AddPoolCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
     };
   });
   info->callback([path, json, &g, &action] {
-    *path = PoolPath(*path, g.pool);
-    action = [path, json] {
-      RunPoolInfo(*path, *json);
+    auto args = std::make_shared<VolumeArgs>();
+    args->control = g.control;
+    args->pool = PoolPath(*path, g.pool);
+    action = [args, json] {
+      RunPoolInfo(*args, *json);
       return 0;
     };
   });

@@ -11,6 +11,8 @@
 #include "base/size_parse.h"
 #include "cli/cli_error.h"
 #include "cli/commands.h"
+#include "cli/daemon_client.h"
+#include "daemon/info_json.h"
 #include "cli/key_args.h"
 #include "cli/output.h"
 #include "cli/pool_session.h"
@@ -112,10 +114,16 @@ void RunPoolRekey(const std::string& path, const KeyArgs& new_key) {
             << "; data keys rewrapped, no data rewritten\n";
 }
 
-void RunPoolInfo(const std::string& path, bool json) {
-  std::unique_ptr<PoolSession> session = PoolSession::Open(path);
-  PoolInfo info = session->pool().Info();
-  session->Close();
+void RunPoolInfo(const VolumeArgs& args, bool json) {
+  const std::string& path = args.pool;
+  PoolInfo info;
+  if (auto socket = DaemonSocket(args)) {
+    info = Call(*socket, "pool.info", nlohmann::json::object(), "cannot read pool " + path).get<PoolInfo>();
+  } else {
+    std::unique_ptr<PoolSession> session = PoolSession::Open(path);
+    info = session->pool().Info();
+    session->Close();
+  }
   if (json) {
     PrintJson(PoolInfoJson(path, info));
   } else {
