@@ -66,7 +66,8 @@ check "compressed volume stores text in under half the space" python3 -c "
 import json, subprocess, sys
 info = json.loads(subprocess.check_output(['$EDGESTOR', '--pool', '$pool', 'vol', 'info', 'packed', '--json']))
 print(info)
-assert info['written_bytes'] == 4 << 20 and info['allocated_bytes'] * 2 < info['written_bytes'], info"
+assert info['written_bytes'] == 4 << 20 and info['allocated_bytes'] * 2 < info['written_bytes'], info
+assert info['packed_frames'] > 0, info  # nbdcopy's 256K requests: frames packed at 512-byte sectors"
 check "nbdcopy reads the compressed volume back" bash -c "nbdcopy '$(uri packed)' '$work/packed.out' && cmp -n 4194304 '$work/packed.out' '$work/public4m'"
 # Small writes into compressed clusters leave those clusters plain (their
 # next small writes go in place) until the background compresses them again.
@@ -96,6 +97,9 @@ recompressed() {  # the cluster written after the restart is compressed again on
 }
 check "the background compresses it again (serve --recompress-idle 1)" recompressed
 check "and the data still reads back" qemu-io -f raw -c 'read -P 0xa1 4k 4k' -c 'read -P 0xa3 12k 4k' "$(uri packed)"
+check "packed clusters nobody wrote since read back after the restart" bash -c \
+  "nbdcopy '$(uri packed)' '$work/packed2.out' && cmp -n 2097152 -i 2097152 '$work/packed2.out' '$work/public4m' &&
+   cmp -n 4096 '$work/packed2.out' '$work/public4m'"
 check "restarted with --keyfile, the data reads back" bash -c "nbdcopy '$(uri secret)' '$work/secret.out' && cmp -n 4194304 '$work/secret.out' '$work/text4m'"
 check "and the pattern" qemu-io -f raw -c 'read -P 0x5c 8M 1M' "$(uri secret)"
 check "daemon stops cleanly" stop_daemon
