@@ -484,7 +484,7 @@ void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
       WriteCluster(io, queue, cluster, at, n, &batch);
     });
   }
-  if (hold_pack) EndEncoding(nullptr, queue);
+  if (hold_pack) EndEncoding(nullptr);
   ReleaseGuard(io);
 }
 

@@ -181,10 +181,14 @@ class ThinVolume : public Volume {
   // ---- Packing compressed frames (thin_volume_pack.cc) ----
   struct PackWrite;
   // A re-encoding rewrite starts and stops encoding; stopping hands over
-  // its frame (or nullptr: none to pack) and may write the pack on `queue`.
+  // its frame (or nullptr: none to pack) and may close the pack.
   void BeginEncoding();
-  void EndEncoding(ClusterRewrite* frame, IoQueue& queue);
-  void WritePack(std::vector<ClusterRewrite*> frames, IoQueue& queue);
+  void EndEncoding(ClusterRewrite* frame);
+  static void OnPackClosed(IoRequest* req, int result);
+  void WritePack(PackWrite* pack, IoQueue& queue);
+  void WriteFramesAlone(PackWrite* pack, IoQueue& queue);
+  static void SubmitPackWrite(PackWrite* pack, ClusterRewrite* frame, uint64_t first_block, uint64_t blocks,
+                              uint8_t* data, IoQueue& queue);
   uint64_t LayOutPack(std::vector<ClusterRewrite*>& frames) const;
   BlockRun PackedRun(uint64_t first_block, const ClusterRewrite* frame) const;
   static uint8_t* FillPack(PackWrite* pack, uint64_t blocks);

@@ -9,9 +9,9 @@
 // stop encoding (or a frame that fills it) closes it. A lone request's
 // frame is therefore written at once, and a stream of whole-cluster writes
 // (nbdcopy, imports, fills) gets packs of up to kMaxPackBlocks. The pack is
-// written on the queue of the thread that closed it; each frame's rewrite
-// then finishes on its own queue (PostForeign), swapping its entry in as
-// any rewrite does. A frame whose swap loses a race releases only its own
+// written on the queue of its first frame; each frame's rewrite then
+// finishes on its own queue (PostForeign), swapping its entry in as any
+// rewrite does. A frame whose swap loses a race releases only its own
 // sectors: the pool frees a block two frames share with the second one.
 //
 // Power loss: the pack's blocks are fresh, so a torn pack write damages
@@ -33,10 +33,11 @@ constexpr size_t kMaxPackFrames = 64;
 }  // namespace
 
 struct ThinVolume::PackWrite {
-  IoRequest req;
   ThinVolume* volume = nullptr;
   std::vector<ClusterRewrite*> frames;
-  AlignedBuffer buffer;  // the frames laid out (a lone frame is written from its own buffer)
+  AlignedBuffer buffer;         // the frames laid out, for a write of several
+  bool one_write = false;       // every frame in frames[0]->write_req
+  uint32_t writes_pending = 0;  // device writes not yet completed
 };
 
 void ThinVolume::BeginEncoding() {
@@ -44,24 +45,54 @@ void ThinVolume::BeginEncoding() {
   encoding_++;
 }
 
-void ThinVolume::EndEncoding(ClusterRewrite* frame, IoQueue& queue) {
-  std::vector<ClusterRewrite*> closed;
+// On the thread of `frame`'s queue (if any). The pack is written by the
+// owner of its first frame, on that frame's queue: that thread polls it
+// until the pack is done, since its own request waits for it. (The thread
+// closing the pack may have no frame in it and stop polling its queue.)
+void ThinVolume::EndEncoding(ClusterRewrite* frame) {
+  ClusterRewrite* first = nullptr;
+  auto* pack = new PackWrite{};  // outside the lock; dropped if nothing closes
   {
     std::lock_guard lock(pack_mu_);
     assert(encoding_ > 0);
     encoding_--;
     if (frame != nullptr) {
       assert(frame->frame_sectors > 0 && frame->new_entry.phys_block == 0);
+      frame->queue->ExpectForeign(&frame->req);  // its completion, after the pack's write
       pack_.push_back(frame);
       pack_sectors_ += frame->frame_sectors;
     }
     const bool full = format::SectorsToBlocks(pack_sectors_) >= kMaxPackBlocks || pack_.size() >= kMaxPackFrames;
     // While some rewrite still encodes, its frame will come and close the pack.
-    if (pack_.empty() || (encoding_ > 0 && !full)) return;
-    closed.swap(pack_);
-    pack_sectors_ = 0;
+    const bool closes = !pack_.empty() && (encoding_ == 0 || full);
+    if (!closes && frame != nullptr && pack_.size() == 1) {
+      // The first frame of a pack another thread may close: its queue
+      // expects the closing.
+      frame->close_req.context = frame;
+      frame->close_req.done = &ThinVolume::OnPackClosed;
+      frame->queue->ExpectForeign(&frame->close_req);
+    }
+    if (closes) {
+      pack->frames.swap(pack_);
+      pack_sectors_ = 0;
+      first = pack->frames.front();
+    }
   }
-  WritePack(std::move(closed), queue);
+  if (first == nullptr) {
+    delete pack;
+    return;
+  }
+  pack->volume = this;
+  first->pack = pack;
+  // A frame alone, closed by its own thread (every write at QD1), is
+  // written at once; otherwise its first frame's thread writes it.
+  if (first == frame) return WritePack(pack, *frame->queue);
+  first->queue->PostForeign(&first->close_req, 0);
+}
+
+void ThinVolume::OnPackClosed(IoRequest* req, int) {
+  auto* first = static_cast<ClusterRewrite*>(req->context);
+  first->volume->WritePack(first->pack, *first->queue);
 }
 
 // Places each frame after the one before it, at a sector boundary, but
@@ -84,25 +115,17 @@ uint64_t ThinVolume::LayOutPack(std::vector<ClusterRewrite*>& frames) const {
   return format::SectorsToBlocks(next);
 }
 
-void ThinVolume::WritePack(std::vector<ClusterRewrite*> frames, IoQueue& queue) {
-  assert(!frames.empty());
-  auto* pack = new PackWrite{};
-  pack->volume = this;
-  pack->frames = std::move(frames);
+// On the first frame's queue.
+void ThinVolume::WritePack(PackWrite* pack, IoQueue& queue) {
+  assert(!pack->frames.empty() && &queue == pack->frames.front()->queue);
+  if (pack->frames.size() == 1) return WriteFramesAlone(pack, queue);
   const uint64_t blocks = LayOutPack(pack->frames);
-  const bool alone = pack->frames.size() == 1;
-  if (!alone) {
-    pack->buffer = TryAllocateUninitialized(blocks * kBlockSize);
-    if (!pack->buffer) return FinishPack(pack, -ENOMEM);
-  }
+  pack->buffer = TryAllocateUninitialized(blocks * kBlockSize);
+  if (!pack->buffer) return FinishPack(pack, -ENOMEM);
   auto first = pool_.AllocateRun(blocks);
-  if (!first.ok() && !alone && first.status().code() == ENOSPC) {
-    // No free run this long (a fragmented, nearly full pool): each frame on
-    // its own, in whatever space is left.
-    for (ClusterRewrite* frame : pack->frames) WritePack({frame}, queue);
-    delete pack;
-    return;
-  }
+  // No free run this long (a fragmented, nearly full pool): each frame on
+  // its own, in whatever space is left.
+  if (!first.ok() && first.status().code() == ENOSPC) return WriteFramesAlone(pack, queue);
   if (!first.ok()) return FinishPack(pack, -first.status().code());
   std::vector<BlockRun> runs;
   runs.reserve(pack->frames.size());
@@ -112,14 +135,42 @@ void ThinVolume::WritePack(std::vector<ClusterRewrite*> frames, IoQueue& queue) 
     frame->new_entry = format::CompressedEntry(run.block, run.count, frame->frame_bits, run.head, run.tail);
   }
   pool_.SharePackedEdges(runs);
-  if (!alone) packed_frames_.fetch_add(pack->frames.size(), std::memory_order_relaxed);
-  pack->req.op = IoOp::kWrite;
-  pack->req.offset = first.value() * kBlockSize;
-  pack->req.length = static_cast<uint32_t>(blocks * kBlockSize);
-  pack->req.buf = alone ? pack->frames[0]->frame.get() : FillPack(pack, blocks);
-  pack->req.context = pack;
-  pack->req.done = &ThinVolume::OnPackWritten;
-  queue.Submit(&pack->req);
+  packed_frames_.fetch_add(pack->frames.size(), std::memory_order_relaxed);
+  pack->one_write = true;
+  SubmitPackWrite(pack, pack->frames.front(), first.value(), blocks, FillPack(pack, blocks), queue);
+}
+
+// Each frame in a run of whole blocks of its own (head and tail 0, as
+// before packing), written from its own buffer (Compress zeroed its padding).
+void ThinVolume::WriteFramesAlone(PackWrite* pack, IoQueue& queue) {
+  std::vector<std::pair<ClusterRewrite*, uint64_t>> writes;  // counted before any is submitted
+  for (ClusterRewrite* frame : pack->frames) {
+    const uint64_t blocks = format::SectorsToBlocks(frame->frame_sectors);
+    auto first = pool_.AllocateRun(blocks);
+    if (!first.ok()) {
+      frame->write_result = -first.status().code();
+      continue;
+    }
+    frame->new_entry = format::CompressedEntry(first.value(), blocks, frame->frame_bits);
+    writes.emplace_back(frame, first.value());
+  }
+  if (writes.empty()) return FinishPack(pack, 0);
+  for (auto& [frame, first] : writes)
+    SubmitPackWrite(pack, frame, first, format::SectorsToBlocks(frame->frame_sectors), frame->frame.get(), queue);
+}
+
+void ThinVolume::SubmitPackWrite(PackWrite* pack, ClusterRewrite* frame, uint64_t first_block, uint64_t blocks,
+                                 uint8_t* data, IoQueue& queue) {
+  frame->pack = pack;
+  pack->writes_pending++;
+  IoRequest& req = frame->write_req;
+  req.op = IoOp::kWrite;
+  req.offset = first_block * kBlockSize;
+  req.length = static_cast<uint32_t>(blocks * kBlockSize);
+  req.buf = data;
+  req.context = frame;
+  req.done = &ThinVolume::OnPackWritten;
+  queue.Submit(&req);
 }
 
 BlockRun ThinVolume::PackedRun(uint64_t first_block, const ClusterRewrite* frame) const {
@@ -145,15 +196,24 @@ uint8_t* ThinVolume::FillPack(PackWrite* pack, uint64_t blocks) {
 }
 
 void ThinVolume::OnPackWritten(IoRequest* req, int result) {
-  auto* pack = static_cast<PackWrite*>(req->context);
-  pack->volume->FinishPack(pack, result);
+  auto* frame = static_cast<ClusterRewrite*>(req->context);
+  PackWrite* pack = frame->pack;
+  assert(pack != nullptr && pack->writes_pending > 0);
+  if (pack->one_write) {
+    for (ClusterRewrite* each : pack->frames) each->write_result = result;
+  } else {
+    frame->write_result = result;
+  }
+  if (--pack->writes_pending == 0) FinishPack(pack, 0);
 }
 
 // Each frame's rewrite finishes on its own queue (it expected this), where
 // its swap stores the entry or, on an error or a lost race, frees the frame.
+// `result`, if an error, is every frame's.
 void ThinVolume::FinishPack(PackWrite* pack, int result) {
   assert(result <= 0);
-  for (ClusterRewrite* frame : pack->frames) frame->queue->PostForeign(&frame->req, result);
+  for (ClusterRewrite* frame : pack->frames)
+    frame->queue->PostForeign(&frame->req, result < 0 ? result : frame->write_result);
   delete pack;
 }
 

@@ -151,11 +151,8 @@ void ThinVolume::OnRewriteEncoded(IoRequest* req, int result) {
     // A frame goes into the pack (its write finishes it on this queue);
     // either way this rewrite is no longer encoding, which may close the pack.
     const bool packed = result == 0 && rewrite->frame_sectors != 0;
-    if (packed) {
-      req->done = &ThinVolume::OnRewriteWriteDone;
-      rewrite->queue->ExpectForeign(req);
-    }
-    volume->EndEncoding(packed ? rewrite : nullptr, *rewrite->queue);
+    if (packed) req->done = &ThinVolume::OnRewriteWriteDone;
+    volume->EndEncoding(packed ? rewrite : nullptr);
     if (packed) return;
   }
   if (result < 0) return volume->FinishRewrite(rewrite, result);
