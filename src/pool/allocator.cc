@@ -85,7 +85,7 @@ Result<uint64_t> Allocator::AllocateCluster(uint64_t reserve) {
 }
 
 Result<uint64_t> Allocator::AllocateRun(uint64_t count, uint64_t reserve) {
-  assert(count >= 1 && count <= 64);
+  assert(count >= 1 && count <= kMaxRunBlocks);
   if (free_blocks() < count + reserve) return Status(ENOSPC, "pool is full");
   // Next fit over the whole device, wrapping once; a run never wraps.
   uint64_t run_start = 0, run_length = 0;

@@ -17,6 +17,11 @@
 
 namespace edgestor {
 
+// Longest run AllocateRun hands out: a pack of compressed frames
+// (thin_volume_pack.cc closes one past 128 blocks; frames of up to 63
+// blocks and layout gaps of a block each may follow).
+inline constexpr uint64_t kMaxRunBlocks = 1024;
+
 class Allocator {
  public:
   // Manages blocks [0, total_blocks); clusters start at multiples of
@@ -32,8 +37,9 @@ class Allocator {
   // First block of a free, aligned cluster, leaving at least `reserve` free
   // blocks for metadata; ENOSPC if none.
   Result<uint64_t> AllocateCluster(uint64_t reserve);
-  // First block of `count` consecutive free blocks (a compressed cluster),
-  // leaving `reserve` free blocks for metadata; ENOSPC if none.
+  // First block of `count` (at most kMaxRunBlocks) consecutive free blocks
+  // (a compressed cluster, or a pack of them), leaving `reserve` free blocks
+  // for metadata; ENOSPC if none.
   Result<uint64_t> AllocateRun(uint64_t count, uint64_t reserve);
   // A single free block; ENOSPC if none.
   Result<uint64_t> AllocateBlock();

@@ -491,7 +491,7 @@ Result<uint64_t> Pool::AllocateCluster() {
 }
 
 Result<uint64_t> Pool::AllocateRun(uint64_t count) {
-  assert(count >= 1 && count <= allocator_.cluster_blocks() && "a compressed frame fits its cluster");
+  assert(count >= 1 && count <= kMaxRunBlocks && "a compressed frame, or a pack of them");
   std::lock_guard lock(mu_);
   auto block = allocator_.AllocateRun(count, metadata_reserve_);
   assert(!block.ok() || (block.value() >= geometry_.journal_start + geometry_.journal_blocks &&

@@ -143,8 +143,8 @@ class Pool {
   // ---- Space ----
   // A data cluster; ENOSPC if only the metadata reserve is left.
   Result<uint64_t> AllocateCluster();
-  // `count` consecutive blocks for a compressed cluster; ENOSPC like
-  // AllocateCluster.
+  // `count` consecutive blocks (at most kMaxRunBlocks) for a compressed
+  // cluster or a pack of them; ENOSPC like AllocateCluster.
   Result<uint64_t> AllocateRun(uint64_t count);
   // A block for metadata (map pages, checkpoint chain); may use the reserve.
   // Taken from the prepared blocks first (see PrepareMetadataBlocks).

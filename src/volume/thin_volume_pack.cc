@@ -30,6 +30,9 @@ using format::kBlockSize;
 namespace {
 constexpr uint64_t kMaxPackBlocks = 128;  // 512 KiB: about 30 frames of text
 constexpr size_t kMaxPackFrames = 64;
+// A pack closes once past the limits: one more frame (under 64 blocks) and
+// a block of layout gap per frame still fit one run.
+static_assert(kMaxPackBlocks + 64 + kMaxPackFrames <= kMaxRunBlocks);
 }  // namespace
 
 struct ThinVolume::PackWrite {
@@ -120,6 +123,7 @@ void ThinVolume::WritePack(PackWrite* pack, IoQueue& queue) {
   assert(!pack->frames.empty() && &queue == pack->frames.front()->queue);
   if (pack->frames.size() == 1) return WriteFramesAlone(pack, queue);
   const uint64_t blocks = LayOutPack(pack->frames);
+  assert(blocks <= kMaxRunBlocks);
   pack->buffer = TryAllocateUninitialized(blocks * kBlockSize);
   if (!pack->buffer) return FinishPack(pack, -ENOMEM);
   auto first = pool_.AllocateRun(blocks);
