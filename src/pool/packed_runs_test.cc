@@ -128,6 +128,16 @@ TEST_F(PackedRecovery, ASecondReferenceMustHaveTheSameEdges) {
   EXPECT_FALSE(pool_->MarkReferenced({b_ + 4, 2, 0, 1}));
 }
 
+TEST_F(PackedRecovery, ASecondReferenceMustHaveTheSameLength) {
+  // The frame before ends in b+1, where the second one starts: that end
+  // hides the second frame's length from the run bits.
+  EXPECT_TRUE(pool_->MarkReferenced({b_, 2, 0, 3}));
+  EXPECT_TRUE(pool_->MarkReferenced({b_ + 1, 3, 5, 0}));
+  EXPECT_FALSE(pool_->MarkReferenced({b_ + 1, 1, 5, 0}));
+  EXPECT_FALSE(pool_->MarkReferenced({b_ + 1, 4, 5, 0}));
+  EXPECT_TRUE(pool_->MarkReferenced({b_ + 1, 3, 5, 0}));
+}
+
 TEST_F(PackedRecovery, RefusesImpossibleEdges) {
   EXPECT_FALSE(pool_->MarkReferenced({b_, 1, 4, 4}));  // nothing left of the block
   EXPECT_FALSE(pool_->MarkReferenced({b_, 2, 8, 0}));

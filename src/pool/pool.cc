@@ -384,6 +384,7 @@ bool Pool::MarkReferenced(const BlockRun& run) {
   const bool packed = run.head != 0 || run.tail != 0;
   if (packed && packed_shapes_.empty()) {
     packed_shapes_.assign(geometry_.total_blocks, 0);
+    packed_counts_.assign(geometry_.total_blocks, 0);
     edge_claims_.assign(geometry_.total_blocks, 0);
   }
   const uint8_t shape = packed ? static_cast<uint8_t>((1 + run.head) | (1 + run.tail) << 4) : 0;
@@ -399,6 +400,9 @@ bool Pool::MarkReferenced(const BlockRun& run) {
       if (TestBit(run_starts_, b + 1) && !(b + 2 == block + count && tail_part)) return false;
     }
     if ((packed_shapes_.empty() ? 0 : packed_shapes_[block]) != shape) return false;
+    // A packed run's own first block may hold its neighbour's end, which
+    // hides its length from the bits above: compare it.
+    if (packed && packed_counts_[block] != count) return false;
     extra_references_[block]++;
     PublishSharedRuns();
     return true;
@@ -414,7 +418,10 @@ bool Pool::MarkReferenced(const BlockRun& run) {
   if (full_to > full_from) allocator_.MarkUsed(full_from, full_to - full_from);
   SetBit(run_starts_, block);
   SetBit(run_ends_, block + count - 1);
-  if (packed) packed_shapes_[block] = shape;
+  if (packed) {
+    packed_shapes_[block] = shape;
+    packed_counts_[block] = static_cast<uint8_t>(count);  // at most kStoredBlocksMask
+  }
   return true;
 }
 
@@ -444,6 +451,7 @@ void Pool::FinishRecovery() {
   run_starts_ = {};
   run_ends_ = {};
   packed_shapes_ = {};
+  packed_counts_ = {};
   edge_claims_ = {};
 }
 

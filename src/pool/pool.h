@@ -292,9 +292,9 @@ class Pool {
   std::vector<uint64_t> run_starts_, run_ends_;
   // GUARDED_BY(mu_), recovery only, allocated at the first packed frame:
   // per block, the shape of each packed run seen (first block: its head
-  // and tail, 1 + head | (1 + tail) << 4; 0: none) and the sectors packed
-  // frames claim of edge blocks (bit per sector).
-  std::vector<uint8_t> packed_shapes_, edge_claims_;
+  // and tail, 1 + head | (1 + tail) << 4; 0: none), its length, and the
+  // sectors packed frames claim of edge blocks (bit per sector).
+  std::vector<uint8_t> packed_shapes_, packed_counts_, edge_claims_;
   // GUARDED_BY(mu_), allocated at the first packed frame: bit per block,
   // set while two frames share it (the one ending and the one starting in it).
   std::vector<uint64_t> shared_edges_;

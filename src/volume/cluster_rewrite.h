@@ -32,6 +32,7 @@ struct ThinVolume::ClusterRewrite {
   uint32_t frame_sectors = 0;    // its length; 0: not packed
   uint64_t frame_bits = 0;       // the written bits its entry will carry
   uint64_t pack_sector = 0;      // where the pack's layout put it
+  bool encoding = false;         // counted in encoding_ (it may bring a frame to pack)
   PackWrite* pack = nullptr;     // the pack it is in, once closed
   IoRequest close_req;           // the first frame of a pack: its closing, posted to this queue
   IoRequest write_req;           // the pack's write (first frame), or this frame's own

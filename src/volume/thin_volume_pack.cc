@@ -125,7 +125,7 @@ void ThinVolume::WritePack(PackWrite* pack, IoQueue& queue) {
   const uint64_t blocks = LayOutPack(pack->frames);
   assert(blocks <= kMaxRunBlocks);
   pack->buffer = TryAllocateUninitialized(blocks * kBlockSize);
-  if (!pack->buffer) return FinishPack(pack, -ENOMEM);
+  if (!pack->buffer) return WriteFramesAlone(pack, queue);  // each from its own buffer
   auto first = pool_.AllocateRun(blocks);
   // No free run this long (a fragmented, nearly full pool): each frame on
   // its own, in whatever space is left.

@@ -125,7 +125,10 @@ void ThinVolume::OnRewriteReadDone(IoRequest* req, int result) {
   ThinVolume* volume = rewrite->volume;
   if (result < 0) return volume->FinishRewrite(rewrite, result);
   if (rewrite->reencode) {
-    volume->BeginEncoding();
+    // A partial write that stores its cluster plain brings no frame: the
+    // pack does not wait for it.
+    rewrite->encoding = !rewrite->leave_plain;
+    if (rewrite->encoding) volume->BeginEncoding();
     // Decoding and compressing a cluster is the costly step: a codec worker
     // takes it if one has room; the rewrite comes back through this queue.
     req->done = &ThinVolume::OnRewriteEncoded;
@@ -147,7 +150,7 @@ int ThinVolume::ReencodeStep(IoRequest* req) {
 void ThinVolume::OnRewriteEncoded(IoRequest* req, int result) {
   auto* rewrite = static_cast<ClusterRewrite*>(req->context);
   ThinVolume* volume = rewrite->volume;
-  if (rewrite->reencode) {
+  if (rewrite->encoding) {
     // A frame goes into the pack (its write finishes it on this queue);
     // either way this rewrite is no longer encoding, which may close the pack.
     const bool packed = result == 0 && rewrite->frame_sectors != 0;
@@ -233,7 +236,7 @@ Status ThinVolume::ReencodeForRewrite(ClusterRewrite* rewrite) {
   // Compression that saves no block reports ENOSPC: a frame is 1 .. cluster_blocks - 1 blocks.
   assert(blocks >= 1 && (!compressed.ok() || blocks < cluster_blocks_));
   assert(bits != 0 && (cluster_blocks_ == 64 || (bits >> cluster_blocks_) == 0));
-  if (compressed.ok() && !codec_->encrypted()) {
+  if (compressed.ok() && !codec_->encrypted() && rewrite->encoding) {
     // Packed with the frames written beside it (an encrypted block is one
     // XTS unit with one tweak, so encrypted frames keep whole blocks).
     rewrite->frame_sectors = compressed.value();
