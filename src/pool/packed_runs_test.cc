@@ -19,24 +19,35 @@ std::unique_ptr<Pool> NewPool(Device& device) {
   return pool.ok() ? std::move(pool).value() : nullptr;
 }
 
-// Three frames over blocks [b, b+4): 13 sectors from sector 0, 11 sectors
+// Three frames over blocks [b, b+5): 13 sectors from sector 0, 11 sectors
 // from sector 13 (block b+1, head 5), and 9 from sector 24 (block b+3: the
 // second frame ended at a block boundary).
 std::vector<BlockRun> ThreeFrames(uint64_t b) {
   return {{b, 2, 0, 3}, {b + 1, 2, 5, 0}, {b + 3, 2, 0, 7}};
 }
 
+// A pool holding the three frames packed over one fresh run of 5 blocks.
+struct PackedPool {
+  FaultDevice device{64 * kMiB};
+  std::unique_ptr<Pool> pool = NewPool(device);
+  uint64_t free_at_start = pool ? pool->free_blocks() : 0;
+  std::vector<BlockRun> frames;
+
+  PackedPool() {
+    auto first = pool ? pool->AllocateRun(5) : Result<uint64_t>(Status(EIO, "no pool"));
+    EXPECT_TRUE(first.ok());
+    if (!first.ok()) return;
+    frames = ThreeFrames(first.value());
+    pool->SharePackedEdges(frames);
+  }
+};
+
 TEST(PackedRuns, AnEdgeBlockIsFreedWithTheSecondFrameInEitherOrder) {
   for (bool forward : {true, false}) {
     SCOPED_TRACE(forward ? "first frame freed first" : "last frame freed first");
-    FaultDevice device(64 * kMiB);
-    auto pool = NewPool(device);
-    ASSERT_TRUE(pool);
-    const uint64_t free_at_start = pool->free_blocks();
-    auto first = pool->AllocateRun(5);
-    ASSERT_TRUE(first.ok());
-    std::vector<BlockRun> frames = ThreeFrames(first.value());
-    pool->SharePackedEdges(frames);
+    PackedPool packed;
+    ASSERT_EQ(packed.frames.size(), 3u);
+    auto& [device, pool, free_at_start, frames] = packed;
     EXPECT_EQ(pool->free_blocks(), free_at_start - 5);
     std::vector<uint64_t> expect_free = forward ? std::vector<uint64_t>{1, 3, 5} : std::vector<uint64_t>{2, 3, 5};
     for (size_t i = 0; i < frames.size(); i++) {
@@ -47,14 +58,9 @@ TEST(PackedRuns, AnEdgeBlockIsFreedWithTheSecondFrameInEitherOrder) {
 }
 
 TEST(PackedRuns, ADroppedReferenceFreesOnlyTheFramesOwnBlocks) {
-  FaultDevice device(64 * kMiB);
-  auto pool = NewPool(device);
-  ASSERT_TRUE(pool);
-  const uint64_t free_at_start = pool->free_blocks();
-  auto first = pool->AllocateRun(5);
-  ASSERT_TRUE(first.ok());
-  std::vector<BlockRun> frames = ThreeFrames(first.value());
-  pool->SharePackedEdges(frames);
+  PackedPool packed;
+  ASSERT_EQ(packed.frames.size(), 3u);
+  auto& [device, pool, free_at_start, frames] = packed;
   // A snapshot shares the middle frame: its reference is keyed by its first
   // block, which the frame before it ends in.
   pool->AddReference(frames[1].block);

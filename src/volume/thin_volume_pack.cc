@@ -53,8 +53,7 @@ void ThinVolume::BeginEncoding() {
 // until the pack is done, since its own request waits for it. (The thread
 // closing the pack may have no frame in it and stop polling its queue.)
 void ThinVolume::EndEncoding(ClusterRewrite* frame) {
-  ClusterRewrite* first = nullptr;
-  auto* pack = new PackWrite{};  // outside the lock; dropped if nothing closes
+  std::vector<ClusterRewrite*> closed;  // empty unless this call closes the pack
   {
     std::lock_guard lock(pack_mu_);
     assert(encoding_ > 0);
@@ -76,16 +75,13 @@ void ThinVolume::EndEncoding(ClusterRewrite* frame) {
       frame->queue->ExpectForeign(&frame->close_req);
     }
     if (closes) {
-      pack->frames.swap(pack_);
+      closed.swap(pack_);
       pack_sectors_ = 0;
-      first = pack->frames.front();
     }
   }
-  if (first == nullptr) {
-    delete pack;
-    return;
-  }
-  pack->volume = this;
+  if (closed.empty()) return;
+  ClusterRewrite* first = closed.front();
+  auto* pack = new PackWrite{.volume = this, .frames = std::move(closed)};
   first->pack = pack;
   // A frame alone, closed by its own thread (every write at QD1), is
   // written at once; otherwise its first frame's thread writes it.
