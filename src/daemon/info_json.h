@@ -20,7 +20,7 @@ inline void from_json(const nlohmann::json& j, CompressionSetting& c) {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VolumeInfo, id, name, size, allocated_bytes, written_bytes, mapped_clusters,
                                    compressed_clusters, encrypted, locked, compression, origin, snapshot_count,
                                    used_bytes, used_by_snapshots_bytes, cow_copies, compressed_rewrites,
-                                   rewrite_retries, sync_path_offloads, hot_plain_clusters, recompressed_clusters,
+                                   rewrite_retries, unaligned_writes, gate_parks, hot_plain_clusters, recompressed_clusters,
                                    packed_frames)
 
 // full_name ("VOL@SNAP") is derived: written out for readers, not read back.

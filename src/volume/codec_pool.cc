@@ -35,14 +35,12 @@ unsigned CodecPool::DefaultWorkers() {
   return cores > 1 ? cores - 1 : 0;
 }
 
-bool CodecPool::TryOffload(IoRequest* req, IoQueue& queue, Step step, StepKind kind) {
+bool CodecPool::TryOffload(IoRequest* req, IoQueue& queue, Step step) {
   assert(req != nullptr && req->done != nullptr && step != nullptr);
   // With nothing else in flight on its queue the submitting thread would
   // only wait: running a compute step itself saves two thread switches (at
-  // QD1 offloading cost a zstd read a fifth of its speed). A step that
-  // waits for the device goes regardless: the front-end may have more
-  // requests to read and submit meanwhile.
-  if (kind == StepKind::kCompute && queue.InFlight() == 0) {
+  // QD1 offloading cost a zstd read a fifth of its speed).
+  if (queue.InFlight() == 0) {
     refused_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }

@@ -29,10 +29,6 @@ class CodecPool {
  public:
   // A step: returns 0 or -errno, the result `req` then completes with.
   using Step = int (*)(IoRequest* req);
-  enum class StepKind {
-    kCompute,         // only CPU: run by the submitter when it would idle anyway
-    kWaitsForDevice,  // synchronous device I/O: never worth the submitter's wait
-  };
 
   // `workers` threads; 0: TryOffload always refuses (one core).
   explicit CodecPool(unsigned workers);
@@ -45,10 +41,10 @@ class CodecPool {
 
   // On `queue`'s thread. Hands `step` over, to run on a worker and complete
   // `req` on `queue` (req->done, with the step's result); or returns false,
-  // taking nothing, if the workers already have enough waiting or, for a
-  // compute step, the queue has nothing else in flight (its thread would
-  // only wait).
-  bool TryOffload(IoRequest* req, IoQueue& queue, Step step, StepKind kind = StepKind::kCompute);
+  // taking nothing, if the workers already have enough waiting or the
+  // queue has nothing else in flight (its thread would only wait: running
+  // the step itself is cheaper). Steps are CPU work only, never device I/O.
+  bool TryOffload(IoRequest* req, IoQueue& queue, Step step);
 
   // Steps handed over since the pool was made, and those refused.
   uint64_t offloaded() const { return offloaded_; }

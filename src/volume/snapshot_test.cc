@@ -271,7 +271,9 @@ TEST(Snapshot, ARunBeingReadStaysAllocatedWhenItsLastSharerGoes) {
   auto reader_queue = pool.device().CreateQueue(8);
   v->Submit(&read, *reader_queue);  // the in-memory device runs it at the next Poll
   ASSERT_FALSE(read_done);
-  ASSERT_TRUE(pool.Write(*v, 512, Pattern(512, 2)).ok());  // unaligned: copied on the synchronous path
+  // Copied away while the read is in flight. (Not an unaligned write: that
+  // would wait for the read, which this thread polls only below.)
+  ASSERT_TRUE(pool.Write(*v, 4096, Pattern(4096, 2)).ok());
   ASSERT_TRUE(pool.Flush(*v).ok());
   ASSERT_TRUE(pool.set().DeleteSnapshot("vol", "s").ok());
   uint64_t free_while_reading = pool.set().Info().free_bytes;

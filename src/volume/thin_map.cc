@@ -1,5 +1,6 @@
 #include "volume/thin_map.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstring>
@@ -66,6 +67,20 @@ std::optional<ThinMap::StoredPage> ThinMap::FirstUncached(uint64_t first_cluster
   for (uint64_t s = first_cluster / kEntriesPerMapPage, last = (end_cluster - 1) / kEntriesPerMapPage; s <= last; s++)
     if (!slots_[s].page && slots_[s].block != 0) return StoredPage{s, slots_[s].block, slots_[s].generation};
   return std::nullopt;
+}
+
+bool ThinMap::Idle(uint64_t first_cluster, uint64_t end_cluster) const {
+  assert(first_cluster <= end_cluster && end_cluster <= clusters_);
+  for (uint64_t c = first_cluster; c < end_cluster;) {
+    const CachedPage* page = slots_[c / kEntriesPerMapPage].page.get();
+    uint64_t page_end = std::min(end_cluster, (c / kEntriesPerMapPage + 1) * kEntriesPerMapPage);
+    if (page && page->pins != 0) {
+      for (; c < page_end; c++)
+        if (page->inflight[c % kEntriesPerMapPage] != 0) return false;
+    }
+    c = page_end;
+  }
+  return true;
 }
 
 Status ThinMap::InstallLoaded(const StoredPage& where, const format::MapPage& raw) {

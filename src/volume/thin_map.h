@@ -101,6 +101,10 @@ class ThinMap {
   // Such a run must not be written in place.
   bool IsShared(uint64_t cluster, const format::MapEntry& entry) const;
 
+  // True if no I/O is in flight on any cluster of [first_cluster,
+  // end_cluster) (a page with I/O in flight is pinned, so always cached).
+  bool Idle(uint64_t first_cluster, uint64_t end_cluster) const;
+
   // Changes the number of clusters. Shrinking drops slots past the end;
   // REQUIRES those clusters to be unmapped and idle (the caller frees them).
   void Resize(uint64_t clusters);

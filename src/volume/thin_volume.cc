@@ -3,8 +3,9 @@
 // hand-off of FLUSH/FUA to the committer. Copy-on-write and compressed
 // rewrites are in thin_volume_rewrite.cc; writes arriving under a
 // snapshot's write barrier are parked until it is lowered; unaligned I/O
-// takes the synchronous path (thin_volume_sync.cc), on a worker thread when
-// one is free; control operations are in thin_volume_control.cc.
+// becomes aligned requests through a bounce buffer
+// (thin_volume_unaligned.cc); control operations are in
+// thin_volume_control.cc.
 #include "volume/thin_volume.h"
 
 #include <cassert>
@@ -164,9 +165,9 @@ namespace {
 
 Status ValidateIo(const VolumeIo& io, uint64_t volume_size) {
   if (io.op == VolumeOp::kFlush) return Status::Ok();
-  // Any byte range is served: what is not 4 KiB-aligned takes the
-  // synchronous read-modify-write path (NBD clients that agreed to no block
-  // size may send it).
+  // Any byte range is served: what is not 4 KiB-aligned goes through a
+  // bounce buffer, with a read-modify-write of its partial blocks (NBD
+  // clients that agreed to no block size may send it).
   if (io.offset > volume_size || io.length > volume_size - io.offset)
     return Status(EINVAL, "I/O past the end of the volume (" + std::to_string(io.offset) + "+" +
                               std::to_string(io.length) + " > " + std::to_string(volume_size) + ")");
@@ -182,6 +183,10 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   io->progress = {};
   io->progress.volume = this;
   io->progress.queue = &queue;
+  Admit(io, queue);
+}
+
+void ThinVolume::Admit(VolumeIo* io, IoQueue& queue) {
   Status s = services_.events.CheckUsable();
   if (!s.ok()) return Fail(io, s);
   bool changes_data = io->op == VolumeOp::kWrite || io->op == VolumeOp::kDiscard || io->op == VolumeOp::kWriteZeroes;
@@ -200,13 +205,13 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
     assert(!s.ok() || inflight_ios_ > 0);
   }
   if (!s.ok()) return Fail(io, s);
-  if (!IsAsynchronous(*io)) return io->op == VolumeOp::kFlush ? Complete(io) : SubmitSyncPath(io, queue);
+  if (!IsAsynchronous(*io)) return io->op == VolumeOp::kFlush ? Complete(io) : SubmitUnaligned(io, queue);
   if (ParkOnUncachedPage(io, queue, io->offset / cluster_size_)) return;
   SubmitAsynchronous(io, queue);
 }
 
-// The asynchronous paths need 4 KiB alignment for O_DIRECT; anything else
-// goes through a bounce buffer on the synchronous path. A flush is neither:
+// The data path needs 4 KiB alignment for O_DIRECT; anything else goes
+// through a bounce buffer first (SubmitUnaligned). A flush is neither:
 // Complete() commits it (a flush is a FUA with no data).
 bool ThinVolume::IsAsynchronous(const VolumeIo& io) {
   bool aligned = io.offset % kBlockSize == 0 && io.length % kBlockSize == 0;
@@ -233,8 +238,11 @@ void ThinVolume::SubmitAsynchronous(VolumeIo* io, IoQueue& queue) {
   io->progress.async_write = true;
   async_writes_++;
   // Counted first, then the barrier read (both sequentially consistent):
-  // a snapshot raising it either sees this count or is seen here.
-  if (write_barrier_up_.load() && ParkBehindBarrier(io, queue)) return;
+  // a snapshot raising it either sees this count or is seen here. The
+  // parts of an unaligned write do not park: requests parked at their gate
+  // may be counted by the snapshot, which would then wait for them forever.
+  // They go on under the barrier like a write that raced it (WriteCluster).
+  if (write_barrier_up_.load() && !io->progress.gate_owner && ParkBehindBarrier(io, queue)) return;
   if (io->op == VolumeOp::kWrite) return SubmitWrite(io, queue);
   SubmitZeroes(io, queue);
 }
@@ -335,58 +343,6 @@ void ThinVolume::OnPageLoaded(IoRequest* req, int result) {
   volume->SubmitAsynchronous(io, *load->queue);
 }
 
-// The synchronous path waits for the device under the volume mutex. It runs
-// on a worker when one is free, so this queue's other requests (and those
-// its front-end has yet to submit) go on meanwhile; the request then
-// completes on this queue's thread like any other.
-void ThinVolume::SubmitSyncPath(VolumeIo* io, IoQueue& queue) {
-  assert(io->op != VolumeOp::kFlush && !IsAsynchronous(*io));
-  SubIo* sub = NewSubIo();
-  sub->volume = this;
-  sub->io = io;
-  sub->req.done = &ThinVolume::OnSyncPathDone;
-  sub->req.context = sub;
-  if (services_.codec_pool.TryOffload(&sub->req, queue, &ThinVolume::SyncPathStep,
-                                      CodecPool::StepKind::kWaitsForDevice)) {
-    sync_path_offloads_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  OnSyncPathDone(&sub->req, SyncPathStep(&sub->req));
-}
-
-int ThinVolume::SyncPathStep(IoRequest* req) {
-  auto* sub = static_cast<SubIo*>(req->context);
-  const VolumeIo& io = *sub->io;
-  ThinVolume& volume = *sub->volume;
-  Status s;
-  switch (io.op) {
-    case VolumeOp::kRead:
-      s = volume.ReadSyncRange(io.offset, io.length, io.buf);
-      break;
-    case VolumeOp::kWrite:
-      s = volume.WriteSyncRange(io.offset, io.length, io.buf);
-      break;
-    case VolumeOp::kDiscard:
-    case VolumeOp::kWriteZeroes:
-      s = volume.WriteSyncRange(io.offset, io.length, nullptr);
-      break;
-    case VolumeOp::kFlush:
-      assert(false && "a flush never takes the synchronous path");
-      s = Status(EINVAL, "flush on the synchronous path");
-  }
-  return -s.code();
-}
-
-void ThinVolume::OnSyncPathDone(IoRequest* req, int result) {
-  auto* sub = static_cast<SubIo*>(req->context);
-  VolumeIo* io = sub->io;
-  ThinVolume* volume = sub->volume;
-  RecycleSubIo(sub);
-  assert(result <= 0);
-  io->progress.error = -result;
-  volume->Complete(io);
-}
-
 void ThinVolume::Fail(VolumeIo* io, const Status& status) { io->done(io, status); }
 
 // Splits [offset, offset+length) at cluster boundaries.
@@ -403,71 +359,79 @@ static void ForEachCluster(uint64_t offset, uint64_t length, uint32_t cluster_si
   }
 }
 
+void ThinVolume::SubIoChain::Add(SubIo* sub) {
+  *last = sub;
+  last = &sub->next;
+}
+
 void ThinVolume::SubmitRead(VolumeIo* io, IoQueue& queue) {
   assert(io->op == VolumeOp::kRead && io->buf != nullptr);
   io->progress.pending = 1;  // guard until every sub-I/O is submitted
-  SubIo* subs = nullptr;  // in order; submitted once the walk is done
-  SubIo** last = &subs;
-  auto add = [&last](SubIo* sub) {
-    *last = sub;
-    last = &sub->next;
-  };
+  SubIoChain chain;
   ForEachCluster(io->offset, io->length, cluster_size_, [&](uint64_t cluster, uint64_t at, uint64_t n) {
-    uint8_t* dst = io->buf + (cluster * cluster_size_ + at - io->offset);
-    std::lock_guard lock(mu_);
-    auto page = map_.Page(cluster, /*create=*/false);
-    if (!page.ok()) {
-      io->progress.error = page.status().code();
-      return;
-    }
-    format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
-    if (format::IsCompressed(entry)) {
-      if (SubIo* sub = NewCompressedRead(io, page.value(), cluster, entry, at, n, dst)) add(sub);
-      return;
-    }
-    // Walk the range, reading runs of written blocks and zero-filling the rest.
-    uint64_t pos = at;
-    while (pos < at + n) {
-      uint64_t block = pos / kBlockSize;
-      bool written = (entry.written_bits >> block) & 1;
-      uint64_t run_end = pos;
-      while (run_end < at + n && (((entry.written_bits >> (run_end / kBlockSize)) & 1) == written))
-        run_end = std::min(at + n, (run_end / kBlockSize + 1) * kBlockSize);
-      if (!written) {
-        std::memset(dst + (pos - at), 0, run_end - pos);
-      } else {
-        // Written blocks are mapped (a phys 0 entry has no written bits).
-        assert(entry.phys_block != 0 && pos % kBlockSize == 0 && run_end % kBlockSize == 0);
-        assert(CanPinOneMore(page.value()->inflight[ThinMap::IndexInPage(cluster)]));
-        SubIo* sub = NewSubIo();
-        sub->req.op = IoOp::kRead;
-        sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + pos;
-        sub->req.length = static_cast<uint32_t>(run_end - pos);
-        sub->req.buf = dst + (pos - at);
-        sub->volume = this;
-        sub->io = io;
-        sub->page = page.value();
-        sub->cluster = cluster;
-        sub->phys_block = entry.phys_block;
-        sub->first_logical_block = FirstLogicalBlock(cluster) + pos / kBlockSize;
-        sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
-        sub->page->pins++;
-        io->progress.pending++;
-        add(sub);
-      }
-      pos = run_end;
-    }
+    CollectClusterReads(io, queue, cluster, at, n, chain);
   });
-  {
-    SubIoBatch batch(queue);
-    while (subs) {
-      SubIo* sub = subs;
-      subs = sub->next;
-      sub->next = nullptr;
-      batch.Add(sub);
-    }
-  }
+  SubmitChain(chain, queue);
   ReleaseGuard(io);
+}
+
+void ThinVolume::SubmitChain(SubIoChain& chain, IoQueue& queue) {
+  SubIoBatch batch(queue);
+  while (SubIo* sub = chain.head) {
+    chain.head = sub->next;
+    sub->next = nullptr;
+    batch.Add(sub);
+  }
+  chain.last = &chain.head;
+}
+
+void ThinVolume::CollectClusterReads(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n,
+                                     SubIoChain& chain) {
+  uint8_t* dst = io->buf + (cluster * cluster_size_ + at - io->offset);
+  std::lock_guard lock(mu_);
+  if (ParkOnGate(io, queue, cluster, at, n)) return;
+  auto page = map_.Page(cluster, /*create=*/false);
+  if (!page.ok()) {
+    io->progress.error = page.status().code();
+    return;
+  }
+  format::MapEntry entry = page.value() ? page.value()->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
+  if (format::IsCompressed(entry)) {
+    if (SubIo* sub = NewCompressedRead(io, page.value(), cluster, entry, at, n, dst)) chain.Add(sub);
+    return;
+  }
+  // Walk the range, reading runs of written blocks and zero-filling the rest.
+  uint64_t pos = at;
+  while (pos < at + n) {
+    uint64_t block = pos / kBlockSize;
+    bool written = (entry.written_bits >> block) & 1;
+    uint64_t run_end = pos;
+    while (run_end < at + n && (((entry.written_bits >> (run_end / kBlockSize)) & 1) == written))
+      run_end = std::min(at + n, (run_end / kBlockSize + 1) * kBlockSize);
+    if (!written) {
+      std::memset(dst + (pos - at), 0, run_end - pos);
+    } else {
+      // Written blocks are mapped (a phys 0 entry has no written bits).
+      assert(entry.phys_block != 0 && pos % kBlockSize == 0 && run_end % kBlockSize == 0);
+      assert(CanPinOneMore(page.value()->inflight[ThinMap::IndexInPage(cluster)]));
+      SubIo* sub = NewSubIo();
+      sub->req.op = IoOp::kRead;
+      sub->req.offset = (entry.phys_block & format::kPhysBlockMask) * kBlockSize + pos;
+      sub->req.length = static_cast<uint32_t>(run_end - pos);
+      sub->req.buf = dst + (pos - at);
+      sub->volume = this;
+      sub->io = io;
+      sub->page = page.value();
+      sub->cluster = cluster;
+      sub->phys_block = entry.phys_block;
+      sub->first_logical_block = FirstLogicalBlock(cluster) + pos / kBlockSize;
+      sub->page->inflight[ThinMap::IndexInPage(cluster)]++;
+      sub->page->pins++;
+      io->progress.pending++;
+      chain.Add(sub);
+    }
+    pos = run_end;
+  }
 }
 
 void ThinVolume::SubmitWrite(VolumeIo* io, IoQueue& queue) {
@@ -514,6 +478,7 @@ void ThinVolume::ZeroCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, uin
   ClusterRewrite* rewrite = nullptr;
   {
     std::lock_guard lock(mu_);
+    if (ParkOnGate(io, queue, cluster, at, n)) return;
     auto page = map_.Page(cluster, /*create=*/false);  // a page never stored reads as zeros
     if (!page.ok() || !page.value()) {
       if (!page.ok()) io->progress.error = page.status().code();
@@ -549,21 +514,24 @@ void ThinVolume::WriteCluster(VolumeIo* io, IoQueue& queue, uint64_t cluster, ui
                               SubIoBatch* batch) {
   assert(at % kBlockSize == 0 && n % kBlockSize == 0 && at + n <= cluster_size_);
   const uint8_t* src = io->buf + (cluster * cluster_size_ + at - io->offset);
-  if (n == cluster_size_ && IsAllZero(src, n)) {
-    // A whole cluster of zeros frees the cluster instead of storing zeros.
-    io->progress.error = WriteSyncRange(cluster * cluster_size_, n, nullptr).code();
-    return;
-  }
+  // A whole cluster of zeros frees the cluster instead of storing zeros.
+  const bool zeros = n == cluster_size_ && IsAllZero(src, n);
   SubIo* sub = nullptr;
   ClusterRewrite* rewrite = nullptr;
   {
     std::lock_guard lock(mu_);
-    auto page = map_.Page(cluster, /*create=*/true);
-    if (!page.ok()) {
-      io->progress.error = page.status().code();
+    if (ParkOnGate(io, queue, cluster, at, n)) return;
+    auto page = map_.Page(cluster, /*create=*/!zeros);  // a page never stored reads as zeros
+    if (!page.ok() || (zeros && !page.value())) {
+      if (!page.ok()) io->progress.error = page.status().code();
       return;
     }
     assert(page.value() != nullptr && "create=true always gives a page");
+    if (zeros) {
+      // The map alone changes.
+      io->progress.error = WriteClusterBytes(page.value(), cluster, 0, n, nullptr).code();
+      return;
+    }
     const format::MapEntry current = page.value()->entries[ThinMap::IndexInPage(cluster)];
     if (write_barrier_) {
       // A snapshot is waiting for the asynchronous writes in flight.
@@ -772,7 +740,6 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
     sub->page->inflight[index]--;
     sub->page->pins--;
     assert(sub->page->pins >= sub->page->inflight[index]);
-    if (sub->page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(sub->cluster);
     format::MapEntry entry = sub->page->entries[index];
     if (sub->compressed_out && result == 0 && sub->page->changes != sub->page_changes) {
       // The cluster may have moved while its frame was read (compressed
@@ -792,6 +759,7 @@ void ThinVolume::FinishSubIo(SubIo* sub, int result) {
       entry.written_bits |= sub->written_mask;
       SetEntry(sub->page, sub->cluster, entry, /*journal=*/true);
     }
+    if (sub->page->inflight[index] == 0) OnClusterIdleLocked(sub->cluster);
   }
   if (result == 0 && sub->req.op == IoOp::kRead && !decoded) {
     if (sub->compressed_out) {

@@ -73,7 +73,8 @@ class ThinVolume : public Volume {
   uint64_t copies_started() const { return copies_started_.load(std::memory_order_relaxed); }
   uint64_t reencodes_started() const { return reencodes_started_.load(std::memory_order_relaxed); }
   uint64_t rewrite_retries() const { return rewrite_retries_.load(std::memory_order_relaxed); }
-  uint64_t sync_path_offloads() const { return sync_path_offloads_.load(std::memory_order_relaxed); }
+  uint64_t unaligned_writes() const { return unaligned_writes_.load(std::memory_order_relaxed); }
+  uint64_t gate_parks() const { return gate_parks_.load(std::memory_order_relaxed); }
   // Rollback: the volume's content becomes `view`'s. REQUIRES: mu_ held, no
   // I/O in flight, no dirty page (right after a checkpoint). The caller has
   // already taken references to the view's pages.
@@ -139,12 +140,20 @@ class ThinVolume : public Volume {
   // in OnPageLoaded).
   bool ParkOnUncachedPage(VolumeIo* io, IoQueue& queue, uint64_t from_cluster);
   static void OnPageLoaded(IoRequest* req, int result);
+  // Validates and counts `io` (progress set up), then dispatches it.
+  void Admit(VolumeIo* io, IoQueue& queue);
   void SubmitRead(VolumeIo* io, IoQueue& queue);
-  // Unaligned I/O, discard and write-zeroes: the synchronous path, on a
-  // worker when one is free (SyncPathStep), completing on `queue`.
-  void SubmitSyncPath(VolumeIo* io, IoQueue& queue);
-  static int SyncPathStep(IoRequest* req);
-  static void OnSyncPathDone(IoRequest* req, int result);
+  // A request's reads, in order, submitted once its clusters are looked up.
+  struct SubIoChain {
+    SubIo* head = nullptr;
+    SubIo** last = &head;
+    void Add(SubIo* sub);
+  };
+  // REQUIRES: mu_ not held. Looks up the part [at, at+n) of `cluster` and
+  // appends the reads it needs to `chain` (or parks it at a gate).
+  void CollectClusterReads(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n,
+                           SubIoChain& chain);
+  static void SubmitChain(SubIoChain& chain, IoQueue& queue);
   void SubmitWrite(VolumeIo* io, IoQueue& queue);
   // Aligned discard and write-zeroes.
   void SubmitZeroes(VolumeIo* io, IoQueue& queue);
@@ -160,6 +169,33 @@ class ThinVolume : public Volume {
                     SubIoBatch* batch = nullptr);
   Result<SubIo*> BeginInPlaceWrite(VolumeIo* io, CachedPage* page, uint64_t cluster, uint64_t at, uint64_t n);
   void SubmitInPlaceWrite(SubIo* sub, IoQueue& queue, SubIoBatch* batch);
+
+  // ---- Unaligned requests (thin_volume_unaligned.cc) ----
+  // An unaligned write reads its partial blocks and writes them back merged
+  // as an aligned request, holding a gate on its clusters meanwhile.
+  struct UnalignedIo;
+  struct ParkedPart;
+  void SubmitUnaligned(VolumeIo* io, IoQueue& queue);
+  void StartUnalignedParts(UnalignedIo* rmw);
+  void SubmitPart(UnalignedIo* rmw, VolumeOp op, uint64_t offset, uint64_t length, uint8_t* buf);
+  static void OnPartDone(VolumeIo* part, const Status& status);
+  static void PartFinished(UnalignedIo* rmw, int error);
+  static void OnGateGranted(IoRequest* req, int result);
+  void ReadEdges(UnalignedIo* rmw);
+  void WriteMerged(UnalignedIo* rmw);
+  void FinishUnaligned(UnalignedIo* rmw);
+  // REQUIRES: mu_ held. Queues or installs `rmw`'s gate; true if it holds
+  // its clusters at once.
+  bool AcquireGateLocked(UnalignedIo* rmw);
+  void ReleaseGate(UnalignedIo* rmw);  // mu_ not held
+  void GrantIfIdleLocked(UnalignedIo* rmw);
+  // REQUIRES: mu_ held. True if `cluster` lies under the gate of a
+  // read-modify-write `io` is not part of: the part [at, at+n) then waits,
+  // parked off its thread, and starts again on its queue once the gate goes.
+  bool ParkOnGate(VolumeIo* io, IoQueue& queue, uint64_t cluster, uint64_t at, uint64_t n);
+  static void OnPartUnparked(IoRequest* req, int result);
+  // REQUIRES: mu_ held. The last I/O in flight on `cluster` finished.
+  void OnClusterIdleLocked(uint64_t cluster);
 
   // ---- Asynchronous rewrites: copy-on-write, re-encoding (thin_volume_rewrite.cc) ----
   // REQUIRES: mu_ held. Without `reencode`, `cluster` is plain and shared.
@@ -200,11 +236,8 @@ class ThinVolume : public Volume {
   // overtook) keeps it referenced until that I/O finishes.
   void HoldRunForIoInFlight(CachedPage* page, uint64_t cluster);
 
-  // ---- Synchronous path (thin_volume_sync.cc) ----
-  // Any sector-aligned range; `data` nullptr writes zeros (discard and
-  // write-zeroes: whole blocks become unwritten).
-  Status WriteSyncRange(uint64_t offset, uint64_t length, const uint8_t* data);
-  Status ReadSyncRange(uint64_t offset, uint64_t length, uint8_t* data);
+  // ---- Synchronous steps (thin_volume_sync.cc): map-only zeroing, and
+  // the rare write under a snapshot's barrier or read racing a move ----
   // REQUIRES: mu_ held for these.
   Status ReadClusterBytes(const format::MapEntry& entry, uint64_t cluster, uint64_t at, uint64_t n, uint8_t* out);
   Status LoadCluster(const format::MapEntry& entry, uint64_t cluster, uint8_t* out);
@@ -274,7 +307,8 @@ class ThinVolume : public Volume {
   std::atomic<uint64_t> copies_started_{0};    // asynchronous copy-on-writes begun
   std::atomic<uint64_t> reencodes_started_{0};  // asynchronous compressed rewrites begun
   std::atomic<uint64_t> rewrite_retries_{0};    // rewrites that lost a race and were redone
-  std::atomic<uint64_t> sync_path_offloads_{0};  // synchronous-path requests run on a worker
+  std::atomic<uint64_t> unaligned_writes_{0};  // read-modify-writes of partial blocks
+  std::atomic<uint64_t> gate_parks_{0};        // request parts that waited for one
   std::atomic<uint64_t> recompressed_clusters_{0};  // hot plain clusters compressed again
   std::atomic<uint64_t> packed_frames_{0};          // frames written in packs of two or more
   // Frames waiting to be written together (thin_volume_pack.cc); a lock of
@@ -287,6 +321,14 @@ class ThinVolume : public Volume {
   std::atomic<bool> write_barrier_up_{false};  // its value, for the check without the lock
   std::vector<VolumeIo*> held_by_barrier_;     // GUARDED_BY(mu_): writes parked behind it
   std::atomic<uint64_t> barrier_waits_{0};      // writes that were parked (for tests)
+  // GUARDED_BY(mu_): unaligned writes holding a gate on their clusters
+  // (granted, or waiting for the I/O in flight there to finish); their
+  // ranges never overlap. Parts of other requests that reach a gated
+  // cluster park until it goes.
+  std::vector<UnalignedIo*> gates_;
+  // GUARDED_BY(mu_): unaligned writes whose range overlaps a gate (or one
+  // queued before them), in arrival order.
+  std::vector<UnalignedIo*> gate_queue_;
   bool read_only_ = false;           // a snapshot view (set before any I/O)
 };
 

@@ -28,7 +28,8 @@ VolumeInfo ThinVolume::Info() {
   info.cow_copies = copies_started();
   info.compressed_rewrites = reencodes_started();
   info.rewrite_retries = rewrite_retries();
-  info.sync_path_offloads = sync_path_offloads();
+  info.unaligned_writes = unaligned_writes();
+  info.gate_parks = gate_parks();
   info.hot_plain_clusters = hot_plain_.size();
   info.recompressed_clusters = recompressed_clusters();
   info.packed_frames = packed_frames_.load(std::memory_order_relaxed);

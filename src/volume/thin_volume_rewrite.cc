@@ -326,7 +326,7 @@ bool ThinVolume::SwapInRewriteLocked(ClusterRewrite* rewrite, int result) {
     pool_.FreeUnreferenced(RunOf(fresh, cluster_blocks_));
   }
   if (old.phys_block != 0) pool_.DropHeldReference(rewrite->old_run);
-  if (page->inflight[index] == 0 && !held_for_reads_.empty()) ReleaseHeldRuns(cluster);
+  if (page->inflight[index] == 0) OnClusterIdleLocked(cluster);
   return result == 0 && !unchanged;
 }
 

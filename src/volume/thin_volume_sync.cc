@@ -1,13 +1,11 @@
-// ThinVolume: the synchronous paths. I/O not aligned to 4 KiB (discard and
-// write-zeroes included), the rare write that starts a cluster while a
-// snapshot's write barrier is up, and the map-only changes of aligned zeroing run here, under the volume's
-// mutex with synchronous device I/O: a read-modify-write of a block or of
-// a whole compressed cluster is then atomic with respect to the map and to
-// other requests. The data path hands unaligned requests to a worker
-// (ThinVolume::SubmitSyncPath), so its I/O thread does not wait for the
-// device, though requests of the same volume wait for the mutex meanwhile.
-// Aligned requests take the asynchronous paths (thin_volume.cc,
-// thin_volume_rewrite.cc).
+// ThinVolume: the synchronous steps, run under the volume's mutex. Most
+// change only the map (aligned zeroing, a whole cluster of zeros); device
+// I/O happens here only in two rare cases: a write that starts a cluster
+// while a snapshot's write barrier is up (the snapshot waits for it, so it
+// cannot park), and a compressed read whose cluster moved while its frame
+// was read (it reads the new place). Unaligned requests do not come here:
+// they read and write their partial blocks through the asynchronous path
+// (thin_volume_unaligned.cc).
 //
 // A compressed cluster is never changed in place: the new content is
 // compressed (or stored plain when it does not compress) to freshly
@@ -35,36 +33,6 @@ void ThinVolume::SetCompression(const CompressionSetting& setting) {
   attributes_.compression = static_cast<uint8_t>(setting.algorithm);
   attributes_.compression_level = static_cast<uint8_t>(setting.level);
   if (codec_) codec_->set_compression(setting);
-}
-
-Status ThinVolume::WriteSyncRange(uint64_t offset, uint64_t length, const uint8_t* data) {
-  assert(!read_only_ && offset <= size() && length <= size() - offset);
-  for (uint64_t pos = offset, end = offset + length; pos < end;) {
-    uint64_t cluster = pos / cluster_size_;
-    uint64_t at = pos % cluster_size_;
-    uint64_t n = std::min<uint64_t>(end - pos, cluster_size_ - at);
-    std::lock_guard lock(mu_);
-    // Zeroing a never-stored page changes nothing: do not create it.
-    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/data != nullptr));
-    if (page) ES_RETURN_IF_ERROR(WriteClusterBytes(page, cluster, at, n, data ? data + (pos - offset) : nullptr));
-    pos += n;
-  }
-  return Status::Ok();
-}
-
-Status ThinVolume::ReadSyncRange(uint64_t offset, uint64_t length, uint8_t* data) {
-  assert(data != nullptr && offset <= size() && length <= size() - offset);
-  for (uint64_t pos = offset, end = offset + length; pos < end;) {
-    uint64_t cluster = pos / cluster_size_;
-    uint64_t at = pos % cluster_size_;
-    uint64_t n = std::min<uint64_t>(end - pos, cluster_size_ - at);
-    std::lock_guard lock(mu_);
-    ES_ASSIGN_OR_RETURN(CachedPage * page, map_.Page(cluster, /*create=*/false));
-    format::MapEntry entry = page ? page->entries[ThinMap::IndexInPage(cluster)] : format::MapEntry{};
-    ES_RETURN_IF_ERROR(ReadClusterBytes(entry, cluster, at, n, data + (pos - offset)));
-    pos += n;
-  }
-  return Status::Ok();
 }
 
 Status ThinVolume::LoadCluster(const format::MapEntry& entry, uint64_t cluster, uint8_t* out) {

@@ -6,7 +6,8 @@
 // each with its own IoQueue (NBD multi-conn, vhost-user multi-queue).
 //
 // Semantics (any offset and length within the volume size, byte-granular;
-// ranges not aligned to 4 KiB take a synchronous read-modify-write path):
+// ranges not aligned to 4 KiB read and rewrite their partial blocks, see
+// thin_volume_unaligned.cc):
 //  * kRead of never-written or discarded space returns zeros without I/O.
 //  * kWrite overwriting a cluster the volume owns goes to its place with no
 //    metadata change; the first write of a 4 KiB block records it in the
@@ -39,14 +40,13 @@ struct VolumeIo {
   uint64_t offset = 0;
   uint64_t length = 0;
   // kRead/kWrite: `length` bytes. Any alignment works; requests whose
-  // buffer, offset and length are 4 KiB-aligned take the asynchronous path,
-  // others a synchronous bounce-buffer path (on a worker thread when one is
-  // free).
+  // buffer, offset and length are not 4 KiB-aligned go through a bounce
+  // buffer.
   uint8_t* buf = nullptr;
   // Called exactly once with the outcome: EINVAL (range out of the volume),
   // ENOSPC (pool full), EIO (device error), EUCLEAN (damaged metadata).
   // It may run before Submit returns (errors, a discard or write-zeroes
-  // that changes only the map, an unaligned request when no worker is free). After it returns the engine never
+  // that changes only the map). After it returns the engine never
   // touches `io` again, so the callback may reuse or free it.
   void (*done)(VolumeIo* io, const Status& status) = nullptr;
   void* context = nullptr;
@@ -59,6 +59,9 @@ struct VolumeIo {
     Volume* volume = nullptr;  // where it was submitted
     IoQueue* queue = nullptr;  // with which queue
     IoRequest commit;          // a FLUSH or FUA waiting for its group commit
+    // A part of an unaligned request's read-modify-write (that request's
+    // state): it passes the gate its owner holds on its clusters.
+    void* gate_owner = nullptr;
   } progress;
 };
 

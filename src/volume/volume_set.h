@@ -149,12 +149,14 @@ struct VolumeInfo {
   uint64_t used_by_snapshots_bytes = 0;  // freed if all its snapshots were deleted
   // Data-path counters since the pool was opened: writes and zeroing that
   // copied a shared cluster or re-encoded a compressed one asynchronously,
-  // those redone after losing a race for the cluster, and unaligned
-  // requests whose synchronous path ran on a worker thread.
+  // those redone after losing a race for the cluster, unaligned writes
+  // (read-modify-writes of partial blocks), and parts of other requests
+  // that waited for one to leave their cluster.
   uint64_t cow_copies = 0;
   uint64_t compressed_rewrites = 0;
   uint64_t rewrite_retries = 0;
-  uint64_t sync_path_offloads = 0;
+  uint64_t unaligned_writes = 0;
+  uint64_t gate_parks = 0;
   // Compressed volumes: clusters partial writes hold plain now, and those
   // compressed again in the background since the pool was opened.
   uint64_t hot_plain_clusters = 0;
