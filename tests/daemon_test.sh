@@ -49,6 +49,15 @@ if need qemu-io; then
   # served byte-granular by the daemon (nbd_transmission_test).
   check "qemu-io byte-unaligned write and reads" qemu-io -f raw -c 'write -P 1 209715201 3' -c 'read -P 1 209715201 3' \
     -c 'read -P 0 209715200 1' -c 'read -P 0 209715204 4092' "$(uri vol0)"
+  # Eight 512-byte writes in flight at once into the sectors of one block,
+  # beside a 4 KiB write into the next: each is a read-modify-write of the
+  # block, and none may lose another's sectors.
+  sectors=()
+  for s in 3 0 6 1 7 2 5 4; do sectors+=(-c "aio_write -P $((s + 0x40)) $((210763776 + s * 512)) 512"); done
+  reads=()
+  for s in 0 1 2 3 4 5 6 7; do reads+=(-c "read -P $((s + 0x40)) $((210763776 + s * 512)) 512"); done
+  check "qemu-io: eight sector writes in flight into one block all land" qemu-io -f raw "${sectors[@]}" \
+    -c 'aio_write -P 0x50 210767872 4k' -c aio_flush "${reads[@]}" -c 'read -P 0x50 210767872 4k' "$(uri vol0)"
 fi
 if need nbdinfo; then
   check "nbdinfo --map shows the trimmed range as a hole" bash -c "nbdinfo --map '$(uri vol0)' | awk '\$1<=3145728 && \$1+\$2>3145728 && /hole/ {f=1} END {exit !f}'"
