@@ -15,8 +15,10 @@
 #   BENCH_SIZE               volume size = raw file size = qcow2 virtual size [2G]
 #   BENCH_POOL_SIZE          our pool file size (sparse) [16G]
 #   BENCH_SEQ_QD             queue depth of the 128 KiB sequential cases [8]
-#   BENCH_CASES              e.g. "read:32 overwrite:1" [all nine: read, firstwrite and
-#                            overwrite at QD1 and QD32, seqread, seqwrite, fsync:1]
+#   BENCH_CASES              e.g. "read:32 overwrite:1" [all ten: read, firstwrite and
+#                            overwrite at QD1 and QD32, seqread, seqwrite, fsync:1,
+#                            sectorwrite:32 (512-byte random writes: our
+#                            read-modify-write of partial blocks)]
 #   BENCH_EDGESTOR           use this edgestor binary (no build)
 #   BENCH_BUILD_DIR          build edgestor there with cmake (Release) instead of
 #                            scripts/build.sh release
@@ -36,7 +38,7 @@ runs=${BENCH_RUNS:-2}
 size=${BENCH_SIZE:-2G}
 pool_size=${BENCH_POOL_SIZE:-16G}
 seq_qd=${BENCH_SEQ_QD:-8}
-cases=${BENCH_CASES:-"read:1 read:32 firstwrite:1 firstwrite:32 overwrite:1 overwrite:32 seqread:$seq_qd seqwrite:$seq_qd fsync:1"}
+cases=${BENCH_CASES:-"read:1 read:32 firstwrite:1 firstwrite:32 overwrite:1 overwrite:32 seqread:$seq_qd seqwrite:$seq_qd fsync:1 sectorwrite:32"}
 sides="ours raw qcow2"
 # A run that takes this much longer than asked is a hang.
 fio_timeout=$((run_seconds * 4 + 60))
@@ -142,6 +144,7 @@ run_fio() {
     seqread) job=(--rw=read --bs=128k --time_based) ;;
     seqwrite) job=(--rw=write --bs=128k --time_based) ;;
     fsync) job=(--rw=randwrite --bs=4k --fsync=1 --time_based) ;;
+    sectorwrite) job=(--rw=randwrite --bs=512 --time_based) ;;
   esac
   before=$(cpu_ticks "$pid")
   timeout -k 10 "$fio_timeout" fio --name="$side" --ioengine=nbd --uri="$(uri "$name" "$export")" \
@@ -379,7 +382,7 @@ for mode, qd in dict.fromkeys((r["mode"], r["qd"]) for r in recs if r["side"] !=
         goals.append(f"{r_file:.2f}x fio on the file ({med(file_runs, key):,.0f} MiB/s) ≥0.5 {verdict(r_file >= 0.5)}")
     if cpu_ratio is not None:
         goals.append(f"CPU {cpu_ratio:.2f}x raw ≤0.6 {verdict(cpu_ratio <= 0.6)}")
-    name = f"{mode} {'128K' if mode.startswith('seq') else '4K'} qd{qd}"
+    name = f"{mode} {'128K' if mode.startswith('seq') else '512B' if mode == 'sectorwrite' else '4K'} qd{qd}"
     rows.append([name, cell("ours"), cell("raw"), cell("qcow2"),
                  fmt(r_raw, ".2f") + (f" ({', '.join(f'{x:.2f}' for x in rr_raw)})" if len(rr_raw) > 1 else ""),
                  fmt(r_q, ".2f") + (f" ({', '.join(f'{x:.2f}' for x in rr_q)})" if len(rr_q) > 1 else ""),
