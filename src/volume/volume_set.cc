@@ -151,7 +151,7 @@ Status VolumeSetImpl::Recover(FsckReport* report) {
     }
     volumes_.emplace(v.name, std::move(volume));
   }
-  next_snapshot_id_ = contents.next_snapshot_id;
+  snapshots_.set_next_id(contents.next_snapshot_id);
   ES_RETURN_IF_ERROR(RecoverSnapshots(contents.snapshots));
 
   auto replayed = pool_->ReplayJournal([&](format::RecordType type, std::span<const uint8_t> body) -> Status {
@@ -260,10 +260,8 @@ PoolInfo VolumeSetImpl::Info() {
   info.locked = key_ring_.locked();
   info.encrypt_by_default = defaults_.encrypt;
   info.default_compression = {static_cast<Compression>(defaults_.compression), defaults_.compression_level};
-  for (auto& [full, snapshot] : snapshots_) {
-    if (snapshot.entry.flags & format::kSnapshotDeleting) info.snapshots_being_deleted++;
-    else info.snapshot_count++;
-  }
+  info.snapshots_being_deleted = snapshots_.DeletingCount();
+  info.snapshot_count = snapshots_.size() - info.snapshots_being_deleted;
   info.background_delete_error = reclaim_error_;
   info.cached_map_pages = budget_.cached_pages;
   info.map_cache_limit_pages = budget_.max_pages;
@@ -312,8 +310,8 @@ Result<bool> VolumeSetImpl::IsLocked(const std::string& name) {
   {
     std::lock_guard lock(mu_);
     volume = FindLocked(name);
-    auto it = snapshots_.find(name);
-    if (it != snapshots_.end() && !(it->second.entry.flags & format::kSnapshotDeleting)) volume = it->second.view.get();
+    Snapshot* snapshot = snapshots_.FindAny(name);
+    if (snapshot && !snapshot->deleting()) volume = snapshot->view.get();
     if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
   }
   std::lock_guard volume_lock(volume->mutex());
@@ -322,8 +320,8 @@ Result<bool> VolumeSetImpl::IsLocked(const std::string& name) {
 
 Result<Volume*> VolumeSetImpl::FindVolume(const std::string& name) {
   std::lock_guard lock(mu_);
-  if (auto it = snapshots_.find(name); it != snapshots_.end() && !(it->second.entry.flags & format::kSnapshotDeleting))
-    return static_cast<Volume*>(it->second.view.get());
+  if (Snapshot* snapshot = snapshots_.FindAny(name); snapshot && !snapshot->deleting())
+    return static_cast<Volume*>(snapshot->view.get());
   ThinVolume* volume = FindLocked(name);
   if (!volume) return Status(ENOENT, "no volume named '" + name + "'");
   return static_cast<Volume*>(volume);
@@ -557,7 +555,7 @@ Status VolumeSetImpl::CheckpointLocked(std::vector<BlockRun> frees, const KeyPro
   contents.defaults = defaults_;
   for (auto& [name, volume] : volumes_)
     contents.volumes.push_back({volume->id(), name, volume->size(), volume->attributes(), volume->map().Directory()});
-  contents.next_snapshot_id = next_snapshot_id_;
+  contents.next_snapshot_id = snapshots_.next_id();
   for (auto& [full, snapshot] : snapshots_)
     contents.snapshots.push_back({snapshot.entry, snapshot.name, snapshot.view->attributes()});
   largest_release_ = std::max<uint64_t>(largest_release_, frees.size());

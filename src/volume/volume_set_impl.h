@@ -1,6 +1,8 @@
 // VolumeSetImpl: the volume table, recovery and checkpoints. Its named
-// parts: KeyRing (key_ring.h: the pool key, data keys wrapped) and
-// Checkpointer (checkpointer.h: when to checkpoint, metadata space).
+// parts: KeyRing (key_ring.h: the pool key, data keys wrapped),
+// Checkpointer (checkpointer.h: when to checkpoint, metadata space),
+// SnapshotTable (snapshot_table.h: the snapshots and their ids), Committer,
+// Recompressor and CodecPool (their threads).
 #pragma once
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include "volume/checkpointer.h"
 #include "volume/key_ring.h"
 #include "volume/recompressor.h"
+#include "volume/snapshot_table.h"
 #include "volume/thin_map.h"
 #include "volume/thin_volume.h"
 #include "volume/volume_services.h"
@@ -99,15 +102,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   void FillReport(FsckReport* report);
 
  private:
-  // A snapshot: a read-only view over its directory, and where that
-  // directory is stored.
-  struct Snapshot {
-    std::unique_ptr<ThinVolume> view;
-    format::SnapshotEntry entry{};  // location, accounting, flags
-    std::string volume_name;
-    std::string name;
-    std::vector<BlockRun> directory_chain;
-  };
+  using Snapshot = SnapshotTable::Snapshot;
   // A change committed by a checkpoint: runs with every volume locked,
   // after the dirty pages are written (so every head's slots name stored,
   // current pages) and before the payload is encoded. May append releases
@@ -149,13 +144,11 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   Status ReclaimOne(uint32_t snapshot_id);
   void StopReclaimer();
   void ReferenceDirectory(const std::vector<format::DirectorySlot>& directory);
-  Snapshot* FindSnapshotLocked(const std::string& volume, const std::string& name);
   std::vector<ThinVolume*> AllMapsLocked();  // volumes and snapshot views
   SnapshotInfo SnapshotInfoLocked(const Snapshot& snapshot);
   // Device blocks of data freed if every map in `maps` were dropped.
   Result<uint64_t> BlocksFreedWithout(const std::vector<ThinVolume*>& maps);
   Status FillSharingInfo(ThinVolume& volume, VolumeInfo* info);
-  std::string SnapshotNameOf(uint32_t snapshot_id);
   // REQUIRES: mu_ held. Commits releases still waiting in the journal, so
   // reference counts (and the accounting built on them) are exact.
   Status SettleLocked();
@@ -189,8 +182,7 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   // hold it, so control operations and checkpoints are serialized.
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<ThinVolume>> volumes_;  // GUARDED_BY(mu_)
-  std::map<std::string, Snapshot> snapshots_;                  // GUARDED_BY(mu_), by "VOL@SNAP"
-  uint32_t next_snapshot_id_ = 1;                              // GUARDED_BY(mu_)
+  SnapshotTable snapshots_;                                     // GUARDED_BY(mu_)
   // Serializes snapshot creation (which releases mu_ while it waits for
   // writes in flight) with the operations that destroy or resize volume
   // objects, and with each recompression.

@@ -59,19 +59,6 @@ std::vector<ThinVolume*> VolumeSetImpl::AllMapsLocked() {
   return out;
 }
 
-VolumeSetImpl::Snapshot* VolumeSetImpl::FindSnapshotLocked(const std::string& volume, const std::string& name) {
-  auto it = snapshots_.find(volume + "@" + name);
-  // A snapshot being deleted in the background is gone for every caller.
-  if (it == snapshots_.end() || (it->second.entry.flags & format::kSnapshotDeleting)) return nullptr;
-  return &it->second;
-}
-
-std::string VolumeSetImpl::SnapshotNameOf(uint32_t snapshot_id) {
-  for (auto& [full, snapshot] : snapshots_)
-    if (snapshot.entry.snapshot_id == snapshot_id) return full;
-  return {};
-}
-
 Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
   for (SnapshotRecord& r : records) {
     ThinVolume* volume = FindById(r.entry.volume_id);
@@ -91,7 +78,8 @@ Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
     snapshot.entry = r.entry;
     snapshot.volume_name = volume->name();
     snapshot.name = r.name;
-    snapshots_.emplace(full, std::move(snapshot));
+    if (!snapshots_.Add(std::move(snapshot), /*new_id=*/false))
+      return Status(EUCLEAN, "the checkpoint names snapshot " + full + " twice");
   }
   return Status::Ok();
 }
@@ -131,10 +119,10 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
   // the directory names is durable and read by the source (none released).
   for ([[maybe_unused]] const ThinMap::Slot& slot : source.map().slots())
     assert((!slot.page || !slot.page->dirty) && !slot.released);
-  assert(!source.read_only() && next_snapshot_id_ != 0);
+  assert(!source.read_only() && snapshots_.next_id() != 0);
   std::vector<format::DirectorySlot> directory = source.map().Directory();
   format::SnapshotEntry entry{};
-  entry.snapshot_id = next_snapshot_id_;
+  entry.snapshot_id = snapshots_.next_id();
   entry.volume_id = source.id();
   entry.size = source.size();
   entry.created_unix = NowUnix();
@@ -155,12 +143,14 @@ Status VolumeSetImpl::AddSnapshotLocked(ThinVolume& source, const std::string& v
                                                                    &snapshot.directory_chain));
   entry.directory_gen = pool_->next_checkpoint_gen();
   assert(entry.directory_block != 0 && entry.directory_slots == DirectorySlotsFor(entry.size, pool_->geometry().cluster_size));
-  ReferenceDirectory(directory);
-  next_snapshot_id_++;
   snapshot.entry = entry;
   snapshot.volume_name = volume_name;
   snapshot.name = name;
-  snapshots_.emplace(volume_name + "@" + name, std::move(snapshot));
+  if (!snapshots_.Add(std::move(snapshot), /*new_id=*/true)) {
+    assert(false && "callers check the name is free");
+    return Status(EEXIST, "a snapshot named '" + volume_name + "@" + name + "' already exists");
+  }
+  ReferenceDirectory(directory);
   return Status::Ok();
 }
 
@@ -173,7 +163,7 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
     ES_RETURN_IF_ERROR(CheckUsable());
     volume = FindLocked(volume_name);
     if (!volume) return Status(ENOENT, "no volume named '" + volume_name + "'");
-    if (FindSnapshotLocked(volume_name, name))
+    if (snapshots_.Find(volume_name, name))
       return Status(EEXIST, "a snapshot named '" + volume_name + "@" + name + "' already exists");
     if (snapshots_.size() >= format::kMaxSnapshots) return Status(ENOSPC, "a pool holds at most 65536 snapshots");
     std::lock_guard volume_lock(volume->mutex());
@@ -210,8 +200,8 @@ Result<SnapshotInfo> VolumeSetImpl::CreateSnapshot(const std::string& volume_nam
     volume->set_write_barrier(false);
   }
   ES_RETURN_IF_ERROR(s);
-  assert(FindSnapshotLocked(volume_name, name) != nullptr && "the checkpoint added it");
-  return SnapshotInfoLocked(*FindSnapshotLocked(volume_name, name));
+  assert(snapshots_.Find(volume_name, name) != nullptr && "the checkpoint added it");
+  return SnapshotInfoLocked(*snapshots_.Find(volume_name, name));
 }
 
 SnapshotInfo VolumeSetImpl::SnapshotInfoLocked(const Snapshot& snapshot) {
@@ -244,15 +234,8 @@ Result<std::vector<SnapshotInfo>> VolumeSetImpl::ListSnapshots(const std::string
   if (!volume.empty() && !FindLocked(volume)) return Status(ENOENT, "no volume named '" + volume + "'");
   // Releases waiting in the journal would make shared runs look shared.
   ES_RETURN_IF_ERROR(SettleLocked());
-  std::vector<const Snapshot*> found;
-  for (auto& [full, snapshot] : snapshots_) {
-    bool deleting = snapshot.entry.flags & format::kSnapshotDeleting;
-    if (!deleting && (volume.empty() || snapshot.volume_name == volume)) found.push_back(&snapshot);
-  }
-  std::sort(found.begin(), found.end(),
-            [](const Snapshot* a, const Snapshot* b) { return a->entry.snapshot_id < b->entry.snapshot_id; });
   std::vector<SnapshotInfo> out;
-  for (const Snapshot* snapshot : found) out.push_back(SnapshotInfoLocked(*snapshot));
+  for (const Snapshot* snapshot : snapshots_.Visible(volume)) out.push_back(SnapshotInfoLocked(*snapshot));
   return out;
 }
 
@@ -261,7 +244,7 @@ Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::strin
   ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
-  Snapshot* snapshot = FindSnapshotLocked(volume, name);
+  Snapshot* snapshot = snapshots_.Find(volume, name);
   if (!snapshot) return Status(ENOENT, "no snapshot named '" + volume + "@" + name + "'");
   std::string full = volume + "@" + name;
   std::string clones;
@@ -291,20 +274,14 @@ Status VolumeSetImpl::DeleteSnapshot(const std::string& volume, const std::strin
   return CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
     ES_RETURN_IF_ERROR(ReleaseDirectory(snapshot->view->map().Directory(), frees));
     frees->insert(frees->end(), snapshot->directory_chain.begin(), snapshot->directory_chain.end());
-    snapshots_.erase(full);
+    snapshots_.Erase(full);
     return Status::Ok();
   });
 }
 
 Status VolumeSetImpl::HideForDeletionLocked(Snapshot& snapshot) {
-  std::string key = snapshot.volume_name + "@" + snapshot.name;
   ES_RETURN_IF_ERROR(CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>*) {
-    auto node = snapshots_.extract(key);
-    Snapshot& hidden = node.mapped();
-    hidden.entry.flags |= format::kSnapshotDeleting;
-    hidden.name = DeletingSnapshotName(hidden.entry.snapshot_id);
-    node.key() = hidden.volume_name + "@" + hidden.name;
-    snapshots_.insert(std::move(node));
+    snapshots_.Hide(snapshot.full_name(), DeletingSnapshotName(snapshot.entry.snapshot_id));
     return Status::Ok();
   }));
   StartReclaimerLocked();
@@ -324,8 +301,7 @@ void VolumeSetImpl::ReclaimLoop() {
     std::string volume_victim;
     {
       std::lock_guard lock(mu_);
-      for (auto& [key, snapshot] : snapshots_)
-        if (snapshot.entry.flags & format::kSnapshotDeleting) victim = snapshot.entry.snapshot_id;
+      victim = snapshots_.AnyDeleting();
       for (auto& [name, volume] : volumes_)
         if (IsDeletingVolumeName(name)) volume_victim = name;
       if ((victim == 0 && volume_victim.empty()) || !CheckUsable().ok()) break;
@@ -348,9 +324,12 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
   std::vector<format::DirectorySlot> directory;
   {
     std::lock_guard lock(mu_);
-    std::string full = SnapshotNameOf(snapshot_id);
-    std::lock_guard view_lock(snapshots_.at(full).view->mutex());
-    directory = snapshots_.at(full).view->map().Directory();
+    Snapshot* snapshot = snapshots_.FindById(snapshot_id);
+    // Only the reclaimer removes a hidden snapshot.
+    assert(snapshot && snapshot->deleting());
+    if (!snapshot) return Status(ENOENT, "snapshot " + std::to_string(snapshot_id) + " is gone");
+    std::lock_guard view_lock(snapshot->view->mutex());
+    directory = snapshot->view->map().Directory();
   }
   // One step releases the last `release_step_pages_` stored pages of the
   // directory, so memory stays bounded however large the snapshot.
@@ -380,8 +359,10 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
   return CheckpointLocked({}, nullptr, [&](std::vector<BlockRun>* frees) {
-    std::string full = SnapshotNameOf(snapshot_id);
-    Snapshot& snapshot = snapshots_.at(full);
+    Snapshot* found = snapshots_.FindById(snapshot_id);
+    assert(found && found->deleting());
+    if (!found) return Status(ENOENT, "snapshot " + std::to_string(snapshot_id) + " is gone");
+    Snapshot& snapshot = *found;
     // Pages shared when read above may be this snapshot's alone by now.
     ES_RETURN_IF_ERROR(ReleaseDirectory(step, frees, &read));
     frees->insert(frees->end(), runs.begin(), runs.end());
@@ -398,7 +379,7 @@ Status VolumeSetImpl::ReclaimOne(uint32_t snapshot_id) {
       return Status::Ok();
     }
     frees->insert(frees->end(), snapshot.directory_chain.begin(), snapshot.directory_chain.end());
-    snapshots_.erase(full);
+    snapshots_.Erase(snapshot.full_name());
     return Status::Ok();
   });
 }
@@ -426,13 +407,13 @@ Result<std::string> VolumeSetImpl::Rollback(const std::string& volume_name, cons
   ES_RETURN_IF_ERROR(CheckUsable());
   ThinVolume* volume = FindLocked(volume_name);
   if (!volume) return Status(ENOENT, "no volume named '" + volume_name + "'");
-  Snapshot* target = FindSnapshotLocked(volume_name, snapshot_name);
+  Snapshot* target = snapshots_.Find(volume_name, snapshot_name);
   if (!target) return Status(ENOENT, "no snapshot named '" + volume_name + "@" + snapshot_name + "'");
   std::string kept;
   if (keep_current) {
     std::string base = "rollback-" + std::to_string(NowUnix());
     kept = base;
-    for (int n = 2; FindSnapshotLocked(volume_name, kept); n++) kept = base + "-" + std::to_string(n);
+    for (int n = 2; snapshots_.Find(volume_name, kept); n++) kept = base + "-" + std::to_string(n);
     if (snapshots_.size() >= format::kMaxSnapshots) return Status(ENOSPC, "a pool holds at most 65536 snapshots");
   }
   ThinVolume& view = *target->view;
@@ -474,7 +455,7 @@ Result<Volume*> VolumeSetImpl::CloneSnapshot(const std::string& volume_name, con
   ControlLock control(*this);
   std::lock_guard lock(mu_);
   ES_RETURN_IF_ERROR(CheckUsable());
-  Snapshot* origin = FindSnapshotLocked(volume_name, snapshot_name);
+  Snapshot* origin = snapshots_.Find(volume_name, snapshot_name);
   if (!origin) return Status(ENOENT, "no snapshot named '" + volume_name + "@" + snapshot_name + "'");
   if (FindLocked(clone_name)) return Status(EEXIST, "a volume named '" + clone_name + "' already exists");
   if (volumes_.size() >= format::kMaxVolumes) return Status(ENOSPC, "a pool holds at most 4096 volumes");
@@ -587,7 +568,7 @@ Status VolumeSetImpl::FillSharingInfo(ThinVolume& volume, VolumeInfo* info) {
     std::lock_guard lock(volume.mutex());
     origin = volume.attributes().origin_snapshot;
   }
-  if (origin) info->origin = SnapshotNameOf(origin);
+  if (origin) info->origin = snapshots_.NameOf(origin);
   return Status::Ok();
 }
 
@@ -623,7 +604,7 @@ Status VolumeSetImpl::CheckReferencesForTest() {
 Result<std::vector<BlockRun>> VolumeSetImpl::MappedRunsForTest(const std::string& name) {
   std::lock_guard lock(mu_);
   ThinVolume* map = FindLocked(name);
-  if (auto it = snapshots_.find(name); it != snapshots_.end()) map = it->second.view.get();
+  if (Snapshot* snapshot = snapshots_.FindAny(name)) map = snapshot->view.get();
   if (!map) return Status(ENOENT, "no volume or snapshot named '" + name + "'");
   const uint32_t cluster_blocks = pool_->geometry().cluster_size / kBlockSize;
   std::lock_guard map_lock(map->mutex());
