@@ -165,6 +165,7 @@ es_ok "${P[@]}" vol list
 out_has "^vol0 +[0-9]+ +64 MiB"
 es_ok "${P[@]}" vol info vol0
 out_has "size: +64 MiB"
+out_has "data path: +[0-9]+ copy-on-writes, .* unaligned writes \\([0-9]+ waits for them\\) since open"
 pass
 
 check "vol info --json of a fresh volume: nothing allocated"

@@ -103,6 +103,17 @@ std::string CompressionRatio(const VolumeInfo& info) {
   return buf;
 }
 
+// The data path's counters since the pool was opened (by the daemon, if
+// one serves it), one line: what a slow volume has been doing.
+static std::string DataPathText(const VolumeInfo& info) {
+  return std::to_string(info.cow_copies) + " copy-on-writes, " + std::to_string(info.compressed_rewrites) +
+         " compressed rewrites (" + std::to_string(info.rewrite_retries) + " redone), " +
+         std::to_string(info.packed_frames) + " frames packed, " + std::to_string(info.hot_plain_clusters) +
+         " clusters left plain, " + std::to_string(info.recompressed_clusters) + " recompressed, " +
+         std::to_string(info.unaligned_writes) + " unaligned writes (" + std::to_string(info.gate_parks) +
+         " waits for them) since open";
+}
+
 std::string VolumeInfoText(const VolumeInfo& info) {
   return RenderFields({
       {"name", info.name},
@@ -118,6 +129,7 @@ std::string VolumeInfoText(const VolumeInfo& info) {
       {"snapshots", std::to_string(info.snapshot_count)},
       {"used", SizeWithBytes(info.used_bytes) + " (freed if the volume and its snapshots were deleted)"},
       {"used by snapshots", SizeWithBytes(info.used_by_snapshots_bytes) + " (freed if its snapshots were deleted)"},
+      {"data path", DataPathText(info)},
   });
 }
 
