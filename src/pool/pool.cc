@@ -437,11 +437,17 @@ bool Pool::ClaimEdgeSectors(uint64_t block, uint32_t from, uint32_t to) {
     if (IsSharedEdge(block)) return false;  // a third frame
     if (shared_edges_.empty()) shared_edges_.assign(geometry_.total_blocks / 64 + 1, 0);
     SetBit(shared_edges_, block);
+    shared_edge_count_++;
   } else {
     allocator_.MarkUsed(block, 1);
   }
   claimed |= sectors;
   return true;
+}
+
+uint64_t Pool::shared_edge_blocks() const {
+  std::lock_guard lock(mu_);
+  return shared_edge_count_;
 }
 
 bool Pool::IsSharedEdge(uint64_t block) const { return !shared_edges_.empty() && TestBit(shared_edges_, block); }
@@ -598,6 +604,7 @@ void Pool::SharePackedEdges(std::span<const BlockRun> frames) {
     if (shared_edges_.empty()) shared_edges_.assign(geometry_.total_blocks / 64 + 1, 0);
     assert(!IsSharedEdge(frame.block));
     SetBit(shared_edges_, frame.block);
+    shared_edge_count_++;
   }
 }
 
@@ -607,8 +614,15 @@ void Pool::FreeRunLocked(const BlockRun& run) {
   const bool tail_part = run.tail != 0 && run.count > 1;
   // An edge block the neighbouring frame still uses stays; the neighbour
   // frees it.
-  if (head_part && IsSharedEdge(from)) ClearBit(shared_edges_, from++);
-  if (tail_part && IsSharedEdge(to - 1)) ClearBit(shared_edges_, --to);
+  if (head_part && IsSharedEdge(from)) {
+    ClearBit(shared_edges_, from++);
+    shared_edge_count_--;
+  }
+  if (tail_part && IsSharedEdge(to - 1)) {
+    ClearBit(shared_edges_, --to);
+    shared_edge_count_--;
+  }
+  assert(shared_edge_count_ <= geometry_.total_blocks && "never below zero");
   if (to > from) {
     bool was_used = allocator_.Free(from, to - from);
     assert(was_used);

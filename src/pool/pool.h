@@ -235,6 +235,8 @@ class Pool {
   // and skips every reference lookup while nothing is shared.
   uint64_t shared_runs() const { return shared_runs_.load(std::memory_order_acquire); }
   uint64_t free_blocks() const;
+  // Blocks two packed compressed frames share (one ends, the next begins).
+  uint64_t shared_edge_blocks() const;
   uint64_t total_blocks() const { return geometry_.total_blocks; }
   bool is_failed() const;
   Device& device() { return *device_; }
@@ -298,6 +300,7 @@ class Pool {
   // GUARDED_BY(mu_), allocated at the first packed frame: bit per block,
   // set while two frames share it (the one ending and the one starting in it).
   std::vector<uint64_t> shared_edges_;
+  uint64_t shared_edge_count_ = 0;  // GUARDED_BY(mu_): bits set in shared_edges_
   bool failed_ = false;                   // GUARDED_BY(mu_)
   std::atomic<bool> journal_wants_checkpoint_{false};
 };

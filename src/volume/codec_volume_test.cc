@@ -294,6 +294,10 @@ TEST(CompressedVolume, FramesWrittenTogetherArePackedAndFreedSectorBySector) {
   EXPECT_EQ(free_at_start - free_after_packed, p.allocated_bytes);  // the charges add up to the pack
   EXPECT_EQ(free_after_packed - free_after_single, s.allocated_bytes);
   EXPECT_LT(p.allocated_bytes + 32 * 1024, s.allocated_bytes) << "packing saves over 1 KiB per cluster";
+  // Frames that end inside a block share it with the next: of 32 frames, up to 31.
+  const uint64_t edges = pool.set().Info().shared_edge_blocks;
+  EXPECT_GT(edges, 0u);
+  EXPECT_LE(edges, 31u);
   EXPECT_EQ(pool.Read(*packed, 0, text.size()).value(), text);
 
   // Free frames out of the middle of the pack: every other cluster, then a
@@ -319,8 +323,13 @@ TEST(CompressedVolume, FramesWrittenTogetherArePackedAndFreedSectorBySector) {
   ASSERT_TRUE(pool.Io(*single, VolumeOp::kDiscard, 0, 4 * kMiB).ok());
   ASSERT_TRUE(pool.Flush(*packed).ok());
   EXPECT_EQ(pool.set().Info().free_bytes, free_at_start) << "no edge block left behind";
+  EXPECT_EQ(pool.set().Info().shared_edge_blocks, 0u);
   ASSERT_TRUE(pool.Write(*packed, 0, text).ok());
-  ExpectSurvivesReopenAndFsck(pool, "packed", text);
+  const uint64_t edges_written = pool.set().Info().shared_edge_blocks;
+  EXPECT_GT(edges_written, 0u);
+  ExpectSurvivesReopenAndFsck(pool, "packed", text);  // leaves the pool closed
+  ASSERT_TRUE(pool.Reopen().ok());
+  EXPECT_EQ(pool.set().Info().shared_edge_blocks, edges_written) << "recovery finds every shared edge again";
 }
 
 TEST(CompressedVolume, OverwritesChangeStoredSizeAndFreeTheOldSpace) {

@@ -80,6 +80,7 @@ class PowerCutHarness {
     for (const auto& [name, mv] : volumes_) {
       if (auto info = pool_.set().GetVolumeInfo(name); info.ok()) packed_frames_seen_ += info->packed_frames;
     }
+    shared_edges_seen_ += pool_.set().Info().shared_edge_blocks;
     Status s = pool_.CrashAndReopen(rng_);
     ASSERT_TRUE(s.ok()) << "reopen after power cut: " << s.ToString();
     dead_ = false;
@@ -247,6 +248,7 @@ class PowerCutHarness {
  public:
   uint64_t compressed_clusters_seen_ = 0;  // summed over verifications
   uint64_t packed_frames_seen_ = 0;        // frames written packed beside others, summed before each cut
+  uint64_t shared_edges_seen_ = 0;         // blocks two packed frames shared, summed before each cut
   uint64_t host_refusals_ = 0;             // ENOSPC while the host was full
 };
 
@@ -265,17 +267,19 @@ void RunCuts(uint64_t seed, uint32_t cluster_size, int rounds, Codecs codecs = {
   }
   if (codecs.compression.algorithm != Compression::kOff && !codecs.encrypt) {
     EXPECT_GT(harness.packed_frames_seen_, 0u);
+    EXPECT_GT(harness.shared_edges_seen_, 0u);
   }
   if (host_fills) {
     EXPECT_GT(harness.host_refusals_, 0u);
     std::printf("requests refused by the full host: %llu\n", static_cast<unsigned long long>(harness.host_refusals_));
   }
   std::printf("power cuts survived: %d (seed %llu, cluster %u, %s, compression %s; compressed clusters verified: "
-              "%llu, packed frames %llu)\n",
+              "%llu, packed frames %llu, shared edge blocks %llu)\n",
               rounds, static_cast<unsigned long long>(seed), cluster_size, codecs.encrypt ? "encrypted" : "plain",
               FormatCompression(codecs.compression).c_str(),
               static_cast<unsigned long long>(harness.compressed_clusters_seen_),
-              static_cast<unsigned long long>(harness.packed_frames_seen_));
+              static_cast<unsigned long long>(harness.packed_frames_seen_),
+              static_cast<unsigned long long>(harness.shared_edges_seen_));
 }
 
 TEST(PowerCut, RandomWorkloadSurvivesCutsWith16KiBClusters) { RunCuts(1, 16384, 600); }

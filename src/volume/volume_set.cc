@@ -243,6 +243,7 @@ PoolInfo VolumeSetImpl::Info() {
   info.cluster_size = g.cluster_size;
   info.data_bytes = (g.total_blocks - g.journal_start - g.journal_blocks - 2) * kBlockSize;
   info.free_bytes = pool_->free_blocks() * kBlockSize;
+  info.shared_edge_blocks = pool_->shared_edge_blocks();
   // Labels and journal are always in use.
   assert(info.free_bytes <= info.data_bytes);
   info.allocated_bytes = info.data_bytes - info.free_bytes;

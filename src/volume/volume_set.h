@@ -129,6 +129,9 @@ struct PoolInfo {
   uint64_t group_commit_waiters = 0;
   uint64_t group_commit_ns_total = 0;
   uint64_t group_commit_ns_max = 0;
+  // Blocks two packed compressed frames share now (each ends one frame
+  // and begins the next; freed with the second of them).
+  uint64_t shared_edge_blocks = 0;
 };
 
 struct VolumeInfo {
