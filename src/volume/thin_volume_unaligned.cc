@@ -56,6 +56,11 @@ struct ThinVolume::UnalignedIo {
   void (ThinVolume::*next)(UnalignedIo*) = nullptr;  // runs when the parts are done
   IoRequest resume;                  // the gate granted: posted to `queue`
   std::vector<ParkedPart*> parked;   // parts of other requests waiting for the gate
+
+  // The partial blocks at either end: [lo, lo+4K) and [hi-4K, hi); a
+  // request inside one block has only `head`.
+  bool head() const { return io->offset % kBlockSize != 0; }
+  bool tail() const { return (io->offset + io->length) % kBlockSize != 0 && (!head() || hi - lo > kBlockSize); }
 };
 
 // A part [at, at+n) of `cluster` of a request, waiting for a gate to go.
@@ -160,9 +165,8 @@ void ThinVolume::PartFinished(UnalignedIo* rmw, int error) {
 // request lies inside a block).
 void ThinVolume::ReadEdges(UnalignedIo* rmw) {
   assert(rmw->gated && rmw->granted);
-  const VolumeIo& io = *rmw->io;
-  const bool head = io.offset % kBlockSize != 0;
-  const bool tail = (io.offset + io.length) % kBlockSize != 0 && (!head || rmw->hi - rmw->lo > kBlockSize);
+  const bool head = rmw->head(), tail = rmw->tail();
+  assert(head || tail);
   rmw->pending = 1;
   rmw->parts_used = 0;
   rmw->next = &ThinVolume::WriteMerged;
@@ -188,8 +192,7 @@ void ThinVolume::WriteMerged(UnalignedIo* rmw) {
   }
   // Zeroing: the edge blocks are written merged (or zeroed, if nothing else
   // is left in them); the whole blocks between are zeroed as asked.
-  const bool head = io.offset % kBlockSize != 0;
-  const bool tail = (io.offset + io.length) % kBlockSize != 0 && (!head || rmw->hi - rmw->lo > kBlockSize);
+  const bool head = rmw->head(), tail = rmw->tail();
   auto edge = [&](uint64_t block_offset) {
     uint8_t* bytes = rmw->buffer.get() + (block_offset - rmw->lo);
     if (IsAllZero(bytes, kBlockSize)) SubmitPart(rmw, io.op, block_offset, kBlockSize, nullptr);
