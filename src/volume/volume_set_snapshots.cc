@@ -79,7 +79,8 @@ Status VolumeSetImpl::RecoverSnapshots(std::vector<SnapshotRecord>& records) {
     snapshot.volume_name = volume->name();
     snapshot.name = r.name;
     if (!snapshots_.Add(std::move(snapshot), /*new_id=*/false))
-      return Status(EUCLEAN, "the checkpoint names snapshot " + full + " twice");
+      return Status(EUCLEAN, "the checkpoint names snapshot " + full +
+                                 " twice; run `edgestor pool fsck` for a full report");
   }
   return Status::Ok();
 }
