@@ -1,0 +1,226 @@
+// The FUSE file export driven by the real kernel client: a volume mounted
+// as a file, used with ordinary system calls (buffered and O_DIRECT), and
+// checked through the volume API.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "base/aligned_buffer.h"
+#include "frontend/fuse/fuse_file_export.h"
+#include "volume/testing/test_pool.h"
+
+namespace edgestor::fuse {
+namespace {
+
+using edgestor::testing::TestPool;
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kVolumeBytes = 16 * kMiB;
+
+// A file descriptor closed when the test ends.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+class FuseFileExportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "no usable /dev/fuse on this host";
+    dir_ = std::filesystem::temp_directory_path() / ("es-fuse-" + std::to_string(::getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    volume_ = pool_.set().CreateVolume("vol", kVolumeBytes).value();
+  }
+  void TearDown() override {
+    export_.reset();
+    std::error_code ec;
+    std::filesystem::remove(dir_, ec);
+  }
+
+  void StartExport(Volume* volume, bool read_only = false) {
+    FileExportOptions options{.mountpoint = dir_.string(), .read_only = read_only, .threads = 2};
+    auto started = FuseFileExport::Start(*volume, options, [this] { return pool_.set().OpenChannel(64); });
+    if (!started.ok() && started.status().code() == EPERM) GTEST_SKIP() << "cannot mount FUSE here (not root?)";
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    export_ = std::move(started).value();
+  }
+  std::string File() const { return export_->file_path(); }
+
+  static std::vector<uint8_t> Pattern(size_t n, uint8_t seed) {
+    std::vector<uint8_t> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = static_cast<uint8_t>(i * 7 + seed + i / 4096);
+    return v;
+  }
+
+  TestPool pool_{128 * kMiB};
+  Volume* volume_ = nullptr;
+  std::filesystem::path dir_;
+  std::unique_ptr<FuseFileExport> export_;
+};
+
+TEST_F(FuseFileExportTest, PresentsTheVolumeAsOneRegularFile) {
+  StartExport(volume_);
+  struct stat st{};
+  ASSERT_EQ(::stat(File().c_str(), &st), 0) << strerror(errno);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), kVolumeBytes);
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_)) names.push_back(entry.path().filename());
+  EXPECT_EQ(names, std::vector<std::string>{"vol"});
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "other"));
+}
+
+TEST_F(FuseFileExportTest, WritesReachTheVolumeAndReadBack) {
+  StartExport(volume_);
+  Fd fd(::open(File().c_str(), O_RDWR));
+  ASSERT_GE(fd.fd, 0) << strerror(errno);
+  // Unaligned, then a large write that crosses many clusters.
+  auto small = Pattern(1000, 1);
+  ASSERT_EQ(::pwrite(fd.fd, small.data(), small.size(), 12345), 1000);
+  auto large = Pattern(3 * kMiB, 2);
+  ASSERT_EQ(::pwrite(fd.fd, large.data(), large.size(), 4 * kMiB), static_cast<ssize_t>(large.size()));
+  ASSERT_EQ(::fsync(fd.fd), 0);
+  EXPECT_EQ(pool_.Read(*volume_, 12345, 1000).value(), small);
+  EXPECT_EQ(pool_.Read(*volume_, 4 * kMiB, large.size()).value(), large);
+  std::vector<uint8_t> back(large.size());
+  ASSERT_EQ(::pread(fd.fd, back.data(), back.size(), 4 * kMiB), static_cast<ssize_t>(back.size()));
+  EXPECT_EQ(back, large);
+  // What the volume holds is what the file reads.
+  ASSERT_TRUE(pool_.Write(*volume_, 8 * kMiB, Pattern(8192, 3)).ok());
+  std::vector<uint8_t> seen(8192);
+  ASSERT_EQ(::pread(fd.fd, seen.data(), seen.size(), 8 * kMiB), 8192);
+  EXPECT_EQ(seen, Pattern(8192, 3));
+}
+
+TEST_F(FuseFileExportTest, ManyDirectWritersInFlightAllLand) {
+  StartExport(volume_);
+  constexpr int kThreads = 8;
+  constexpr int kWritesEach = 64;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; t++) {
+    threads.emplace_back([&, t] {
+      int fd = ::open(File().c_str(), O_RDWR | O_DIRECT);
+      if (fd < 0) {
+        failures++;
+        return;
+      }
+      AlignedBuffer buf = AllocateAligned(64 * 1024);
+      for (int i = 0; i < kWritesEach; i++) {
+        uint64_t offset = (static_cast<uint64_t>(i) * kThreads + t) * 4096;
+        std::memset(buf.get(), t * 16 + (i & 15), 4096);
+        if (::pwrite(fd, buf.get(), 4096, static_cast<off_t>(offset)) != 4096) failures++;
+      }
+      ::close(fd);
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  for (int t = 0; t < kThreads; t++)
+    for (int i = 0; i < kWritesEach; i++) {
+      uint64_t offset = (static_cast<uint64_t>(i) * kThreads + t) * 4096;
+      EXPECT_EQ(pool_.Read(*volume_, offset, 4096).value(),
+                std::vector<uint8_t>(4096, static_cast<uint8_t>(t * 16 + (i & 15))));
+    }
+}
+
+TEST_F(FuseFileExportTest, PunchHoleAndZeroRangeMapToDiscardAndWriteZeroes) {
+  StartExport(volume_);
+  ASSERT_TRUE(pool_.Write(*volume_, 0, Pattern(2 * kMiB, 4)).ok());
+  Fd fd(::open(File().c_str(), O_RDWR));
+  ASSERT_GE(fd.fd, 0);
+  ASSERT_EQ(::fallocate(fd.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kMiB), 0) << strerror(errno);
+  EXPECT_EQ(pool_.Read(*volume_, 0, kMiB).value(), std::vector<uint8_t>(kMiB, 0));
+  ASSERT_EQ(::fallocate(fd.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, kMiB + 512, 4096), 0) << strerror(errno);
+  auto expect = Pattern(2 * kMiB, 4);
+  std::fill(expect.begin(), expect.begin() + kMiB, 0);
+  std::fill(expect.begin() + kMiB + 512, expect.begin() + kMiB + 512 + 4096, 0);
+  auto got = pool_.Read(*volume_, 0, 2 * kMiB).value();
+  auto [g, e] = std::mismatch(got.begin(), got.end(), expect.begin());
+  EXPECT_EQ(g, got.end()) << "first difference at byte " << (g - got.begin());
+  // A thin volume cannot promise space: plain allocation is refused, as is
+  // a hole punched without KEEP_SIZE (as on Linux file systems).
+  EXPECT_NE(::fallocate(fd.fd, 0, 0, 4096), 0);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  EXPECT_NE(::fallocate(fd.fd, FALLOC_FL_PUNCH_HOLE, 0, 4096), 0);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  // Past the end with KEEP_SIZE: nothing to do.
+  EXPECT_EQ(::fallocate(fd.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, kVolumeBytes, 4096), 0);
+}
+
+TEST_F(FuseFileExportTest, TheSizeIsTheVolumesAndOnlyTheDaemonChangesIt) {
+  StartExport(volume_);
+  Fd fd(::open(File().c_str(), O_RDWR));
+  ASSERT_GE(fd.fd, 0);
+  ASSERT_TRUE(pool_.Write(*volume_, 0, Pattern(4096, 5)).ok());
+  EXPECT_NE(::ftruncate(fd.fd, 0), 0);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::ftruncate(fd.fd, kVolumeBytes), 0);  // unchanged: allowed
+  EXPECT_LT(::open(File().c_str(), O_WRONLY | O_TRUNC), 0);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(pool_.Read(*volume_, 0, 4096).value(), Pattern(4096, 5));  // nothing wiped
+  // Past the end: end of file for reads, EFBIG for writes; a write across
+  // the end is short.
+  char byte = 1;
+  EXPECT_EQ(::pread(fd.fd, &byte, 1, kVolumeBytes), 0);
+  EXPECT_EQ(::pwrite(fd.fd, &byte, 1, kVolumeBytes), -1);
+  EXPECT_EQ(errno, EFBIG);
+  auto tail = Pattern(8192, 6);
+  EXPECT_EQ(::pwrite(fd.fd, tail.data(), tail.size(), kVolumeBytes - 4096), 4096);
+  // The volume grows: the file follows.
+  ASSERT_TRUE(pool_.set().ResizeVolume("vol", 2 * kVolumeBytes, false).ok());
+  export_->SizeChanged();
+  struct stat st{};
+  ASSERT_EQ(::fstat(fd.fd, &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), 2 * kVolumeBytes);
+  EXPECT_EQ(::pwrite(fd.fd, tail.data(), tail.size(), kVolumeBytes), 8192);
+}
+
+TEST_F(FuseFileExportTest, ASnapshotIsExportedReadOnly) {
+  ASSERT_TRUE(pool_.Write(*volume_, 0, Pattern(4096, 7)).ok());
+  ASSERT_TRUE(pool_.set().CreateSnapshot("vol", "s1").ok());
+  auto snap = pool_.set().FindVolume("vol@s1");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  StartExport(snap.value());
+  struct stat st{};
+  ASSERT_EQ(::stat(File().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0400u);
+  EXPECT_LT(::open(File().c_str(), O_RDWR), 0);
+  EXPECT_EQ(errno, EROFS);
+  Fd fd(::open(File().c_str(), O_RDONLY));
+  ASSERT_GE(fd.fd, 0);
+  std::vector<uint8_t> seen(4096);
+  ASSERT_EQ(::pread(fd.fd, seen.data(), seen.size(), 0), 4096);
+  EXPECT_EQ(seen, Pattern(4096, 7));
+}
+
+TEST_F(FuseFileExportTest, StopWithTheFileOpenFailsItsUsersInsteadOfHanging) {
+  StartExport(volume_);
+  Fd fd(::open(File().c_str(), O_RDWR));
+  ASSERT_GE(fd.fd, 0);
+  EXPECT_EQ(export_->open_count(), 1u);
+  export_->Stop();
+  char byte;
+  EXPECT_EQ(::pread(fd.fd, &byte, 1, 0), -1);
+  EXPECT_TRUE(errno == ENOTCONN || errno == EIO) << strerror(errno);
+  // The mount is gone (detached), and the mount point can be used again.
+  StartExport(volume_);
+  Fd again(::open(File().c_str(), O_RDONLY));
+  EXPECT_GE(again.fd, 0);
+}
+
+}  // namespace
+}  // namespace edgestor::fuse
