@@ -10,6 +10,9 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   fio qemu-utils nbdkit libnbd-bin
+  # file exports (src/frontend/fuse) and their test: a loop device over the
+  # file, ext4 on it, a file-system workload from stress-ng
+  libfuse3-dev fuse3 stress-ng
   python3  # tests/cli_test.sh parses --json output with it
   # tests/guest: a QEMU guest booting Debian's kernel with an initramfs of
   # busybox-static and e2fsprogs (scripts/build-guest.sh)

@@ -68,8 +68,23 @@ struct VhostExportArgs {
   bool read_only = false;
 };
 void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost);
+struct FileExportArgs {
+  std::string mountpoint;
+  uint32_t threads = 2;
+  bool read_only = false;
+};
+void RunExportFile(const VolumeArgs& args, const FileExportArgs& file);
 void RunExportList(const VolumeArgs& args, bool json);
-void RunExportRemove(const VolumeArgs& args, const std::string& socket_path);
+struct ExportRemoveArgs {
+  std::string socket;      // a vhost-user export
+  std::string mountpoint;  // or a file export
+  bool force = false;
+};
+void RunExportRemove(const VolumeArgs& args, const ExportRemoveArgs& remove);
+// The kernel's NBD client for a volume (attach_commands.cc): prints the
+// /dev/nbdN it connected, or says which module is missing.
+void RunAttach(const VolumeArgs& args, const std::string& device);
+void RunDetach(const std::string& device);
 void RunVolumeList(const VolumeArgs& args, bool json);
 void RunVolumeInfo(const VolumeArgs& args, bool json);
 void RunVolumeResize(const VolumeArgs& args, uint64_t new_size, bool force);

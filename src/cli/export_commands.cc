@@ -1,4 +1,4 @@
-// daemon_client helpers, and export vhost | list | remove (daemon only).
+// daemon_client helpers, and export vhost | file | list | remove (daemon only).
 #include <iostream>
 
 #include "cli/cli_error.h"
@@ -45,6 +45,21 @@ void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost) {
             << "\n";
 }
 
+void RunExportFile(const VolumeArgs& args, const FileExportArgs& file) {
+  std::string socket = RequireDaemon(args);
+  nlohmann::json params = {{"name", args.name},
+                           {"protocol", "file"},
+                           {"mountpoint", file.mountpoint},
+                           {"threads", file.threads},
+                           {"readonly", file.read_only}};
+  nlohmann::json result = Call(socket, "export.add", params, "cannot export volume " + args.name);
+  std::string path = result["file"].get<std::string>();
+  bool read_only = result["readonly"].get<bool>();
+  std::cout << "exporting volume " << args.name << " as the file " << path << (read_only ? " (read-only)" : "") << "\n"
+            << "as a block device: losetup --direct-io=on " << (read_only ? "--read-only " : "") << "--find --show "
+            << path << "\n";
+}
+
 void RunExportList(const VolumeArgs& args, bool json) {
   nlohmann::json result = Call(RequireDaemon(args), "export.list", nlohmann::json::object(), "cannot list exports");
   if (json) {
@@ -53,17 +68,20 @@ void RunExportList(const VolumeArgs& args, bool json) {
   }
   std::vector<std::vector<std::string>> rows = {{"VOLUME", "PROTOCOL", "WHERE", "CONNECTIONS"}};
   for (const auto& e : result["exports"]) {
-    bool nbd = e["protocol"] == "nbd";
-    rows.push_back({e["name"].get<std::string>(), e["protocol"].get<std::string>(),
-                    nbd ? e["uri"].get<std::string>() : e["socket"].get<std::string>(),
+    const char* where = e["protocol"] == "nbd" ? "uri" : e["protocol"] == "file" ? "file" : "socket";
+    rows.push_back({e["name"].get<std::string>(), e["protocol"].get<std::string>(), e[where].get<std::string>(),
                     std::to_string(e["connections"].get<uint64_t>())});
   }
   std::cout << RenderTable(rows);
 }
 
-void RunExportRemove(const VolumeArgs& args, const std::string& socket_path) {
-  Call(RequireDaemon(args), "export.remove", {{"socket", socket_path}}, "cannot remove export " + socket_path);
-  std::cout << "removed export " << socket_path << "\n";
+void RunExportRemove(const VolumeArgs& args, const ExportRemoveArgs& remove) {
+  bool file = !remove.mountpoint.empty();
+  const std::string& where = file ? remove.mountpoint : remove.socket;
+  nlohmann::json params = file ? nlohmann::json{{"mountpoint", where}, {"force", remove.force}}
+                               : nlohmann::json{{"socket", where}};
+  Call(RequireDaemon(args), "export.remove", params, "cannot remove export " + where);
+  std::cout << (file ? "unmounted file export " : "removed export ") << where << "\n";
 }
 
 }  // namespace edgestor::cli

@@ -397,8 +397,27 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
       return 0;
     };
   });
+  auto file = std::make_shared<FileExportArgs>();
+  auto* add_file = exp->add_subcommand("file", "present a volume as one regular file through FUSE (for loop devices, "
+                                               "containers and host services)");
+  add_file->add_option("NAME", v->name, "volume name (or VOL@SNAP: a snapshot, read-only)")
+      ->required()
+      ->check(kVolumeOrSnapshotName);
+  add_file->add_option("--mountpoint", file->mountpoint, "directory to mount on (created if missing); the file is DIR/NAME")
+      ->required();
+  add_file->add_option("--threads", file->threads, "threads serving the file (1-16)")
+      ->check(CLI::Range(1, 16))
+      ->default_str("2");
+  add_file->add_flag("--readonly", file->read_only, "refuse writes");
+  add_file->callback([=, &action] {
+    pool_of();
+    action = [=] {
+      RunExportFile(*v, *file);
+      return 0;
+    };
+  });
   auto json = std::make_shared<bool>(false);
-  auto* list = exp->add_subcommand("list", "list exports (NBD and vhost-user)");
+  auto* list = exp->add_subcommand("list", "list exports (NBD, vhost-user and file)");
   list->add_flag("--json", *json, "print JSON");
   list->callback([=, &action] {
     pool_of();
@@ -407,13 +426,46 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
       return 0;
     };
   });
-  auto socket = std::make_shared<std::string>();
-  auto* remove = exp->add_subcommand("remove", "stop a vhost-user export (the guest's requests in flight finish)");
-  remove->add_option("--socket", *socket, "the export's socket")->required();
+  auto removal = std::make_shared<ExportRemoveArgs>();
+  auto* remove = exp->add_subcommand("remove", "stop a vhost-user export or unmount a file export (requests in "
+                                               "flight finish)");
+  auto* by_socket = remove->add_option("--socket", removal->socket, "the vhost-user export's socket");
+  auto* by_mountpoint = remove->add_option("--mountpoint", removal->mountpoint, "the file export's mount point");
+  by_socket->excludes(by_mountpoint);
+  remove->add_flag("--force", removal->force, "unmount a file export even while its file is open (its users get "
+                                               "ENOTCONN)");
   remove->callback([=, &action] {
+    if (removal->socket.empty() && removal->mountpoint.empty())
+      throw CLI::ValidationError("export remove", "give --socket (vhost-user) or --mountpoint (file)");
     pool_of();
     action = [=] {
-      RunExportRemove(*v, *socket);
+      RunExportRemove(*v, *removal);
+      return 0;
+    };
+  });
+}
+
+void AddAttachCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  auto v = std::make_shared<VolumeArgs>();
+  auto device = std::make_shared<std::string>();
+  auto* attach = app.add_subcommand("attach", "connect the kernel's NBD client to a volume and print its /dev/nbdN "
+                                              "(hosts with the nbd module; see export file otherwise)");
+  attach->add_option("NAME", v->name, "volume name (or VOL@SNAP)")->required()->check(kVolumeOrSnapshotName);
+  attach->add_option("--device", *device, "the /dev/nbdN to use (default: the first free one)");
+  attach->callback([=, &g, &action] {
+    v->control = g.control;
+    v->pool = g.control.empty() ? PoolPath("", g.pool) : g.pool;
+    action = [=] {
+      RunAttach(*v, *device);
+      return 0;
+    };
+  });
+  auto detach_device = std::make_shared<std::string>();
+  auto* detach = app.add_subcommand("detach", "disconnect a /dev/nbdN that attach connected");
+  detach->add_option("DEVICE", *detach_device, "the /dev/nbdN")->required();
+  detach->callback([=, &action] {
+    action = [=] {
+      RunDetach(*detach_device);
       return 0;
     };
   });
@@ -485,6 +537,7 @@ int Main(int argc, char** argv) {
   AddVolumeCommands(app, g, action);
   AddSnapshotCommands(app, g, action);
   AddExportCommands(app, g, action);
+  AddAttachCommands(app, g, action);
   AddServeCommand(app, g, action);
   try {
     app.parse(argc, argv);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +42,26 @@ Result<int> LockPool(const std::string& path) {
   return fd;
 }
 
+// The daemon may serve block devices (a loop device over a file export,
+// the kernel's NBD client) to its own host. When memory runs short, the
+// kernel reclaims by writing dirty pages, possibly to those very devices:
+// if our threads' own allocations then entered reclaim and waited for that
+// writeback, the daemon would wait on itself. PR_SET_IO_FLUSHER makes the
+// kernel treat our allocations as unable to wait on I/O (as for loop's own
+// workers). It holds for the calling thread and the threads it creates
+// after, so it is set before any. Needs CAP_SYS_RESOURCE; without it, the
+// daemon runs on and says so.
+void MarkAsIoFlusher() {
+  if (::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0) {
+    spdlog::debug("marked as an I/O flusher (PR_SET_IO_FLUSHER)");
+    return;
+  }
+  spdlog::warn("cannot mark the daemon as an I/O flusher (PR_SET_IO_FLUSHER: {}): serving block devices to this "
+               "host (loop over a file export, nbd-client) may deadlock under memory pressure; run as root or with "
+               "CAP_SYS_RESOURCE",
+               std::strerror(errno));
+}
+
 }  // namespace
 
 std::string DefaultControlSocket(const std::string& pool_path) { return SiblingPath(pool_path, ".control.sock"); }
@@ -49,6 +70,7 @@ std::string DefaultNbdSocket(const std::string& pool_path) { return SiblingPath(
 Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   if (options.control_socket.empty()) options.control_socket = DefaultControlSocket(options.pool_path);
   if (options.nbd_socket.empty()) options.nbd_socket = DefaultNbdSocket(options.pool_path);
+  MarkAsIoFlusher();
   ES_ASSIGN_OR_RETURN(int lock_fd, LockPool(options.pool_path));
   auto pool = OpenPoolFile(options.pool_path, PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes,
                                                               .secret = options.secret,
@@ -91,11 +113,18 @@ Status Daemon::Stop() {
   control_.Stop();
   if (nbd_) nbd_->Stop();  // waits for in-flight requests to complete and reply
   std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost;
+  std::map<std::string, std::unique_ptr<fuse::FuseFileExport>> files;
   {
     std::lock_guard lock(mu_);
     vhost.swap(vhost_exports_);
+    files.swap(file_exports_);
   }
   vhost.clear();  // each finishes its requests in flight
+  for (auto& [mountpoint, e] : files)
+    if (e->open_count() > 0)
+      spdlog::warn("unmounting the file export at {} while {} still has it open: it gets ENOTCONN from now on",
+                   mountpoint, e->open_count() == 1 ? "one user" : std::to_string(e->open_count()) + " users");
+  files.clear();  // each answers its requests in flight, then unmounts
   Status s = pool_->Close();
   if (s.ok()) spdlog::info("pool {} closed cleanly", options_.pool_path);
   if (lock_fd_ >= 0) ::close(lock_fd_);
@@ -158,10 +187,13 @@ std::string Daemon::SerialOf(const Volume& volume) {
   return serial;  // at most 2+8+1+1+5 bytes (virtio-blk allows 20)
 }
 
-bool Daemon::HasVhostExport(const Volume* volume) const {
+std::string Daemon::ExportsLocked(const Volume* volume) const {
+  std::string out;
   for (const auto& [socket, e] : vhost_exports_)
-    if (&e->volume() == volume) return true;
-  return false;
+    if (&e->volume() == volume) out += (out.empty() ? "exported over vhost-user on " : " and over vhost-user on ") + socket;
+  for (const auto& [mountpoint, e] : file_exports_)
+    if (&e->volume() == volume) out += (out.empty() ? "exported as a file at " : " and as a file at ") + e->file_path();
+  return out;
 }
 
 Status Daemon::AddVhostExport(const std::string& name, vhost::VhostExportOptions options) {
@@ -195,43 +227,87 @@ Status Daemon::RemoveVhostExport(const std::string& socket_path) {
   return Status::Ok();
 }
 
+Status Daemon::AddFileExport(const std::string& name, fuse::FileExportOptions options) {
+  std::lock_guard lock(mu_);
+  if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
+  ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+  ES_RETURN_IF_ERROR(CheckUnlocked(*pool_, name));
+  options.mountpoint = std::filesystem::absolute(options.mountpoint).lexically_normal().string();
+  if (file_exports_.count(options.mountpoint))
+    return Status(EEXIST, "a file export is already mounted at " + options.mountpoint);
+  options.shared_budget = &inflight_budget_;
+  auto started = fuse::FuseFileExport::Start(*volume, options, [this] { return OpenChannel(256); });
+  if (!started.ok()) return started.status().WithContext("cannot export " + name + " as a file at " + options.mountpoint);
+  auto& e = file_exports_[options.mountpoint] = std::move(started).value();
+  spdlog::info("exporting volume {} as the file {} ({} threads{})", name, e->file_path(), options.threads,
+               e->options().read_only ? ", read-only" : "");
+  return Status::Ok();
+}
+
+Status Daemon::RemoveFileExport(const std::string& mountpoint, bool force) {
+  std::unique_ptr<fuse::FuseFileExport> removed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = file_exports_.find(std::filesystem::absolute(mountpoint).lexically_normal().string());
+    if (it == file_exports_.end()) return Status(ENOENT, "no file export at " + mountpoint);
+    if (uint32_t opens = it->second->open_count(); opens > 0 && !force)
+      return Status(EBUSY, it->second->file_path() + " is open (" + std::to_string(opens) +
+                               " open file(s): a loop device? detach it with losetup -d); close it first, or "
+                               "force the removal (--force) and its users get ENOTCONN");
+    removed = std::move(it->second);
+    file_exports_.erase(it);
+  }
+  removed->Stop();  // outside the lock: answers the requests in flight, then unmounts
+  return Status::Ok();
+}
+
 std::string Daemon::AttachmentsLocked(Volume* volume) {
   std::string out;
   if (auto it = users_.find(volume); it != users_.end())
     out = "attached by " + std::to_string(it->second) + " NBD connection(s)";
-  for (const auto& [socket, e] : vhost_exports_) {
-    if (&e->volume() != volume) continue;
-    out += out.empty() ? "exported" : " and exported";
-    out += " over vhost-user on " + socket;
-  }
+  std::string exports = ExportsLocked(volume);
+  if (!exports.empty()) out += (out.empty() ? "" : " and ") + exports;
   return out;
+}
+
+bool Daemon::RemoveExportsLocked(std::unique_lock<std::mutex>& lock, Volume* volume, Detached& detached) {
+  std::vector<std::unique_ptr<vhost::VhostBlkExport>> vhost;
+  for (auto it = vhost_exports_.begin(); it != vhost_exports_.end();) {
+    if (&it->second->volume() != volume) {
+      ++it;
+      continue;
+    }
+    detached.vhost_sockets.push_back(it->first);
+    vhost.push_back(std::move(it->second));
+    it = vhost_exports_.erase(it);
+  }
+  std::vector<std::unique_ptr<fuse::FuseFileExport>> files;
+  for (auto it = file_exports_.begin(); it != file_exports_.end();) {
+    if (&it->second->volume() != volume) {
+      ++it;
+      continue;
+    }
+    detached.file_mountpoints.push_back(it->first);
+    files.push_back(std::move(it->second));
+    it = file_exports_.erase(it);
+  }
+  if (vhost.empty() && files.empty()) return false;
+  lock.unlock();  // as the Remove*Export calls: requests in flight finish
+  for (auto& e : vhost) e->Stop();
+  for (auto& e : files) e->Stop();
+  lock.lock();
+  return true;
 }
 
 Result<Daemon::Detached> Daemon::DetachLocked(std::unique_lock<std::mutex>& lock, Volume* volume) {
   assert(lock.owns_lock());
   Detached detached;
   const auto deadline = std::chrono::steady_clock::now() + kDetachTimeout;
-  while (users_.count(volume) || HasVhostExport(volume)) {
+  while (users_.count(volume) || !ExportsLocked(volume).empty()) {
     if (std::chrono::steady_clock::now() >= deadline)
       return Status(EBUSY, "volume '" + volume->name() + "' is still " + AttachmentsLocked(volume) +
                                ": clients kept attaching while it was being detached");
-    std::vector<std::unique_ptr<vhost::VhostBlkExport>> removed;
-    for (auto it = vhost_exports_.begin(); it != vhost_exports_.end();) {
-      if (&it->second->volume() != volume) {
-        ++it;
-        continue;
-      }
-      detached.vhost_sockets.push_back(it->first);
-      removed.push_back(std::move(it->second));
-      it = vhost_exports_.erase(it);
-    }
-    if (!removed.empty()) {
-      lock.unlock();  // as RemoveVhostExport: the guest's requests in flight finish
-      for (auto& e : removed) e->Stop();
-      removed.clear();
-      lock.lock();
-      continue;
-    }
+    if (RemoveExportsLocked(lock, volume, detached)) continue;
     detached.nbd_connections += nbd_->DisconnectExport(volume);
     released_.wait_for(lock, kDetachRetry);
   }

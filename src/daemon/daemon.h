@@ -15,8 +15,11 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/inflight_budget.h"
 #include "daemon/control_server.h"
+#include "frontend/fuse/fuse_file_export.h"
 #include "frontend/nbd/nbd_server.h"
 #include "frontend/vhost/vhost_blk_export.h"
 #include "volume/volume_set.h"
@@ -72,6 +75,11 @@ class Daemon : public ExportProvider {
   // vhost-user-blk exports, added and removed at run time (export.* RPCs).
   Status AddVhostExport(const std::string& volume, vhost::VhostExportOptions options);
   Status RemoveVhostExport(const std::string& socket_path);
+  // File exports (FUSE), added and removed at run time. Remove refuses
+  // (EBUSY) while the file is open, a loop device over it say, unless
+  // `force`: then its users get ENOTCONN.
+  Status AddFileExport(const std::string& volume, fuse::FileExportOptions options);
+  Status RemoveFileExport(const std::string& mountpoint, bool force);
   // A stable serial for the guest: pool uuid prefix and volume (or snapshot) id.
   std::string SerialOf(const Volume& volume);
 
@@ -86,11 +94,13 @@ class Daemon : public ExportProvider {
   struct Detached {
     size_t nbd_connections = 0;
     std::vector<std::string> vhost_sockets;
+    std::vector<std::string> file_mountpoints;
   };
 
   Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool);
   void RegisterMethods();
   void RegisterSnapshotMethods();  // rpc_snapshot_methods.cc
+  Result<nlohmann::json> AddFileExportRpc(const std::string& name, const nlohmann::json& params);
   // "attached by 2 NBD connection(s) and exported over vhost-user on S", or
   // "" if nothing uses `volume`. REQUIRES: mu_.
   std::string AttachmentsLocked(Volume* volume);
@@ -113,7 +123,14 @@ class Daemon : public ExportProvider {
   // GUARDED_BY(mu_): by socket path. A volume with one cannot be deleted,
   // shrunk or rolled back (without force); a snapshot with one cannot be deleted.
   std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost_exports_;
-  bool HasVhostExport(const Volume* volume) const;  // REQUIRES: mu_
+  // GUARDED_BY(mu_): by mount point; the same rules as vhost_exports_.
+  std::map<std::string, std::unique_ptr<fuse::FuseFileExport>> file_exports_;
+  // "exported over vhost-user on S and as a file at F", or "" if `volume`
+  // has neither. REQUIRES: mu_.
+  std::string ExportsLocked(const Volume* volume) const;
+  // Removes the volume's vhost-user and file exports (into `detached`);
+  // returns whether there were any. Unlocks mu_ while they stop.
+  bool RemoveExportsLocked(std::unique_lock<std::mutex>& lock, Volume* volume, Detached& detached);
   bool stopped_ = false;
 };
 

@@ -11,6 +11,7 @@ namespace edgestor {
 
 using nlohmann::json;
 
+using rpc::BoolParam;
 using rpc::SizeParam;
 using rpc::StringParam;
 
@@ -78,9 +79,11 @@ void Daemon::RegisterMethods() {
     if (size < volume->size() && users_.count(volume))
       return Status(EBUSY, "volume '" + name + "' is attached by " + std::to_string(users_[volume]) +
                                " NBD connection(s); disconnect them before shrinking");
-    if (size < volume->size() && HasVhostExport(volume))
-      return Status(EBUSY, "volume '" + name + "' is exported over vhost-user; remove the export before shrinking");
+    if (std::string exports = ExportsLocked(volume); size < volume->size() && !exports.empty())
+      return Status(EBUSY, "volume '" + name + "' is " + exports + "; remove the export before shrinking");
     ES_RETURN_IF_ERROR(pool_->ResizeVolume(name, size, force));
+    for (auto& [mountpoint, e] : file_exports_)
+      if (&e->volume() == volume) e->SizeChanged();  // the file follows the volume
     ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(name));
     return json(info);
   });
@@ -91,9 +94,9 @@ void Daemon::RegisterMethods() {
     if (users_.count(volume))
       return Status(EBUSY, "volume '" + name + "' is exported and attached by " + std::to_string(users_[volume]) +
                                " NBD connection(s); disconnect them first");
-    if (HasVhostExport(volume))
-      return Status(EBUSY, "volume '" + name + "' is exported over vhost-user; remove the export first "
-                           "(edgestor export remove --socket PATH)");
+    if (std::string exports = ExportsLocked(volume); !exports.empty())
+      return Status(EBUSY, "volume '" + name + "' is " + exports +
+                               "; remove the export first (edgestor export remove --socket PATH | --mountpoint DIR)");
     ES_RETURN_IF_ERROR(pool_->DeleteVolume(name));
     return json{{"deleted", name}};
   });
@@ -122,13 +125,22 @@ void Daemon::RegisterMethods() {
                          {"readonly", e->options().read_only},
                          {"serial", e->options().serial},
                          {"connections", e->connected() ? 1 : 0}});
+    for (const auto& [mountpoint, e] : file_exports_)
+      exports.push_back({{"name", e->volume().name()},
+                         {"protocol", "file"},
+                         {"mountpoint", mountpoint},
+                         {"file", e->file_path()},
+                         {"threads", e->options().threads},
+                         {"readonly", e->options().read_only},
+                         {"connections", e->open_count()}});
     return json{{"exports", exports}};
   });
   control_.Register("export.add", [this](const json& params) -> Result<json> {
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
     ES_ASSIGN_OR_RETURN(std::string protocol, StringParam(params, "protocol"));
+    if (protocol == "file") return AddFileExportRpc(name, params);
     if (protocol != "vhost-user-blk")
-      return Status(EINVAL, "protocol must be \"vhost-user-blk\" (every volume is always exported over NBD)");
+      return Status(EINVAL, "protocol must be \"vhost-user-blk\" or \"file\" (every volume is always exported over NBD)");
     vhost::VhostExportOptions options;
     ES_ASSIGN_OR_RETURN(options.socket_path, StringParam(params, "socket"));
     if (params.contains("queues")) {
@@ -149,11 +161,36 @@ void Daemon::RegisterMethods() {
     return json{{"name", name}, {"socket", std::filesystem::absolute(options.socket_path).string()}};
   });
   control_.Register("export.remove", [this](const json& params) -> Result<json> {
+    if (params.contains("mountpoint")) {
+      ES_ASSIGN_OR_RETURN(std::string mountpoint, StringParam(params, "mountpoint"));
+      ES_ASSIGN_OR_RETURN(bool force, BoolParam(params, "force", false));
+      ES_RETURN_IF_ERROR(RemoveFileExport(mountpoint, force));
+      return json{{"removed", mountpoint}};
+    }
     ES_ASSIGN_OR_RETURN(std::string socket, StringParam(params, "socket"));
     ES_RETURN_IF_ERROR(RemoveVhostExport(socket));
     return json{{"removed", socket}};
   });
   RegisterSnapshotMethods();
+}
+
+Result<json> Daemon::AddFileExportRpc(const std::string& name, const json& params) {
+  fuse::FileExportOptions options;
+  ES_ASSIGN_OR_RETURN(options.mountpoint, StringParam(params, "mountpoint"));
+  ES_ASSIGN_OR_RETURN(options.read_only, BoolParam(params, "readonly", false));
+  if (params.contains("threads")) {
+    if (!params["threads"].is_number_unsigned() || params["threads"].get<uint64_t>() == 0 ||
+        params["threads"].get<uint64_t>() > fuse::kMaxThreads)
+      return Status(EINVAL, "threads must be from 1 to " + std::to_string(fuse::kMaxThreads));
+    options.threads = static_cast<uint32_t>(params["threads"].get<uint64_t>());
+  }
+  ES_RETURN_IF_ERROR(AddFileExport(name, options));
+  std::lock_guard lock(mu_);
+  std::string mountpoint = std::filesystem::absolute(options.mountpoint).lexically_normal().string();
+  auto it = file_exports_.find(mountpoint);
+  if (it == file_exports_.end()) return Status(ENOENT, "the file export at " + mountpoint + " was removed meanwhile");
+  return json{{"name", name}, {"mountpoint", mountpoint}, {"file", it->second->file_path()},
+              {"readonly", it->second->options().read_only}};
 }
 
 }  // namespace edgestor

@@ -83,7 +83,8 @@ void Daemon::RegisterSnapshotMethods() {
                 {"snapshot", snapshot},
                 {"kept_snapshot", kept.empty() ? json(nullptr) : json(kept)},
                 {"detached", {{"nbd_connections", detached.nbd_connections},
-                              {"vhost_exports", detached.vhost_sockets}}}};
+                              {"vhost_exports", detached.vhost_sockets},
+                              {"file_exports", detached.file_mountpoints}}}};
     return out;
   });
   control_.Register("vol.clone", [this](const json& params) -> Result<json> {
