@@ -89,6 +89,7 @@ class FileExportImpl {
   ~FileExportImpl();
 
   Status Mount();
+  Status OpenSession(const std::string& path);
   Status StartWorkers(const std::function<std::unique_ptr<VolumeChannel>()>& make_channel);
   void Stop();
   void SizeChanged();
@@ -179,6 +180,7 @@ class Worker {
   std::thread thread_;
   AlignedBuffer receive_;        // where the next request is read
   uint8_t* receive_mem_ = nullptr;
+  size_t received_bytes_ = 0;  // of the request being handled
   std::vector<AlignedBuffer> spare_receive_;
   uint32_t in_flight_ = 0;
   // Budget taken for the next request before reading it (its size is not
@@ -357,7 +359,11 @@ bool Worker::NewReceiveBuffer() {
     receive_ = std::move(spare_receive_.back());
     spare_receive_.pop_back();
   } else {
-    receive_ = TryAllocateUninitialized(kReceiveBytes + kBufferAlignment);
+    // Zeroed once: libfuse reads a request's fixed-size arguments and names
+    // where the kernel put them; a request shorter than it claims (which
+    // the kernel never sends) then reads zeros or old bytes, never past
+    // the buffer.
+    receive_ = TryAllocateAligned(kReceiveBytes + kBufferAlignment);
     if (!receive_) return false;
   }
   receive_mem_ = receive_.get() + kBufferAlignment - kWriteHeaderBytes;
@@ -407,7 +413,7 @@ void Worker::WaitIdle(bool watch_device) {
 Worker::Received Worker::ReceiveOne() {
   ssize_t n;
   for (;;) {
-    n = ::read(impl_.device_fd(), receive_mem_, kReceiveBytes);
+    n = ::read(impl_.device_fd(), receive_mem_, kReceiveBytes - 1);
     if (n >= 0) break;
     // ENOENT: the request was interrupted before we read it.
     if (errno == EINTR || errno == ENOENT) continue;
@@ -419,9 +425,11 @@ Worker::Received Worker::ReceiveOne() {
     spdlog::error("file export of {}: reading the FUSE device: {}", impl_.volume().name(), strerror(errno));
     return Received::kGone;
   }
+  received_bytes_ = static_cast<size_t>(n);
+  receive_mem_[n] = 0;  // a name at the end of a request is terminated even if the request was not
   fuse_buf buf{};
   buf.mem = receive_mem_;
-  buf.size = static_cast<size_t>(n);
+  buf.size = received_bytes_;
   consumed_ = 0;
   fuse_session_process_buf(impl_.session(), &buf);
   // The handler took `consumed_` bytes of the reservation for its request.
@@ -477,15 +485,18 @@ void Worker::Read(fuse_req_t req, size_t size, off_t offset) {
 }
 
 void Worker::Write(fuse_req_t req, const char* buf, size_t size, off_t offset) {
+  // The data must lie in the request we read: libfuse takes the size from
+  // the request's own header.
+  const auto* data = reinterpret_cast<const uint8_t*>(buf);
+  if (data < receive_mem_ || size > received_bytes_ || data + size > receive_mem_ + received_bytes_)
+    return (void)fuse_reply_err(req, EINVAL);
   uint64_t length = 0;
   int error = 0;
   if (!ClampToVolume(offset, size, &length, &error, EFBIG)) return (void)fuse_reply_err(req, error);
   if (length == 0) return (void)fuse_reply_write(req, 0);
   FuseRequest* r = NewRequest(req, VolumeOp::kWrite, static_cast<uint64_t>(offset), length);
-  const auto* data = reinterpret_cast<const uint8_t*>(buf);
-  bool in_receive = data >= receive_mem_ && data + length <= receive_mem_ + kReceiveBytes;
   AlignedBuffer arrived_in = std::move(receive_);
-  if (in_receive && length >= kKeepReceiveBufferBytes && NewReceiveBuffer()) {
+  if (length >= kKeepReceiveBufferBytes && NewReceiveBuffer()) {
     // The data stays where it arrived; the next request goes to a fresh buffer.
     r->data = std::move(arrived_in);
     r->receive_buffer = true;
@@ -604,6 +615,7 @@ int FileExportImpl::SetFileAttr(const struct stat& attr, int to_set) {
 }
 
 Status FileExportImpl::Mount() {
+  if (options_.connection_fd >= 0) return OpenSession("/dev/fd/" + std::to_string(options_.connection_fd));
   const std::string& path = options_.mountpoint;
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0) {
@@ -620,7 +632,12 @@ Status FileExportImpl::Mount() {
     if (::stat(path.c_str(), &st) != 0) return Status(errno, "cannot use mount point " + path);
   }
   if (!S_ISDIR(st.st_mode)) return Status(ENOTDIR, "mount point " + path + " is not a directory");
+  return OpenSession(path);
+}
 
+// Creates the session and mounts it at `path` (libfuse takes "/dev/fd/N" as
+// an already open connection).
+Status FileExportImpl::OpenSession(const std::string& path) {
   static std::once_flag log_once;
   std::call_once(log_once, [] { fuse_set_log_func(LogFromLibfuse); });
   std::string fsname = "fsname=edgestor:" + volume_.name();
@@ -685,7 +702,8 @@ Result<std::unique_ptr<FuseFileExport>> FuseFileExport::Start(
   if (options.threads == 0 || options.threads > kMaxThreads)
     return Status(EINVAL, "threads must be from 1 to " + std::to_string(kMaxThreads));
   if (options.mountpoint.empty()) return Status(EINVAL, "a file export needs a mount point");
-  options.mountpoint = std::filesystem::absolute(options.mountpoint).lexically_normal().string();
+  if (options.connection_fd < 0)
+    options.mountpoint = std::filesystem::absolute(options.mountpoint).lexically_normal().string();
   if (volume.read_only()) options.read_only = true;
   auto impl = std::make_unique<FileExportImpl>(volume, options);
   ES_RETURN_IF_ERROR(impl->Mount());

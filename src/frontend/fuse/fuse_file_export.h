@@ -35,6 +35,10 @@ struct FileExportOptions {
   // also charged, if given (borrowed: must outlive the export).
   uint64_t inflight_bytes = kDefaultQueueInflightBytes;
   InflightBudget* shared_budget = nullptr;
+  // Tests and fuzzing: serve this descriptor (one end of a SOCK_SEQPACKET
+  // socket pair, standing in for the kernel) instead of mounting; the
+  // export owns it. The mount point is then only a name.
+  int connection_fd = -1;
 };
 
 inline constexpr uint32_t kMaxThreads = 16;
