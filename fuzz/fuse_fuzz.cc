@@ -13,10 +13,6 @@
 // answering.
 #include <linux/falloc.h>
 #include <linux/fuse.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "frontend/fuse/fuse_file_export.h"
+#include "frontend/fuse/testing/fake_kernel.h"
 #include "io/borrowed_device.h"
 #include "io/fault_device.h"
 #include "volume/volume_set.h"
@@ -35,41 +32,8 @@ namespace {
 constexpr uint64_t kDeviceBytes = 8 << 20;
 constexpr int kReplyWaitMs = 100;
 
-// Builds one request: header, fixed argument, trailing bytes.
-class Request {
- public:
-  Request(uint32_t opcode, uint64_t nodeid) {
-    header_.opcode = opcode;
-    header_.nodeid = nodeid;
-    header_.uid = ::getuid();
-    header_.gid = ::getgid();
-    header_.pid = static_cast<uint32_t>(::getpid());
-  }
-  template <typename T>
-  Request& Arg(const T& arg) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&arg);
-    body_.insert(body_.end(), p, p + sizeof arg);
-    return *this;
-  }
-  Request& Bytes(const void* data, size_t n) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    body_.insert(body_.end(), p, p + n);
-    return *this;
-  }
-  std::vector<uint8_t> Serialize(uint64_t unique) const {
-    fuse_in_header h = header_;
-    h.unique = unique;
-    h.len = static_cast<uint32_t>(sizeof h + body_.size());
-    std::vector<uint8_t> out(sizeof h);
-    std::memcpy(out.data(), &h, sizeof h);
-    out.insert(out.end(), body_.begin(), body_.end());
-    return out;
-  }
-
- private:
-  fuse_in_header header_{};
-  std::vector<uint8_t> body_;
-};
+using fuse::testing::FakeKernel;
+using Request = fuse::testing::FuseRequest;
 
 std::vector<std::vector<uint8_t>> Baseline() {
   std::vector<Request> requests;
@@ -104,55 +68,26 @@ struct Fixture {
     spdlog::set_level(spdlog::level::off);
     set = VolumeSet::Create(Borrow(device), {.cluster_size = 4096, .journal_bytes = 1 << 20}).value();
     volume = set->CreateVolume("vol", 1 << 20).value();
-    int pair[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) std::abort();
-    kernel = pair[0];
-    fuse::FileExportOptions options{.mountpoint = "fuzz", .threads = 2, .connection_fd = pair[1]};
+    fuse::FileExportOptions options{.mountpoint = "fuzz", .threads = 2, .connection_fd = kernel.export_fd()};
     auto started = fuse::FuseFileExport::Start(*volume, options, [this] { return set->OpenChannel(32); });
     if (!started.ok()) {
       std::fprintf(stderr, "fuse_fuzz: %s\n", started.status().ToString().c_str());
       std::abort();
     }
     exported = std::move(started).value();
-    fuse_init_in init{.major = FUSE_KERNEL_VERSION, .minor = FUSE_KERNEL_MINOR_VERSION, .max_readahead = 1 << 17};
-    Send(Request(FUSE_INIT, 0).Arg(init).Serialize(1));
-    if (ReadReplies(1) != 1) std::abort();  // the export must answer INIT
+    if (!kernel.Init()) std::abort();  // the export must answer INIT
   }
-
-  void Send(const std::vector<uint8_t>& message) const { (void)!::send(kernel, message.data(), message.size(), 0); }
 
   // Reads replies until `expected` came or none came for kReplyWaitMs.
-  int ReadReplies(int expected) const {
-    std::vector<uint8_t> reply(1 << 21);
-    int got = 0;
-    while (got < expected) {
-      pollfd p{kernel, POLLIN, 0};
-      if (::poll(&p, 1, kReplyWaitMs) <= 0) break;
-      if (::recv(kernel, reply.data(), reply.size(), 0) > 0) got++;
-    }
-    return got;
-  }
-
-  // Reads replies until the one to `unique` comes: false if it does not
-  // within `timeout_ms` (each wait).
-  bool AwaitReply(uint64_t unique, int timeout_ms) const {
-    std::vector<uint8_t> reply(1 << 21);
-    for (;;) {
-      pollfd p{kernel, POLLIN, 0};
-      if (::poll(&p, 1, timeout_ms) <= 0) return false;
-      ssize_t n = ::recv(kernel, reply.data(), reply.size(), 0);
-      fuse_out_header h;
-      if (n >= static_cast<ssize_t>(sizeof h)) {
-        std::memcpy(&h, reply.data(), sizeof h);
-        if (h.unique == unique) return true;
-      }
+  void ReadReplies(int expected) const {
+    for (int got = 0; got < expected && kernel.Receive(kReplyWaitMs); got++) {
     }
   }
 
   FaultDevice device;
   std::unique_ptr<VolumeSet> set;
   Volume* volume;
-  int kernel;
+  FakeKernel kernel;
   std::unique_ptr<fuse::FuseFileExport> exported;
   std::vector<std::vector<uint8_t>> baseline = Baseline();
 };
@@ -184,14 +119,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     // A header claiming less than was built: send only that much.
     if (h.len >= 8 && h.len < message.size()) message.resize(h.len);
-    f.Send(message);
+    f.kernel.Send(message);
     if (!Unanswered(h.opcode)) expected++;
   }
   f.ReadReplies(expected);
   // The export still answers a plain request (late replies of the batch
   // may come first).
-  f.Send(edgestor::Request(FUSE_GETATTR, 2).Arg(fuse_getattr_in{}).Serialize(1000));
-  if (!f.AwaitReply(1000, 5000)) {
+  f.kernel.Send(edgestor::Request(FUSE_GETATTR, 2).Arg(fuse_getattr_in{}).Serialize(1000));
+  if (!f.kernel.Await(1000, 5000)) {
     std::fprintf(stderr, "fuse_fuzz: the export stopped answering\n");
     std::abort();
   }

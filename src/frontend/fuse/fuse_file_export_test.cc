@@ -11,11 +11,14 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <thread>
 #include <vector>
 
 #include "base/aligned_buffer.h"
 #include "frontend/fuse/fuse_file_export.h"
+#include "frontend/fuse/testing/fake_kernel.h"
+#include "volume/testing/volume_model.h"
 #include "volume/testing/test_pool.h"
 
 namespace edgestor::fuse {
@@ -220,6 +223,138 @@ TEST_F(FuseFileExportTest, StopWithTheFileOpenFailsItsUsersInsteadOfHanging) {
   StartExport(volume_);
   Fd again(::open(File().c_str(), O_RDONLY));
   EXPECT_GE(again.fd, 0);
+}
+
+// The rest plays the kernel over a socket pair (no mount, no root): the
+// requests the kernel never sends, and power cuts.
+using testing::FakeKernel;
+using testing::FuseRequest;
+
+class FuseWireTest : public ::testing::Test {
+ protected:
+  void StartExport(Volume& volume) {
+    kernel_ = std::make_unique<FakeKernel>();
+    ASSERT_TRUE(kernel_->ok());
+    FileExportOptions options{.mountpoint = "wire", .threads = 2, .connection_fd = kernel_->export_fd()};
+    auto started = FuseFileExport::Start(volume, options, [this] { return pool_.set().OpenChannel(64); });
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    export_ = std::move(started).value();
+    ASSERT_TRUE(kernel_->Init());
+  }
+  void StopExport() {
+    export_.reset();  // answers what is in flight first
+    kernel_.reset();
+  }
+  // Sends one request and returns its reply's error (0 or -errno).
+  int Call(const FuseRequest& request, std::vector<uint8_t>* payload = nullptr) {
+    uint64_t unique = next_unique_++;
+    EXPECT_TRUE(kernel_->Send(request.Serialize(unique)));
+    auto reply = kernel_->Await(unique, 10000);
+    EXPECT_TRUE(reply.has_value()) << "no reply";
+    if (!reply) return -ETIMEDOUT;
+    if (payload) *payload = reply->payload;
+    return reply->error;
+  }
+
+  TestPool pool_{64 * kMiB};
+  std::unique_ptr<FakeKernel> kernel_;
+  std::unique_ptr<FuseFileExport> export_;
+  uint64_t next_unique_ = 100;
+};
+
+TEST_F(FuseWireTest, RequestsTheKernelNeverSendsGetErrorsNotCrashes) {
+  Volume* volume = pool_.set().CreateVolume("vol", kMiB).value();
+  StartExport(*volume);
+  // A write claiming more data than the request carries.
+  std::vector<uint8_t> data(100, 0x11);
+  EXPECT_EQ(Call(FuseRequest(FUSE_WRITE, 2).Arg(fuse_write_in{.offset = 0, .size = 8192}).Bytes(data.data(), 100)),
+            -EINVAL);
+  EXPECT_EQ(pool_.Read(*volume, 0, 8192).value(), std::vector<uint8_t>(8192, 0));  // nothing written
+  // A name with no terminator (the export terminates the request).
+  EXPECT_EQ(Call(FuseRequest(FUSE_LOOKUP, FUSE_ROOT_ID).Bytes("volume-name-without-end", 23)), -ENOENT);
+  EXPECT_EQ(Call(FuseRequest(FUSE_LOOKUP, FUSE_ROOT_ID).Bytes("vol", 4)), 0);
+  // Inodes that do not exist, negative and huge offsets, unknown operations.
+  EXPECT_EQ(Call(FuseRequest(FUSE_GETATTR, 77).Arg(fuse_getattr_in{})), -ENOENT);
+  EXPECT_EQ(Call(FuseRequest(FUSE_READ, 2).Arg(fuse_read_in{.offset = ~0ull, .size = 4096})), -EINVAL);
+  std::vector<uint8_t> payload;
+  EXPECT_EQ(Call(FuseRequest(FUSE_READ, 2).Arg(fuse_read_in{.offset = 1ull << 62, .size = 4096}), &payload), 0);
+  EXPECT_TRUE(payload.empty());  // end of file
+  EXPECT_EQ(Call(FuseRequest(FUSE_FALLOCATE, 2).Arg(fuse_fallocate_in{.offset = 0, .length = ~0ull >> 1, .mode = 0x3})),
+            0);  // punch to "the end of the world": clamped to the volume
+  EXPECT_EQ(Call(FuseRequest(250, 2)), -ENOSYS);
+  // And it still serves a plain write and read.
+  std::vector<uint8_t> block(4096, 0x42);
+  EXPECT_EQ(Call(FuseRequest(FUSE_WRITE, 2).Arg(fuse_write_in{.offset = 4096, .size = 4096}).Bytes(block.data(), 4096)),
+            0);
+  EXPECT_EQ(Call(FuseRequest(FUSE_READ, 2).Arg(fuse_read_in{.offset = 4096, .size = 4096}), &payload), 0);
+  EXPECT_EQ(payload, block);
+}
+
+// Writes, punched holes and zeroed ranges go in through the export, fsyncs
+// make them durable, and the power goes at a random point of each round:
+// after the reopen every sector holds what the model allows (the last
+// fsynced value or one written since), never garbage.
+TEST_F(FuseWireTest, FsyncedWritesSurvivePowerCutsAtManyPoints) {
+  using edgestor::testing::DecodeSector;
+  using edgestor::testing::FillSector;
+  using edgestor::testing::VolumeModel;
+  constexpr uint64_t kVolumeSectors = 2 * kMiB / 512;
+  constexpr int kRounds = 40;
+  ASSERT_TRUE(pool_.set().CreateVolume("vol", 2 * kMiB).ok());
+  std::mt19937_64 rng(17);
+  VolumeModel model(kVolumeSectors);
+  uint64_t tag = 1;
+  int fsyncs = 0;
+  for (int round = 0; round < kRounds; round++) {
+    Volume* volume = pool_.set().FindVolume("vol").value();
+    StartExport(*volume);
+    int batches = 1 + static_cast<int>(rng() % 6);
+    for (int b = 0; b < batches; b++) {
+      // Up to eight requests in flight at once, then their replies.
+      std::vector<uint64_t> uniques;
+      for (int i = 0, n = 1 + static_cast<int>(rng() % 8); i < n; i++) {
+        uint64_t first = rng() % kVolumeSectors;
+        uint64_t sectors = std::min<uint64_t>(1 + rng() % 64, kVolumeSectors - first);
+        uint64_t unique = next_unique_++;
+        int kind = static_cast<int>(rng() % 8);
+        if (kind == 0) {
+          uint32_t mode = rng() % 2 ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : FALLOC_FL_ZERO_RANGE;
+          kernel_->Send(FuseRequest(FUSE_FALLOCATE, 2)
+                            .Arg(fuse_fallocate_in{.offset = first * 512, .length = sectors * 512, .mode = mode})
+                            .Serialize(unique));
+          model.Write(first, sectors, edgestor::testing::kZeroTag, false);
+        } else {
+          std::vector<uint8_t> data(sectors * 512);
+          for (uint64_t s = 0; s < sectors; s++) FillSector(data.data() + s * 512, tag, first + s);
+          kernel_->Send(FuseRequest(FUSE_WRITE, 2)
+                            .Arg(fuse_write_in{.offset = first * 512, .size = static_cast<uint32_t>(data.size())})
+                            .Bytes(data.data(), data.size())
+                            .Serialize(unique));
+          model.Write(first, sectors, tag++, false);
+        }
+        uniques.push_back(unique);
+      }
+      auto errors = kernel_->AwaitAll(uniques, 10000);
+      ASSERT_TRUE(errors.has_value()) << "round " << round << ": replies missing";
+      ASSERT_EQ(*errors, std::vector<int>(uniques.size(), 0));
+      if (rng() % 2) {
+        ASSERT_EQ(Call(FuseRequest(FUSE_FSYNC, 2).Arg(fuse_fsync_in{})), 0);
+        model.Flush();  // every write above completed before the fsync was sent
+        fsyncs++;
+      }
+    }
+    StopExport();
+    ASSERT_TRUE(pool_.CrashAndReopen(rng).ok()) << "round " << round;
+    volume = pool_.set().FindVolume("vol").value();
+    auto bytes = pool_.Read(*volume, 0, kVolumeSectors * 512);
+    ASSERT_TRUE(bytes.ok());
+    for (uint64_t s = 0; s < kVolumeSectors; s++) {
+      uint64_t found = DecodeSector(bytes.value().data() + s * 512, s);
+      ASSERT_TRUE(model.Allows(s, found)) << "round " << round << " sector " << s << " holds tag " << found;
+      model.Settle(s, found);
+    }
+  }
+  EXPECT_GT(fsyncs, kRounds / 2);
 }
 
 }  // namespace
