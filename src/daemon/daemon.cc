@@ -270,27 +270,31 @@ std::string Daemon::AttachmentsLocked(Volume* volume) {
   return out;
 }
 
+namespace {
+
+// Moves the exports of `volume` out of `exports` (keyed by socket path or
+// mount point), appending their keys to `keys`.
+template <typename Export>
+std::vector<std::unique_ptr<Export>> TakeExportsOf(std::map<std::string, std::unique_ptr<Export>>& exports,
+                                                   const Volume* volume, std::vector<std::string>& keys) {
+  std::vector<std::unique_ptr<Export>> taken;
+  for (auto it = exports.begin(); it != exports.end();) {
+    if (&it->second->volume() != volume) {
+      ++it;
+      continue;
+    }
+    keys.push_back(it->first);
+    taken.push_back(std::move(it->second));
+    it = exports.erase(it);
+  }
+  return taken;
+}
+
+}  // namespace
+
 bool Daemon::RemoveExportsLocked(std::unique_lock<std::mutex>& lock, Volume* volume, Detached& detached) {
-  std::vector<std::unique_ptr<vhost::VhostBlkExport>> vhost;
-  for (auto it = vhost_exports_.begin(); it != vhost_exports_.end();) {
-    if (&it->second->volume() != volume) {
-      ++it;
-      continue;
-    }
-    detached.vhost_sockets.push_back(it->first);
-    vhost.push_back(std::move(it->second));
-    it = vhost_exports_.erase(it);
-  }
-  std::vector<std::unique_ptr<fuse::FuseFileExport>> files;
-  for (auto it = file_exports_.begin(); it != file_exports_.end();) {
-    if (&it->second->volume() != volume) {
-      ++it;
-      continue;
-    }
-    detached.file_mountpoints.push_back(it->first);
-    files.push_back(std::move(it->second));
-    it = file_exports_.erase(it);
-  }
+  auto vhost = TakeExportsOf(vhost_exports_, volume, detached.vhost_sockets);
+  auto files = TakeExportsOf(file_exports_, volume, detached.file_mountpoints);
   if (vhost.empty() && files.empty()) return false;
   lock.unlock();  // as the Remove*Export calls: requests in flight finish
   for (auto& e : vhost) e->Stop();

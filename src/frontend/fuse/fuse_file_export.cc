@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -43,10 +44,14 @@ constexpr uint32_t kReceiveBytes = kMaxWrite + 4096;
 // 4 KiB boundary, so a write's data lands aligned and goes to the device
 // without a copy.
 constexpr uint32_t kWriteHeaderBytes = 80;
+constexpr size_t kInHeaderBytes = 40;  // fuse_in_header, which every request starts with
 // Writes at least this large keep the receive buffer they arrived in (the
 // worker takes a fresh one); smaller ones are copied out of it.
 constexpr uint32_t kKeepReceiveBufferBytes = 64u << 10;
-constexpr size_t kSpareReceiveBuffers = 4;
+// Receive buffers a worker keeps for reuse (a 1 MiB write stream at QD8
+// would otherwise allocate and zero a fresh one per request); dropped when
+// the worker goes idle.
+constexpr size_t kSpareReceiveBuffers = 16;
 // Requests one worker reads from the device before it reaps completions.
 constexpr int kReceiveBatch = 16;
 // The kernel's asynchronous requests (async direct I/O, which a loop device
@@ -90,6 +95,7 @@ class FileExportImpl {
 
   Status Mount();
   Status OpenSession(const std::string& path);
+  static Status DetachStaleMounts(const std::string& path);
   Status StartWorkers(const std::function<std::unique_ptr<VolumeChannel>()>& make_channel);
   void Stop();
   void SizeChanged();
@@ -405,9 +411,13 @@ void Worker::Run() {
 // us take one), or for room in the budget, or for Stop.
 void Worker::WaitIdle(bool watch_device) {
   pollfd fds[2] = {{impl_.stop_fd(), POLLIN, 0}, {impl_.device_fd(), POLLIN, 0}};
-  int timeout = !watch_device ? kBudgetRecheckMs : bounce_cache_.kept_bytes() > 0 ? kIdleReleaseMs : -1;
+  bool keeps_buffers = bounce_cache_.kept_bytes() > 0 || !spare_receive_.empty();
+  int timeout = !watch_device ? kBudgetRecheckMs : keeps_buffers ? kIdleReleaseMs : -1;
   int rc = ::poll(fds, watch_device ? 2 : 1, timeout);
-  if (rc == 0 && watch_device) bounce_cache_.Clear();  // idle a while: the kept buffers go back
+  if (rc == 0 && watch_device) {  // idle a while: the kept buffers go back
+    bounce_cache_.Clear();
+    spare_receive_.clear();
+  }
 }
 
 Worker::Received Worker::ReceiveOne() {
@@ -424,6 +434,15 @@ Worker::Received Worker::ReceiveOne() {
     }
     spdlog::error("file export of {}: reading the FUSE device: {}", impl_.volume().name(), strerror(errno));
     return Received::kGone;
+  }
+  if (n == 0) {
+    // The connection's other end closed (the FUSE device never reads 0).
+    spdlog::warn("file export of {}: the connection closed", impl_.volume().name());
+    return Received::kGone;
+  }
+  if (static_cast<size_t>(n) < kInHeaderBytes) {
+    spdlog::warn("file export of {}: dropped a request of {} bytes, shorter than its header", impl_.volume().name(), n);
+    return Received::kOne;  // the reservation stays for the next
   }
   received_bytes_ = static_cast<size_t>(n);
   receive_mem_[n] = 0;  // a name at the end of a request is terminated even if the request was not
@@ -617,22 +636,34 @@ int FileExportImpl::SetFileAttr(const struct stat& attr, int to_set) {
 Status FileExportImpl::Mount() {
   if (options_.connection_fd >= 0) return OpenSession("/dev/fd/" + std::to_string(options_.connection_fd));
   const std::string& path = options_.mountpoint;
+  ES_RETURN_IF_ERROR(DetachStaleMounts(path));
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOTCONN) {
-      // A FUSE server that died left its mount behind (the kernel answers
-      // ENOTCONN): detach it so the export can mount again.
-      spdlog::warn("file export: detaching a stale FUSE mount at {}", path);
-      if (::umount2(path.c_str(), MNT_DETACH) != 0) return Status(errno, "cannot detach the stale mount at " + path);
-    } else if (errno == ENOENT) {
-      if (::mkdir(path.c_str(), 0755) != 0) return Status(errno, "cannot create mount point " + path);
-    } else {
-      return Status(errno, "cannot use mount point " + path);
-    }
+    if (errno != ENOENT) return Status(errno, "cannot use mount point " + path);
+    if (::mkdir(path.c_str(), 0755) != 0) return Status(errno, "cannot create mount point " + path);
     if (::stat(path.c_str(), &st) != 0) return Status(errno, "cannot use mount point " + path);
   }
   if (!S_ISDIR(st.st_mode)) return Status(ENOTDIR, "mount point " + path + " is not a directory");
+  // Never mount over a live mount: whatever is there would be hidden.
+  struct stat parent{};
+  std::string parent_path = std::filesystem::path(path).parent_path().string();
+  if (::stat(parent_path.c_str(), &parent) == 0 && parent.st_dev != st.st_dev)
+    return Status(EBUSY, path + " is already a mount point (unmount it first)");
   return OpenSession(path);
+}
+
+// A FUSE server that died (a daemon killed with -9) leaves its mount behind;
+// the kernel answers ENOTCONN to anything that reaches the server. statfs
+// always reaches it (stat may be answered from the kernel's cache, and
+// would let us stack a mount on the dead one). Several may be stacked.
+Status FileExportImpl::DetachStaleMounts(const std::string& path) {
+  for (int i = 0; i < 16; i++) {
+    struct statfs fs{};
+    if (::statfs(path.c_str(), &fs) == 0 || errno != ENOTCONN) return Status::Ok();
+    spdlog::warn("file export: detaching a dead FUSE mount at {}", path);
+    if (::umount2(path.c_str(), MNT_DETACH) != 0) return Status(errno, "cannot detach the dead mount at " + path);
+  }
+  return Status(EBUSY, "dead FUSE mounts keep appearing at " + path);
 }
 
 // Creates the session and mounts it at `path` (libfuse takes "/dev/fd/N" as

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -310,11 +311,16 @@ TEST_F(FuseWireTest, FsyncedWritesSurvivePowerCutsAtManyPoints) {
     StartExport(*volume);
     int batches = 1 + static_cast<int>(rng() % 6);
     for (int b = 0; b < batches; b++) {
-      // Up to eight requests in flight at once, then their replies.
+      // Up to eight requests in flight at once, then their replies. They
+      // do not overlap: requests in flight together have no order, so the
+      // model could not tell which one an fsync made durable.
       std::vector<uint64_t> uniques;
+      std::vector<bool> taken(kVolumeSectors);
       for (int i = 0, n = 1 + static_cast<int>(rng() % 8); i < n; i++) {
         uint64_t first = rng() % kVolumeSectors;
         uint64_t sectors = std::min<uint64_t>(1 + rng() % 64, kVolumeSectors - first);
+        if (std::any_of(taken.begin() + first, taken.begin() + first + sectors, [](bool t) { return t; })) continue;
+        std::fill(taken.begin() + first, taken.begin() + first + sectors, true);
         uint64_t unique = next_unique_++;
         int kind = static_cast<int>(rng() % 8);
         if (kind == 0) {
