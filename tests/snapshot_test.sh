@@ -273,7 +273,7 @@ rpc_holds() {
 check "snap.list over JSON-RPC" \
   rpc_holds "sorted(x['full_name'] for x in d['snapshots']) == sorted(['live@s1', 'live@$kept'])" snap.list '{"volume": "live"}'
 check "snap.rollback over JSON-RPC names the kept snapshot as snap.rollback takes it" \
-  rpc_holds "d['kept_snapshot'].startswith('rollback-') and d['detached'] == {'nbd_connections': 0, 'vhost_exports': []}" \
+  rpc_holds "d['kept_snapshot'].startswith('rollback-') and d['detached'] == {'nbd_connections': 0, 'vhost_exports': [], 'file_exports': []}" \
   snap.rollback "{\"volume\": \"live\", \"snapshot\": \"$kept\"}"
 check "live reads pattern B" qemu-io -r -f raw -c 'read -P 0xbb 0 4M' "$(uri live)"
 check "daemon stops cleanly" stop_daemon
