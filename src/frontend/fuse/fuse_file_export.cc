@@ -640,7 +640,9 @@ Status FileExportImpl::Mount() {
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0) {
     if (errno != ENOENT) return Status(errno, "cannot use mount point " + path);
-    if (::mkdir(path.c_str(), 0755) != 0) return Status(errno, "cannot create mount point " + path);
+    std::error_code ec;  // with its parents, as mkdir -p
+    if (!std::filesystem::create_directories(path, ec) && ec)
+      return Status(ec.value(), "cannot create mount point " + path);
     if (::stat(path.c_str(), &st) != 0) return Status(errno, "cannot use mount point " + path);
   }
   if (!S_ISDIR(st.st_mode)) return Status(ENOTDIR, "mount point " + path + " is not a directory");
@@ -678,6 +680,7 @@ Status FileExportImpl::OpenSession(const std::string& path) {
   const char* argv[] = {"edgestor", "-o", opts.c_str()};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   session_ = fuse_session_new(&args, &kOps, sizeof kOps, this);
+  fuse_opt_free_args(&args);  // what option parsing allocated
   if (!session_) return Status(EINVAL, "cannot create a FUSE session (options " + opts + ")");
   if (fuse_session_mount(session_, path.c_str()) != 0) {
     fuse_session_destroy(session_);

@@ -28,7 +28,7 @@
 namespace edgestor::fuse {
 
 struct FileExportOptions {
-  std::string mountpoint;  // a directory; created if missing
+  std::string mountpoint;  // a directory; created (with its parents) if missing
   bool read_only = false;
   uint32_t threads = 2;  // workers reading the FUSE device (1..kMaxThreads)
   // Request data the export may hold in flight; the daemon's budget is

@@ -83,12 +83,12 @@ class FakeKernel {
   std::optional<FuseReply> Receive(int timeout_ms) const {
     pollfd p{kernel_fd_, POLLIN, 0};
     if (::poll(&p, 1, timeout_ms) <= 0) return std::nullopt;
-    std::vector<uint8_t> buf(1 << 21);
-    ssize_t n = ::recv(kernel_fd_, buf.data(), buf.size(), 0);
+    ssize_t n = ::recv(kernel_fd_, reply_buffer_.data(), reply_buffer_.size(), 0);
     fuse_out_header h;
     if (n < static_cast<ssize_t>(sizeof h)) return std::nullopt;
-    std::memcpy(&h, buf.data(), sizeof h);
-    return FuseReply{h.error, h.unique, std::vector<uint8_t>(buf.begin() + sizeof h, buf.begin() + n)};
+    std::memcpy(&h, reply_buffer_.data(), sizeof h);
+    return FuseReply{h.error, h.unique,
+                     std::vector<uint8_t>(reply_buffer_.begin() + sizeof h, reply_buffer_.begin() + n)};
   }
   // Reads replies until the one to `unique`; nothing if none comes within
   // `timeout_ms` of the last.
@@ -124,6 +124,7 @@ class FakeKernel {
  private:
   int kernel_fd_ = -1;
   int export_fd_ = -1;
+  mutable std::vector<uint8_t> reply_buffer_ = std::vector<uint8_t>(2 << 20);  // a reply is at most 1 MiB + header
 };
 
 }  // namespace edgestor::fuse::testing
