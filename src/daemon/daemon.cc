@@ -227,7 +227,7 @@ Status Daemon::RemoveVhostExport(const std::string& socket_path) {
   return Status::Ok();
 }
 
-Status Daemon::AddFileExport(const std::string& name, fuse::FileExportOptions options) {
+Result<fuse::FileExportOptions> Daemon::AddFileExport(const std::string& name, fuse::FileExportOptions options) {
   std::lock_guard lock(mu_);
   if (stopped_) return Status(ESHUTDOWN, "daemon is stopping");
   ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
@@ -241,7 +241,7 @@ Status Daemon::AddFileExport(const std::string& name, fuse::FileExportOptions op
   auto& e = file_exports_[options.mountpoint] = std::move(started).value();
   spdlog::info("exporting volume {} as the file {} ({} threads{})", name, e->file_path(), options.threads,
                e->options().read_only ? ", read-only" : "");
-  return Status::Ok();
+  return e->options();
 }
 
 Status Daemon::RemoveFileExport(const std::string& mountpoint, bool force) {

@@ -78,7 +78,9 @@ class Daemon : public ExportProvider {
   // File exports (FUSE), added and removed at run time. Remove refuses
   // (EBUSY) while the file is open, a loop device over it say, unless
   // `force`: then its users get ENOTCONN.
-  Status AddFileExport(const std::string& volume, fuse::FileExportOptions options);
+  // Returns the export's options as started (absolute mount point;
+  // read-only for a snapshot).
+  Result<fuse::FileExportOptions> AddFileExport(const std::string& volume, fuse::FileExportOptions options);
   Status RemoveFileExport(const std::string& mountpoint, bool force);
   // A stable serial for the guest: pool uuid prefix and volume (or snapshot) id.
   std::string SerialOf(const Volume& volume);

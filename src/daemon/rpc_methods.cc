@@ -184,13 +184,9 @@ Result<json> Daemon::AddFileExportRpc(const std::string& name, const json& param
       return Status(EINVAL, "threads must be from 1 to " + std::to_string(fuse::kMaxThreads));
     options.threads = static_cast<uint32_t>(params["threads"].get<uint64_t>());
   }
-  ES_RETURN_IF_ERROR(AddFileExport(name, options));
-  std::lock_guard lock(mu_);
-  std::string mountpoint = std::filesystem::absolute(options.mountpoint).lexically_normal().string();
-  auto it = file_exports_.find(mountpoint);
-  if (it == file_exports_.end()) return Status(ENOENT, "the file export at " + mountpoint + " was removed meanwhile");
-  return json{{"name", name}, {"mountpoint", mountpoint}, {"file", it->second->file_path()},
-              {"readonly", it->second->options().read_only}};
+  ES_ASSIGN_OR_RETURN(fuse::FileExportOptions started, AddFileExport(name, options));
+  std::string file = (std::filesystem::path(started.mountpoint) / name).string();
+  return json{{"name", name}, {"mountpoint", started.mountpoint}, {"file", file}, {"readonly", started.read_only}};
 }
 
 }  // namespace edgestor

@@ -397,7 +397,14 @@ void Worker::Run() {
       channel_->Poll(/*wait=*/true);
       continue;
     }
-    if (!took) WaitIdle(reserved_);
+    if (took) continue;
+    // Idle: hold no budget while waiting for the kernel (idle exports
+    // would otherwise keep the daemon's budget from NBD and vhost-user).
+    // Without a reservation we could not read anyway: wait for room.
+    bool had_room = reserved_;
+    if (reserved_) ReleaseBoth(impl_.budget(), shared, kReceiveBytes);
+    reserved_ = false;
+    WaitIdle(had_room);
   }
   // Requests already read are answered, even when stopping.
   while (in_flight_ > 0 && channel_->InFlight() > 0) channel_->Poll(/*wait=*/true);
@@ -685,7 +692,8 @@ Status FileExportImpl::OpenSession(const std::string& path) {
   if (fuse_session_mount(session_, path.c_str()) != 0) {
     fuse_session_destroy(session_);
     session_ = nullptr;
-    return Status(EIO, "cannot mount FUSE at " + path + " (is /dev/fuse there, and fuse3 installed?)");
+    return Status(EIO, "cannot mount FUSE at " + path + " (libfuse's reason is in the daemon's log; is /dev/fuse "
+                       "there, and fuse3 installed?)");
   }
   device_fd_ = fuse_session_fd(session_);
   int flags = ::fcntl(device_fd_, F_GETFL);

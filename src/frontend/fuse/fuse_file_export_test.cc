@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -236,7 +237,8 @@ class FuseWireTest : public ::testing::Test {
   void StartExport(Volume& volume) {
     kernel_ = std::make_unique<FakeKernel>();
     ASSERT_TRUE(kernel_->ok());
-    FileExportOptions options{.mountpoint = "wire", .threads = 2, .connection_fd = kernel_->export_fd()};
+    FileExportOptions options{
+        .mountpoint = "wire", .threads = 2, .shared_budget = &daemon_budget_, .connection_fd = kernel_->export_fd()};
     auto started = FuseFileExport::Start(volume, options, [this] { return pool_.set().OpenChannel(64); });
     ASSERT_TRUE(started.ok()) << started.status().ToString();
     export_ = std::move(started).value();
@@ -258,6 +260,7 @@ class FuseWireTest : public ::testing::Test {
   }
 
   TestPool pool_{64 * kMiB};
+  InflightBudget daemon_budget_{256 * kMiB};  // declared before the export, which borrows it
   std::unique_ptr<FakeKernel> kernel_;
   std::unique_ptr<FuseFileExport> export_;
   uint64_t next_unique_ = 100;
@@ -289,6 +292,19 @@ TEST_F(FuseWireTest, RequestsTheKernelNeverSendsGetErrorsNotCrashes) {
             0);
   EXPECT_EQ(Call(FuseRequest(FUSE_READ, 2).Arg(fuse_read_in{.offset = 4096, .size = 4096}), &payload), 0);
   EXPECT_EQ(payload, block);
+}
+
+// An export with nothing to do holds none of the daemon's budget: idle
+// exports must not starve NBD connections and vhost-user queues.
+TEST_F(FuseWireTest, AnIdleExportHoldsNoBudget) {
+  Volume* volume = pool_.set().CreateVolume("vol", kMiB).value();
+  StartExport(*volume);
+  std::vector<uint8_t> block(65536, 0x42);
+  EXPECT_EQ(Call(FuseRequest(FUSE_WRITE, 2).Arg(fuse_write_in{.offset = 0, .size = 65536}).Bytes(block.data(), 65536)),
+            0);
+  EXPECT_GT(daemon_budget_.peak(), 0u);  // the request was charged
+  for (int i = 0; i < 200 && daemon_budget_.in_flight() > 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(daemon_budget_.in_flight(), 0u);
 }
 
 // Writes, punched holes and zeroed ranges go in through the export, fsyncs
