@@ -13,6 +13,9 @@ PACKAGES=(
   # file exports (src/frontend/fuse) and their test: a loop device over the
   # file, ext4 on it, a file-system workload from stress-ng
   libfuse3-dev fuse3 stress-ng
+  # operations (issue 19): the metrics listener's HTTP server, systemd
+  # readiness and watchdog, and promtool to check the metrics text
+  libcpp-httplib-dev libsystemd-dev prometheus
   python3  # tests/cli_test.sh parses --json output with it
   # tests/guest: a QEMU guest booting Debian's kernel with an initramfs of
   # busybox-static and e2fsprogs (scripts/build-guest.sh)

@@ -191,4 +191,14 @@ Status WriteAll(int fd, const void* data, size_t len) {
   return Status::Ok();
 }
 
+Status SplitHostPort(const std::string& host_port, std::string* host, std::string* port) {
+  size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos || colon + 1 == host_port.size())
+    return Status(EINVAL, "expected HOST:PORT, got '" + host_port + "'");
+  *host = host_port.substr(0, colon);
+  *port = host_port.substr(colon + 1);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  return Status::Ok();
+}
+
 }  // namespace edgestor

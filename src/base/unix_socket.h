@@ -31,6 +31,9 @@ Status ParseSocketOwner(const std::string& spec, SocketAccess* access);
 // An octal mode such as "0660" or "660" into access->mode: permission bits
 // only. EINVAL otherwise.
 Status ParseSocketMode(const std::string& spec, SocketAccess* access);
+// Splits "host:port" or "[v6host]:port" (TCP listeners: NBD, metrics).
+// EINVAL without a port.
+Status SplitHostPort(const std::string& host_port, std::string* host, std::string* port);
 // A group name or numeric id.
 Result<gid_t> LookUpGroup(const std::string& name);
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cli/key_args.h"
 
@@ -66,12 +67,14 @@ struct VhostExportArgs {
   std::string socket_mode;   // octal; empty: 0600
   uint32_t queues = 1;
   bool read_only = false;
+  bool transient = false;  // not stored: gone when the daemon restarts
 };
 void RunExportVhost(const VolumeArgs& args, const VhostExportArgs& vhost);
 struct FileExportArgs {
   std::string mountpoint;
   uint32_t threads = 2;
   bool read_only = false;
+  bool transient = false;
 };
 void RunExportFile(const VolumeArgs& args, const FileExportArgs& file);
 void RunExportList(const VolumeArgs& args, bool json);
@@ -136,11 +139,31 @@ struct ServeArgs {
   uint64_t inflight_bytes = 256ull << 20;  // kDefaultDaemonInflightBytes
   uint64_t hot_plain_clusters = 65536;     // PoolOpenOptions::hot_plain_clusters
   uint32_t recompress_idle_seconds = 30;
+  std::string metrics_listen;  // host:port; empty: no metrics listener
+  // The flags given on the command line (names without "--"): these win
+  // over the settings stored by the last `serve`; the others come from there.
+  std::vector<std::string> given;
+  bool forget_settings = false;  // ignore the stored settings
   KeyArgs key;  // the pool key, if the pool has one (else encrypted volumes wait for `pool unlock`)
 };
 // Runs the daemon in the foreground until SIGINT/SIGTERM; then drains,
 // checkpoints and returns.
 void RunServe(const ServeArgs& args);
+
+// Operations, through the daemon (ops_commands.cc).
+struct IostatArgs {
+  std::vector<std::string> volumes;  // empty: all
+  double interval_seconds = 0;       // 0: one report of the totals since the pool was opened
+  uint64_t count = 0;                // reports with an interval; 0: until interrupted
+  bool latency = false;              // -l: average latencies and requests in flight
+};
+void RunIostat(const VolumeArgs& args, const IostatArgs& iostat);
+void RunJobList(const VolumeArgs& args, bool json);
+// Follows the job with a progress line; fails (exit 1) unless it succeeds.
+void RunJobWait(const VolumeArgs& args, uint64_t id);
+void RunJobCancel(const VolumeArgs& args, uint64_t id);
+// Pool health, space, volumes with their exports, jobs: one screen.
+void RunStatus(const VolumeArgs& args, bool json);
 
 // Volume names: 1..64 characters of [A-Za-z0-9._-], not starting with '.'
 // or '-' (the engine's rule, checked before the pool is opened).

@@ -14,8 +14,13 @@ namespace edgestor::cli {
 // given with --control, else the default one beside the pool if a daemon
 // answers on it.
 std::optional<std::string> DaemonSocket(const VolumeArgs& args);
+// The daemon's socket, or CliError "<what> the daemon: start ... first".
+std::string RequireDaemon(const VolumeArgs& args, const std::string& what);
 // Calls `method`; throws CliError "<what> (through the daemon at SOCK): ...".
 nlohmann::json Call(const std::string& socket, const std::string& method, const nlohmann::json& params,
                     const std::string& what);
+// Follows job `id` to its end, with a progress line on stderr; returns the
+// job as it ended (job.get's result).
+nlohmann::json FollowJob(const std::string& socket, uint64_t id, const std::string& what);
 
 }  // namespace edgestor::cli

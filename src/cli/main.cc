@@ -387,6 +387,7 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   add->add_option("--socket", vhost->socket, "unix socket QEMU connects to")->required();
   add->add_option("--queues", vhost->queues, "virtqueues (1-16), served in parallel")->check(CLI::Range(1, 16))->default_str("1");
   add->add_flag("--readonly", vhost->read_only, "refuse writes");
+  add->add_flag("--transient", vhost->transient, "do not store the export: it is gone when the daemon restarts");
   add->add_option("--socket-owner", vhost->socket_owner,
                   "USER[:GROUP] to own the socket (e.g. the user QEMU runs as; default: the daemon's user)");
   add->add_option("--socket-mode", vhost->socket_mode, "socket permissions, octal (default 0600: the owner only)");
@@ -409,6 +410,7 @@ void AddExportCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
       ->check(CLI::Range(1, 16))
       ->default_str("2");
   add_file->add_flag("--readonly", file->read_only, "refuse writes");
+  add_file->add_flag("--transient", file->transient, "do not store the export: it is gone when the daemon restarts");
   add_file->callback([=, &action] {
     pool_of();
     action = [=] {
@@ -471,6 +473,77 @@ void AddAttachCommands(CLI::App& app, Globals& g, std::function<int()>& action) 
   });
 }
 
+void AddOperationsCommands(CLI::App& app, Globals& g, std::function<int()>& action) {
+  auto v = std::make_shared<VolumeArgs>();
+  auto daemon_of = [&g, v] {
+    v->control = g.control;
+    v->pool = g.control.empty() ? PoolPath("", g.pool) : g.pool;
+  };
+  auto iostat = std::make_shared<IostatArgs>();
+  auto* io = app.add_subcommand("iostat", "I/O per volume from the daemon: totals, or rates every INTERVAL seconds");
+  io->add_option("ARGS", iostat->volumes, "[VOLUME...] [INTERVAL [COUNT]]");
+  io->add_flag("-l,--latency", iostat->latency, "add average latencies and requests in flight");
+  io->callback([=, &action] {
+    // Trailing numbers are INTERVAL and COUNT, as for zpool iostat.
+    std::vector<std::string>& words = iostat->volumes;
+    std::vector<double> numbers;
+    while (!words.empty() && !words.back().empty() &&
+           words.back().find_first_not_of("0123456789.") == std::string::npos && numbers.size() < 2) {
+      numbers.insert(numbers.begin(), std::stod(words.back()));
+      words.pop_back();
+    }
+    if (!numbers.empty()) {
+      if (numbers[0] <= 0) throw CLI::ValidationError("iostat", "INTERVAL must be more than 0 seconds");
+      iostat->interval_seconds = numbers[0];
+    }
+    if (numbers.size() == 2) iostat->count = static_cast<uint64_t>(numbers[1]);
+    daemon_of();
+    action = [=] {
+      RunIostat(*v, *iostat);
+      return 0;
+    };
+  });
+  CLI::App* job = app.add_subcommand("job", "long operations running in the daemon")->require_subcommand(1);
+  auto json = std::make_shared<bool>(false);
+  auto* list = job->add_subcommand("list", "jobs: state, progress, rate and ETA");
+  list->add_flag("--json", *json, "print JSON");
+  list->callback([=, &action] {
+    daemon_of();
+    action = [=] {
+      RunJobList(*v, *json);
+      return 0;
+    };
+  });
+  auto id = std::make_shared<uint64_t>(0);
+  auto* wait = job->add_subcommand("wait", "follow a job to its end (a progress bar on a terminal)");
+  wait->add_option("ID", *id, "job id")->required();
+  wait->callback([=, &action] {
+    daemon_of();
+    action = [=] {
+      RunJobWait(*v, *id);
+      return 0;
+    };
+  });
+  auto* cancel = job->add_subcommand("cancel", "stop a job that can stop safely (flatten: what it copied stays)");
+  cancel->add_option("ID", *id, "job id")->required();
+  cancel->callback([=, &action] {
+    daemon_of();
+    action = [=] {
+      RunJobCancel(*v, *id);
+      return 0;
+    };
+  });
+  auto* status = app.add_subcommand("status", "pool health, space, volumes and their exports, jobs: one screen");
+  status->add_flag("--json", *json, "print JSON");
+  status->callback([=, &action] {
+    daemon_of();
+    action = [=] {
+      RunStatus(*v, *json);
+      return 0;
+    };
+  });
+}
+
 void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
   auto args = std::make_shared<ServeArgs>();
   auto* serve = app.add_subcommand("serve", "serve every volume of a pool over NBD, with a control socket");
@@ -494,7 +567,15 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
                     "seconds without writes after which such a cluster is compressed again in the background")
       ->check(CLI::Range(1u, 86400u))
       ->default_str("30");
-  serve->callback([args, &g, &action] {
+  serve->add_option("--metrics-listen", args->metrics_listen,
+                    "serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9750; default: off)");
+  serve->add_flag("--forget-settings", args->forget_settings,
+                  "ignore the settings the last serve stored (flags not given take their defaults)");
+  serve->footer("Settings: the flags given are stored beside the pool (POOL.state.json) with its exports; a later "
+                "serve without a flag takes its stored value.");
+  serve->callback([serve, args, &g, &action] {
+    for (const CLI::Option* option : serve->get_options())
+      if (option->count() > 0 && !option->get_lnames().empty()) args->given.push_back(option->get_lnames().front());
     args->pool = PoolPath("", g.pool);
     args->control_socket = g.control;  // --control: where to answer (default: beside the pool)
     args->key = g.key;
@@ -538,6 +619,7 @@ int Main(int argc, char** argv) {
   AddSnapshotCommands(app, g, action);
   AddExportCommands(app, g, action);
   AddAttachCommands(app, g, action);
+  AddOperationsCommands(app, g, action);
   AddServeCommand(app, g, action);
   try {
     app.parse(argc, argv);

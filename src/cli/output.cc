@@ -178,17 +178,29 @@ ProgressLine::~ProgressLine() {
   if (terminal_ && shown_percent_ >= 0) std::cerr << "\n";
 }
 
-void ProgressLine::Update(uint64_t done, uint64_t total) {
+void ProgressLine::Update(uint64_t done, uint64_t total, const std::string& detail) {
   if (total == 0 || std::chrono::steady_clock::now() - start_ < kProgressQuietPeriod) return;
   int percent = static_cast<int>(std::min<uint64_t>(done, total) * 100 / total);
   int step = terminal_ ? 1 : static_cast<int>(kProgressStepPercent);
   if (shown_percent_ >= 0 && percent < shown_percent_ + step && percent != 100) return;
   if (percent == shown_percent_) return;
   shown_percent_ = percent;
-  std::string line = what_ + ": " + std::to_string(percent) + "% (" + std::to_string(done) + " of " +
-                     std::to_string(total) + " " + unit_ + ")";
-  if (terminal_) std::cerr << "\r" << line << std::flush;
-  else std::cerr << line << "\n";
+  constexpr int kBarWidth = 30;
+  std::string bar;
+  if (terminal_) {
+    int filled = percent * kBarWidth / 100;
+    bar = "[" + std::string(filled, '#') + std::string(kBarWidth - filled, '.') + "] ";
+  }
+  std::string line = what_ + ": " + bar + std::to_string(percent) + "% (" + std::to_string(done) + " of " +
+                     std::to_string(total) + " " + unit_ + (detail.empty() ? "" : ", " + detail) + ")";
+  if (terminal_) {
+    size_t length = line.size();
+    if (length < shown_length_) line += std::string(shown_length_ - length, ' ');
+    shown_length_ = length;
+    std::cerr << "\r" << line << std::flush;
+  } else {
+    std::cerr << line << "\n";
+  }
 }
 
 nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report) {

@@ -42,12 +42,14 @@ std::string LocalTime(uint64_t unix_seconds);
 // first kProgressQuietPeriod, so that short runs print nothing.
 class ProgressLine {
  public:
-  // Prints "<what>: 42% (<done> of <total> <unit>)".
+  // Prints "<what>: 42% (<done> of <total> <unit>[, <detail>])", with a
+  // bar before the percentage on a terminal.
   ProgressLine(std::string what, std::string unit);
   ~ProgressLine();  // ends an in-place line with a newline
   ProgressLine(const ProgressLine&) = delete;
   ProgressLine& operator=(const ProgressLine&) = delete;
-  void Update(uint64_t done, uint64_t total);
+  // `detail`: rate, ETA... (a change of it alone prints nothing new).
+  void Update(uint64_t done, uint64_t total, const std::string& detail = "");
 
  private:
   static constexpr uint32_t kProgressStepPercent = 5;
@@ -57,6 +59,7 @@ class ProgressLine {
   bool terminal_;
   std::chrono::steady_clock::time_point start_;
   int shown_percent_ = -1;  // last percentage printed; -1: none yet
+  size_t shown_length_ = 0;  // of the line on the terminal, to blank a longer one
 };
 
 nlohmann::json FsckReportJson(const std::string& path, const FsckReport& report);

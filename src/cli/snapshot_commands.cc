@@ -144,14 +144,25 @@ void RunVolumeFlatten(const VolumeArgs& args) {
   uint64_t copied = 0;
   if (auto socket = DaemonSocket(args)) {
     origin = Call(*socket, "vol.info", {{"name", args.name}}, what).get<VolumeInfo>().origin;
-    copied = Call(*socket, "vol.flatten", {{"name", args.name}}, what)["copied_clusters"].get<uint64_t>();
+    // A job in the daemon: followed here, and it goes on (and survives a
+    // restart) if this command is interrupted.
+    uint64_t job = Call(*socket, "vol.flatten", {{"name", args.name}, {"wait", false}}, what)["job"].get<uint64_t>();
+    std::cerr << "flattening " << args.name << " as job " << job << " (`edgestor job wait " << job << "` follows it)\n";
+    nlohmann::json ended = FollowJob(*socket, job, what);
+    if (ended["state"] != "succeeded")
+      Fail(what + ": job " + std::to_string(job) + " " + ended["state"].get<std::string>() + ": " +
+           ended["result"].get<std::string>());
+    copied = ended["output"]["copied_clusters"].get<uint64_t>();
   } else {
     std::unique_ptr<PoolSession> session = PoolSession::Open(args.pool);
     origin = session->GetVolumeInfo(args.name).origin;
     {
       ProgressLine progress("flattening " + args.name, "clusters");
       copied = Unwrap(session->pool().FlattenVolume(
-                          args.name, [&progress](uint64_t done, uint64_t total) { progress.Update(done, total); }),
+                          args.name, [&progress](uint64_t done, uint64_t total) {
+                            progress.Update(done, total);
+                            return true;
+                          }),
                       what);
     }
     session->Close();

@@ -14,6 +14,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "ops/state_file.h"
+
 
 namespace edgestor {
 
@@ -70,8 +72,14 @@ std::string DefaultNbdSocket(const std::string& pool_path) { return SiblingPath(
 Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   if (options.control_socket.empty()) options.control_socket = DefaultControlSocket(options.pool_path);
   if (options.nbd_socket.empty()) options.nbd_socket = DefaultNbdSocket(options.pool_path);
+  if (options.state_file.empty()) options.state_file = DefaultStateFile(options.pool_path);
   MarkAsIoFlusher();
   ES_ASSIGN_OR_RETURN(int lock_fd, LockPool(options.pool_path));
+  auto state = LoadStateFile(options.state_file);
+  if (!state.ok()) {
+    ::close(lock_fd);
+    return state.status();
+  }
   auto pool = OpenPoolFile(options.pool_path, PoolOpenOptions{.map_cache_bytes = options.map_cache_bytes,
                                                               .secret = options.secret,
                                                               .hot_plain_clusters = options.hot_plain_clusters,
@@ -87,6 +95,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   daemon->RegisterMethods();
   ES_RETURN_IF_ERROR(daemon->control_.Listen(options.control_socket, options.control_access));
   ES_RETURN_IF_ERROR(daemon->nbd_->Start());
+  if (!options.metrics_listen.empty()) {
+    ES_ASSIGN_OR_RETURN(daemon->metrics_, MetricsServer::Start(options.metrics_listen, [d = daemon.get()] {
+                          return d->MetricsText();
+                        }));
+    spdlog::info("metrics on http://{}/metrics (port {})", options.metrics_listen, daemon->metrics_->port());
+  }
+  daemon->RestoreState(state.value());
+  ES_RETURN_IF_ERROR(daemon->SaveState().WithContext("cannot write the daemon's state file"));
   daemon->control_.Start();
   spdlog::info("serving pool {} ({} volumes); control socket {}, NBD socket {}", options.pool_path,
                daemon->pool_->VolumeNames().size(), options.control_socket, options.nbd_socket);
@@ -110,6 +126,9 @@ Status Daemon::Stop() {
     if (stopped_) return Status::Ok();
     stopped_ = true;
   }
+  // Jobs first: they stop "interrupted", and the resumable ones are stored.
+  jobs_.Shutdown();
+  if (metrics_) metrics_->Stop();
   control_.Stop();
   if (nbd_) nbd_->Stop();  // waits for in-flight requests to complete and reply
   std::map<std::string, std::unique_ptr<vhost::VhostBlkExport>> vhost;

@@ -22,6 +22,8 @@
 #include "frontend/fuse/fuse_file_export.h"
 #include "frontend/nbd/nbd_server.h"
 #include "frontend/vhost/vhost_blk_export.h"
+#include "ops/job_registry.h"
+#include "ops/metrics_server.h"
 #include "volume/volume_set.h"
 
 namespace edgestor {
@@ -46,6 +48,15 @@ struct DaemonOptions {
   // plain per volume, and how long one must go unwritten to be compressed again.
   uint64_t hot_plain_clusters = 65536;
   uint32_t recompress_idle_ms = 30000;
+  // "host:port" of the Prometheus metrics listener; empty: none.
+  std::string metrics_listen;
+  // Where exports, resumable jobs and these settings are stored and
+  // restored from (default: DefaultStateFile(pool_path)). Exports added
+  // with "transient" are not stored.
+  std::string state_file;
+  // What `serve` stores as its settings (the flags it ran with), for the
+  // next `serve` to default to. Stored as given.
+  nlohmann::json settings = nlohmann::json::object();
 };
 
 // Sockets live beside the pool: var/pool.img -> var/pool.control.sock,
@@ -87,6 +98,14 @@ class Daemon : public ExportProvider {
 
   // The daemon-wide in-flight budget (its counters).
   const InflightBudget& inflight_budget() const { return inflight_budget_; }
+  // The metrics listener's port (0: none).
+  uint16_t metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // Every metric, in the Prometheus text format (daemon/metrics.cc).
+  std::string MetricsText();
+  // The pool is usable (no device error stopped it): the watchdog's check.
+  bool Healthy();
+  // ExportProvider: NBD requests to `volume` are counted per volume name.
+  IoStats* ExportStats(Volume* volume) override;
 
   // Answers one JSON-RPC request line as the control socket would (fuzzing).
   std::string HandleControlLine(const std::string& line) { return control_.HandleLine(line); }
@@ -102,6 +121,23 @@ class Daemon : public ExportProvider {
   Daemon(DaemonOptions options, int lock_fd, std::unique_ptr<VolumeSet> pool);
   void RegisterMethods();
   void RegisterSnapshotMethods();  // rpc_snapshot_methods.cc
+  void RegisterOperationsMethods();  // rpc_ops_methods.cc: stats.io, job.*
+  // export.add: starts the export `params` describe; returns the RPC result,
+  // whose "key" is its absolute socket path or mount point.
+  Result<nlohmann::json> AddExportRpc(const nlohmann::json& params);
+  Result<nlohmann::json> AddVhostExportRpc(const std::string& name, const nlohmann::json& params);
+  // Stores `params` (an export.add request) under `key`, or forgets `key`,
+  // and saves the state file. REQUIRES: mu_ not held.
+  Status StoreExport(const std::string& key, const nlohmann::json* params);
+  // Writes exports, resumable jobs and settings to the state file.
+  // REQUIRES: mu_ not held.
+  Status SaveState();
+  // At start: the stored exports (those that fail are kept, retried at
+  // pool.unlock) and jobs.
+  void RestoreState(const nlohmann::json& state);
+  void RetryUnrestoredExports();
+  // Starts a flatten of `volume` as a job (`spec.id` set when resumed).
+  Result<uint64_t> StartFlattenJob(const std::string& volume, JobSpec spec);
   Result<nlohmann::json> AddFileExportRpc(const std::string& name, const nlohmann::json& params);
   // "attached by 2 NBD connection(s) and exported over vhost-user on S", or
   // "" if nothing uses `volume`. REQUIRES: mu_.
@@ -134,6 +170,18 @@ class Daemon : public ExportProvider {
   // returns whether there were any. Unlocks mu_ while they stop.
   bool RemoveExportsLocked(std::unique_lock<std::mutex>& lock, Volume* volume, Detached& detached);
   bool stopped_ = false;
+
+  // GUARDED_BY(mu_): NBD requests by volume name (ExportStats); entries
+  // live as long as the daemon, so connections may keep the pointer.
+  std::map<std::string, std::unique_ptr<IoStats>> nbd_io_stats_;
+  // GUARDED_BY(mu_): the export.add requests to restore at start, by key
+  // (absolute socket path or mount point), and those that failed to
+  // restore with why.
+  std::map<std::string, nlohmann::json> stored_exports_;
+  std::map<std::string, std::string> unrestored_exports_;
+  std::mutex state_file_mu_;  // serialises SaveState; taken before mu_, never inside it
+  JobRegistry jobs_{[this] { (void)SaveState(); }};
+  std::unique_ptr<MetricsServer> metrics_;
 };
 
 }  // namespace edgestor

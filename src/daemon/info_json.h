@@ -54,7 +54,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PoolInfo, uuid, format_version, device_bytes,
                                    snapshot_count, snapshots_being_deleted, volumes_being_deleted,
                                    background_delete_error, cached_map_pages, map_cache_limit_pages, map_cache_hits,
                                    map_cache_misses, map_page_async_loads, group_commits, group_commit_waiters, group_commit_ns_total,
-                                   group_commit_ns_max, shared_edge_blocks,
+                                   group_commit_ns_max, checkpoints, checkpoint_ns_total, checkpoint_ns_max,
+                                   journal_used_bytes, failure, shared_edge_blocks,
                                    key_source, locked, encrypt_by_default, default_compression)
 
 }  // namespace edgestor

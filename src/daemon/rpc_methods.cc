@@ -68,6 +68,7 @@ void Daemon::RegisterMethods() {
     Status s = pool_->Unlock(secret);
     WipeSecret(secret.passphrase.data(), secret.passphrase.size());
     ES_RETURN_IF_ERROR(s);
+    RetryUnrestoredExports();  // exports of encrypted volumes wait for the key
     return json{{"locked", false}};
   });
   control_.Register("vol.resize", [this](const json& params) -> Result<json> {
@@ -124,6 +125,7 @@ void Daemon::RegisterMethods() {
                          {"queues", e->options().queues},
                          {"readonly", e->options().read_only},
                          {"serial", e->options().serial},
+                         {"persistent", stored_exports_.count(socket) > 0},
                          {"connections", e->connected() ? 1 : 0}});
     for (const auto& [mountpoint, e] : file_exports_)
       exports.push_back({{"name", e->volume().name()},
@@ -132,46 +134,95 @@ void Daemon::RegisterMethods() {
                          {"file", e->file_path()},
                          {"threads", e->options().threads},
                          {"readonly", e->options().read_only},
+                         {"persistent", stored_exports_.count(mountpoint) > 0},
                          {"connections", e->open_count()}});
+    // Stored exports that could not be restored (a locked pool, a volume
+    // gone): not serving, said why.
+    for (const auto& [key, why] : unrestored_exports_) {
+      const json& params = stored_exports_[key];
+      bool file = params.value("protocol", "") == "file";
+      exports.push_back({{"name", params.value("name", "")},
+                         {"protocol", params.value("protocol", "")},
+                         {file ? "mountpoint" : "socket", key},
+                         {"persistent", true},
+                         {"connections", 0},
+                         {"error", why}});
+    }
     return json{{"exports", exports}};
   });
+  // Stored (and restored at the next start) unless "transient".
   control_.Register("export.add", [this](const json& params) -> Result<json> {
-    ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
-    ES_ASSIGN_OR_RETURN(std::string protocol, StringParam(params, "protocol"));
-    if (protocol == "file") return AddFileExportRpc(name, params);
-    if (protocol != "vhost-user-blk")
-      return Status(EINVAL, "protocol must be \"vhost-user-blk\" or \"file\" (every volume is always exported over NBD)");
-    vhost::VhostExportOptions options;
-    ES_ASSIGN_OR_RETURN(options.socket_path, StringParam(params, "socket"));
-    if (params.contains("queues")) {
-      if (!params["queues"].is_number_unsigned() || params["queues"].get<uint64_t>() > vhost::kMaxQueues)
-        return Status(EINVAL, "queues must be from 1 to " + std::to_string(vhost::kMaxQueues));
-      options.queues = static_cast<uint16_t>(params["queues"].get<uint64_t>());
+    ES_ASSIGN_OR_RETURN(bool transient, BoolParam(params, "transient", false));
+    ES_ASSIGN_OR_RETURN(json result, AddExportRpc(params));
+    result["persistent"] = !transient;
+    if (transient) return result;
+    std::string key = result["key"].get<std::string>();
+    json stored = params;
+    stored.erase("transient");
+    stored[params["protocol"] == "file" ? "mountpoint" : "socket"] = key;
+    if (Status s = StoreExport(key, &stored); !s.ok()) {
+      // Nothing half done: an export that would not come back is not kept.
+      (void)(params["protocol"] == "file" ? RemoveFileExport(key, true) : RemoveVhostExport(key));
+      return s.WithContext("export removed again: cannot store it (add it with \"transient\" to run it unstored)");
     }
-    options.read_only = params.value("readonly", false);
-    if (params.contains("socket_owner")) {
-      ES_ASSIGN_OR_RETURN(std::string owner, StringParam(params, "socket_owner"));
-      ES_RETURN_IF_ERROR(ParseSocketOwner(owner, &options.access));
-    }
-    if (params.contains("socket_mode")) {
-      ES_ASSIGN_OR_RETURN(std::string mode, StringParam(params, "socket_mode"));
-      ES_RETURN_IF_ERROR(ParseSocketMode(mode, &options.access));
-    }
-    ES_RETURN_IF_ERROR(AddVhostExport(name, options));
-    return json{{"name", name}, {"socket", std::filesystem::absolute(options.socket_path).string()}};
+    return result;
   });
   control_.Register("export.remove", [this](const json& params) -> Result<json> {
-    if (params.contains("mountpoint")) {
-      ES_ASSIGN_OR_RETURN(std::string mountpoint, StringParam(params, "mountpoint"));
-      ES_ASSIGN_OR_RETURN(bool force, BoolParam(params, "force", false));
-      ES_RETURN_IF_ERROR(RemoveFileExport(mountpoint, force));
-      return json{{"removed", mountpoint}};
+    bool file = params.contains("mountpoint");
+    ES_ASSIGN_OR_RETURN(std::string path, StringParam(params, file ? "mountpoint" : "socket"));
+    std::string key = file ? std::filesystem::absolute(path).lexically_normal().string()
+                           : std::filesystem::absolute(path).string();
+    bool stored;
+    {
+      std::lock_guard lock(mu_);
+      stored = stored_exports_.count(key) > 0;
     }
-    ES_ASSIGN_OR_RETURN(std::string socket, StringParam(params, "socket"));
-    ES_RETURN_IF_ERROR(RemoveVhostExport(socket));
-    return json{{"removed", socket}};
+    Status s;
+    if (file) {
+      ES_ASSIGN_OR_RETURN(bool force, BoolParam(params, "force", false));
+      s = RemoveFileExport(path, force);
+    } else {
+      s = RemoveVhostExport(path);
+    }
+    // A stored export that failed to restore is not running: removing it
+    // forgets it.
+    if (!s.ok() && !(s.code() == ENOENT && stored)) return s;
+    if (stored) ES_RETURN_IF_ERROR(StoreExport(key, nullptr).WithContext("removed, but the stored exports still name it"));
+    return json{{"removed", path}};
   });
   RegisterSnapshotMethods();
+  RegisterOperationsMethods();
+}
+
+Result<json> Daemon::AddExportRpc(const json& params) {
+  ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
+  ES_ASSIGN_OR_RETURN(std::string protocol, StringParam(params, "protocol"));
+  if (protocol == "file") return AddFileExportRpc(name, params);
+  if (protocol != "vhost-user-blk")
+    return Status(EINVAL, "protocol must be \"vhost-user-blk\" or \"file\" (every volume is always exported over NBD)");
+  return AddVhostExportRpc(name, params);
+}
+
+Result<json> Daemon::AddVhostExportRpc(const std::string& name, const json& params) {
+  vhost::VhostExportOptions options;
+  ES_ASSIGN_OR_RETURN(options.socket_path, StringParam(params, "socket"));
+  if (params.contains("queues")) {
+    if (!params["queues"].is_number_unsigned() || params["queues"].get<uint64_t>() > vhost::kMaxQueues)
+      return Status(EINVAL, "queues must be from 1 to " + std::to_string(vhost::kMaxQueues));
+    options.queues = static_cast<uint16_t>(params["queues"].get<uint64_t>());
+  }
+  options.read_only = params.value("readonly", false);
+  if (params.contains("socket_owner")) {
+    ES_ASSIGN_OR_RETURN(std::string owner, StringParam(params, "socket_owner"));
+    ES_RETURN_IF_ERROR(ParseSocketOwner(owner, &options.access));
+  }
+  if (params.contains("socket_mode")) {
+    ES_ASSIGN_OR_RETURN(std::string mode, StringParam(params, "socket_mode"));
+    ES_RETURN_IF_ERROR(ParseSocketMode(mode, &options.access));
+  }
+  ES_RETURN_IF_ERROR(AddVhostExport(name, options));
+  std::string socket = std::filesystem::absolute(options.socket_path).string();
+  return json{{"name", name}, {"socket", socket}, {"key", socket}};
 }
 
 Result<json> Daemon::AddFileExportRpc(const std::string& name, const json& params) {
@@ -186,7 +237,11 @@ Result<json> Daemon::AddFileExportRpc(const std::string& name, const json& param
   }
   ES_ASSIGN_OR_RETURN(fuse::FileExportOptions started, AddFileExport(name, options));
   std::string file = (std::filesystem::path(started.mountpoint) / name).string();
-  return json{{"name", name}, {"mountpoint", started.mountpoint}, {"file", file}, {"readonly", started.read_only}};
+  return json{{"name", name},
+              {"mountpoint", started.mountpoint},
+              {"file", file},
+              {"readonly", started.read_only},
+              {"key", started.mountpoint}};
 }
 
 }  // namespace edgestor

@@ -78,6 +78,11 @@ void Daemon::RegisterSnapshotMethods() {
       ES_ASSIGN_OR_RETURN(detached, DetachLocked(lock, target));
     }
     ES_ASSIGN_OR_RETURN(std::string kept, pool_->Rollback(volume, snapshot, !discard_current));
+    lock.unlock();
+    // The detached exports are gone for good: the stored ones are forgotten
+    // (add them again to serve the rolled-back volume).
+    for (const auto& keys : {detached.vhost_sockets, detached.file_mountpoints})
+      for (const std::string& key : keys) (void)StoreExport(key, nullptr);
     // Names as snap.rollback takes them: rolling back to kept_snapshot undoes this.
     json out = {{"volume", volume},
                 {"snapshot", snapshot},
@@ -95,12 +100,21 @@ void Daemon::RegisterSnapshotMethods() {
     ES_ASSIGN_OR_RETURN(VolumeInfo info, pool_->GetVolumeInfo(clone->name()));
     return json(info);
   });
-  // Runs while the clone is in use; no daemon lock is held meanwhile (the
-  // engine keeps the clone from being deleted under it).
+  // A job (job.* methods), running while the clone is in use; no daemon
+  // lock is held meanwhile (the engine keeps the clone from being deleted
+  // under it). With "wait" (the default) the call returns when it ends.
   control_.Register("vol.flatten", [this](const json& params) -> Result<json> {
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
-    ES_ASSIGN_OR_RETURN(uint64_t copied, pool_->FlattenVolume(name));
-    return json{{"name", name}, {"copied_clusters", copied}};
+    ES_ASSIGN_OR_RETURN(bool wait, BoolParam(params, "wait", true));
+    ES_ASSIGN_OR_RETURN(uint64_t id, StartFlattenJob(name, JobSpec{}));
+    if (!wait) return json{{"name", name}, {"job", id}};
+    JobInfo info;
+    do {
+      ES_ASSIGN_OR_RETURN(info, jobs_.Wait(id, std::chrono::seconds(60)));
+    } while (info.state == JobState::kRunning);
+    if (info.state == JobState::kFailed) return Status(info.error, info.result);
+    if (info.state != JobState::kSucceeded) return Status(ECANCELED, "job " + std::to_string(id) + ": " + info.result);
+    return json{{"name", name}, {"job", id}, {"copied_clusters", info.output.value("copied_clusters", uint64_t{0})}};
   });
 }
 

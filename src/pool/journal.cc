@@ -41,6 +41,7 @@ void Pool::UpdateJournalPressure() {
   // Pending records are counted as if packed at 3/4 density.
   uint64_t pending_blocks = pending_records_.size() * 4 / 3 / format::kJournalPayload + 1;
   uint64_t used = journal_head_seq_ - label_.replay_seq + pending_blocks;
+  journal_used_blocks_.store(used, std::memory_order_relaxed);
   journal_wants_checkpoint_.store(used * 2 > geometry_.journal_blocks, std::memory_order_relaxed);
 }
 

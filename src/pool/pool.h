@@ -185,6 +185,9 @@ class Pool {
   // True when the journal is more than half full: time for a checkpoint.
   // Lock-free: called after every I/O.
   bool JournalWantsCheckpoint() const { return journal_wants_checkpoint_.load(std::memory_order_relaxed); }
+  // Journal blocks holding records since the last checkpoint (pending
+  // ones estimated), of geometry().journal_blocks. Lock-free (metrics).
+  uint64_t JournalUsedBlocks() const { return journal_used_blocks_.load(std::memory_order_relaxed); }
   // Lock-free: runs released by pending records (reusable only after the
   // next commit) add up to a quarter of the free space or more. Writers
   // that keep moving clusters (compressed, copied) without ever flushing
@@ -303,6 +306,7 @@ class Pool {
   uint64_t shared_edge_count_ = 0;  // GUARDED_BY(mu_): bits set in shared_edges_
   bool failed_ = false;                   // GUARDED_BY(mu_)
   std::atomic<bool> journal_wants_checkpoint_{false};
+  std::atomic<uint64_t> journal_used_blocks_{0};
 };
 
 }  // namespace edgestor

@@ -235,6 +235,7 @@ TEST(Snapshot, CloneSharesUntilWrittenAndFlattenCutsTheTie) {
   auto copied = pool.set().FlattenVolume("copy", [&](uint64_t done, uint64_t total) {
     EXPECT_LE(done, total);
     last_done = done;
+    return true;
   });
   ASSERT_TRUE(copied.ok()) << copied.status().ToString();
   EXPECT_EQ(copied.value(), 3 * kMiB / kCluster);  // the clusters it had not rewritten

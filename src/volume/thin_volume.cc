@@ -183,6 +183,9 @@ void ThinVolume::Submit(VolumeIo* io, IoQueue& queue) {
   io->progress = {};
   io->progress.volume = this;
   io->progress.queue = &queue;
+  io->progress.started_ns = IoStats::NowNs();
+  io_stats_.Started();
+  if (io->stats) io->stats->Started();
   Admit(io, queue);
 }
 
@@ -343,7 +346,18 @@ void ThinVolume::OnPageLoaded(IoRequest* req, int result) {
   volume->SubmitAsynchronous(io, *load->queue);
 }
 
-void ThinVolume::Fail(VolumeIo* io, const Status& status) { io->done(io, status); }
+void ThinVolume::Fail(VolumeIo* io, const Status& status) {
+  CountFinished(*io, status.ok());
+  io->done(io, status);
+}
+
+void ThinVolume::CountFinished(const VolumeIo& io, bool ok) {
+  static_assert(static_cast<int>(VolumeOp::kWriteZeroes) == static_cast<int>(IoKind::kWriteZeroes));
+  auto kind = static_cast<IoKind>(io.op);
+  uint64_t latency_ns = IoStats::NowNs() - io.progress.started_ns;
+  io_stats_.Finished(kind, io.length, latency_ns, ok);
+  if (io.stats) io.stats->Finished(kind, io.length, latency_ns, ok);
+}
 
 // Splits [offset, offset+length) at cluster boundaries.
 template <typename Fn>
@@ -852,6 +866,7 @@ void ThinVolume::Finish(VolumeIo* io, const Status& status) {
     inflight_ios_--;
     map_.EvictIfOverBudget();
   }
+  CountFinished(*io, status.ok());
   io->done(io, status);
   services_.events.RequestFinished();
 }

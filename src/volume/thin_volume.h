@@ -42,6 +42,7 @@ class ThinVolume : public Volume {
   uint64_t size() const override { return size_.load(std::memory_order_relaxed); }
   void Submit(VolumeIo* io, IoQueue& queue) override;
   Result<std::vector<VolumeExtent>> Describe(uint64_t offset, uint64_t length, size_t max_extents) override;
+  const IoStats* io_stats() const override { return &io_stats_; }
 
   // ---- For VolumeSetImpl (control path) ----
   std::mutex& mutex() { return mu_; }
@@ -90,8 +91,9 @@ class ThinVolume : public Volume {
   // only if no other directory reads it.
   void MarkDivergedPages(const std::function<void(const std::string&)>& problem);
   // Copies every cluster it shares into space of its own (clone flatten).
-  // Returns the clusters copied; `progress` gets (done, total) clusters.
-  Result<uint64_t> CopySharedClusters(const std::function<void(uint64_t, uint64_t)>& progress);
+  // Returns the clusters copied; `progress` gets (done, total) clusters
+  // and stops the copy (ECANCELED) by returning false.
+  Result<uint64_t> CopySharedClusters(const std::function<bool(uint64_t, uint64_t)>& progress);
   // REQUIRES: mu_ held. Changes the size; shrinking appends the freed data
   // clusters and page blocks to `frees`. EBUSY if I/O is in flight.
   Status ResizeLocked(uint64_t new_size, std::vector<BlockRun>* frees);
@@ -275,6 +277,8 @@ class ThinVolume : public Volume {
   static void OnCommitted(IoRequest* req, int result);
   void Finish(VolumeIo* io, const Status& status);
   void Fail(VolumeIo* io, const Status& status);
+  // Records a request in io_stats_ (and in the submitter's IoStats).
+  void CountFinished(const VolumeIo& io, bool ok);
 
   const VolumeServices& services_;
   Pool& pool_;  // services_.pool
@@ -303,6 +307,7 @@ class ThinVolume : public Volume {
   // services_.hot_plain_limit), by cluster, with their last write (NowMs).
   std::unordered_map<uint64_t, uint64_t> hot_plain_;
   std::atomic<uint64_t> async_writes_{0};  // VolumeIos on the asynchronous write path
+  IoStats io_stats_;  // every request Submit took, by kind (metrics, iostat)
   // Data path counters (for metrics and tests).
   std::atomic<uint64_t> copies_started_{0};    // asynchronous copy-on-writes begun
   std::atomic<uint64_t> reencodes_started_{0};  // asynchronous compressed rewrites begun

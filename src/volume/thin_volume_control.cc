@@ -156,7 +156,7 @@ void ThinVolume::TakeContentOf(ThinVolume& view) {
   written_blocks_ = view.written_blocks_;
 }
 
-Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<void(uint64_t, uint64_t)>& progress) {
+Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<bool(uint64_t, uint64_t)>& progress) {
   assert(!read_only_ && "only a clone is flattened");
   uint64_t copied = 0;
   const uint64_t clusters = map_.clusters();
@@ -182,7 +182,8 @@ Result<uint64_t> ThinVolume::CopySharedClusters(const std::function<void(uint64_
       }
       map_.EvictIfOverBudget();
     }
-    if (progress) progress(std::min(first + kEntriesPerMapPage, clusters), clusters);
+    if (progress && !progress(std::min(first + kEntriesPerMapPage, clusters), clusters))
+      return Status(ECANCELED, "flattening " + name_ + " was stopped; flatten it again to go on");
   }
   return copied;
 }

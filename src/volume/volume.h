@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "base/io_stats.h"
 #include "base/status.h"
 #include "io/device.h"
 
@@ -50,6 +51,9 @@ struct VolumeIo {
   // touches `io` again, so the callback may reuse or free it.
   void (*done)(VolumeIo* io, const Status& status) = nullptr;
   void* context = nullptr;
+  // Also counts this request, besides the volume's own IoStats (an
+  // export's, say). Optional; must outlive the request.
+  IoStats* stats = nullptr;
 
   // Engine-private progress; zero-initialised by the submitter.
   struct Progress {
@@ -62,6 +66,7 @@ struct VolumeIo {
     // A part of an unaligned request's read-modify-write (that request's
     // state): it passes the gate its owner holds on its clusters.
     void* gate_owner = nullptr;
+    uint64_t started_ns = 0;  // IoStats::NowNs() at Submit, for the latency
   } progress;
 };
 
@@ -86,6 +91,8 @@ class Volume {
   // end before offset+length). No data I/O; may read a map page. EINVAL if
   // the range is out of the volume.
   virtual Result<std::vector<VolumeExtent>> Describe(uint64_t offset, uint64_t length, size_t max_extents) = 0;
+  // What this volume served since it was opened; null if it keeps no count.
+  virtual const IoStats* io_stats() const { return nullptr; }
 };
 
 // Submits `io` and polls `queue` until it completes. For tools and tests.

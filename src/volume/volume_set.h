@@ -129,6 +129,15 @@ struct PoolInfo {
   uint64_t group_commit_waiters = 0;
   uint64_t group_commit_ns_total = 0;
   uint64_t group_commit_ns_max = 0;
+  // Checkpoints written since the pool was opened (those that failed
+  // included), their total and longest duration; the journal's fill.
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_ns_total = 0;
+  uint64_t checkpoint_ns_max = 0;
+  uint64_t journal_used_bytes = 0;
+  // Empty while the pool is usable; otherwise why it stopped (a device
+  // error: reopen to recover).
+  std::string failure;
   // Blocks two packed compressed frames share now (each ends one frame
   // and begins the next; freed with the second of them).
   uint64_t shared_edge_blocks = 0;
@@ -181,8 +190,10 @@ struct SnapshotInfo {
   std::string full_name() const { return volume + "@" + name; }
 };
 
-// Progress of a long operation: (done, total) in its own units.
-using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+// Progress of a long operation: (done, total) in its own units. Returns
+// false to stop it (the operation then fails with ECANCELED, leaving
+// whatever it finished in place).
+using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
 
 class VolumeSet {
  public:
@@ -256,7 +267,8 @@ class VolumeSet {
                                         const std::string& clone) = 0;
   // Copies every cluster the clone shares into its own space; afterwards it
   // no longer depends on its origin snapshot. Works while the clone is in
-  // use. Returns the number of clusters copied.
+  // use. Returns the number of clusters copied. Stopped through `progress`,
+  // it stays a clone, with what it copied its own: flattening again goes on.
   virtual Result<uint64_t> FlattenVolume(const std::string& name, const ProgressFn& progress = {}) = 0;
   // Compression of new writes; existing clusters stay as they are.
   virtual Status SetVolumeCompression(const std::string& name, const CompressionSetting& setting) = 0;

@@ -215,6 +215,9 @@ class VolumeSetImpl : public VolumeSet, private VolumeEvents {
   uint32_t next_volume_id_ = 1;                                 // GUARDED_BY(mu_)
   format::PoolDefaults defaults_{};                             // GUARDED_BY(mu_)
   KeyRing key_ring_{*pool_};  // GUARDED_BY(mu_), but DeriveKey: the pool key, once given
+  std::atomic<uint64_t> checkpoints_{0};  // CheckpointLocked calls, their total and longest time
+  std::atomic<uint64_t> checkpoint_ns_total_{0};
+  std::atomic<uint64_t> checkpoint_ns_max_{0};
   std::atomic<bool> failed_{false};  // a checkpoint failed: reopen to recover
   std::atomic<bool> closed_{false};
   std::unique_ptr<CodecPool> codec_pool_;

@@ -109,6 +109,7 @@ class FileExportImpl {
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   InflightBudget& budget() { return budget_; }
   std::atomic<uint32_t>& opens() { return opens_; }
+  IoStats& io_stats() { return io_stats_; }
 
   struct stat FileAttr();
   struct stat DirAttr();
@@ -124,6 +125,7 @@ class FileExportImpl {
   int stop_fd_ = -1;
   std::atomic<bool> stopping_{false};
   std::atomic<uint32_t> opens_{0};
+  IoStats io_stats_;  // every request the kernel sent to the volume
   std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex attr_mu_;  // guards mode_, uid_, gid_ (chmod and chown are kept in memory only)
   mode_t mode_;
@@ -488,6 +490,7 @@ FuseRequest* Worker::NewRequest(fuse_req_t req, VolumeOp op, uint64_t offset, ui
   r->io.length = length;
   r->io.done = &Worker::Done;
   r->io.context = r;
+  r->io.stats = &impl_.io_stats();
   return r;
 }
 
@@ -767,5 +770,7 @@ std::string FuseFileExport::file_path() const {
 }
 
 uint32_t FuseFileExport::open_count() const { return impl_->opens().load(std::memory_order_relaxed); }
+
+const IoStats& FuseFileExport::io_stats() const { return impl_->io_stats(); }
 
 }  // namespace edgestor::fuse

@@ -67,6 +67,8 @@ class FuseFileExport {
   std::string file_path() const;
   // Opens of the file not yet released (a loop device holds one).
   uint32_t open_count() const;
+  // What the kernel sent through this export (the volume counts it too).
+  const IoStats& io_stats() const;
 
  private:
   FuseFileExport(Volume& volume, FileExportOptions options, std::unique_ptr<FileExportImpl> impl);

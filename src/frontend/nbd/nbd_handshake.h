@@ -37,6 +37,7 @@ struct NbdSession {
   // commits to nothing) is served at byte granularity, as the protocol's
   // default block sizes ask.
   bool block_sizes_agreed = false;
+  IoStats* io_stats = nullptr;  // also counts this connection's requests (the provider's ExportStats)
 };
 
 // Sends the greeting on `fd` and haggles options until the client enters

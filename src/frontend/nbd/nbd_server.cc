@@ -33,17 +33,6 @@ constexpr auto kAcceptErrorPause = std::chrono::milliseconds(100);
 
 Status Errno(const std::string& what) { return Status(errno, what + ": " + std::strerror(errno)); }
 
-// Splits "host:port" or "[v6host]:port".
-Status SplitHostPort(const std::string& host_port, std::string* host, std::string* port) {
-  size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos || colon + 1 == host_port.size())
-    return Status(EINVAL, "expected HOST:PORT, got '" + host_port + "'");
-  *host = host_port.substr(0, colon);
-  *port = host_port.substr(colon + 1);
-  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
-  return Status::Ok();
-}
-
 }  // namespace
 
 void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions& options,
@@ -65,6 +54,7 @@ void ServeNbdConnection(int fd, ExportProvider& provider, const NbdServerOptions
   std::unique_ptr<VolumeChannel> channel = provider.OpenChannel(options.queue_depth);
   if (channel) {
     if (attached) attached->store(session->volume);
+    session->io_stats = provider.ExportStats(session->volume);
     nbd::NbdTransmission transmission(fd, *session->volume, *channel, *session, options, stopping, *stats);
     transmission.Run();
     if (attached) attached->store(nullptr);

@@ -85,6 +85,12 @@ class ExportProvider {
   // meanwhile). ENOENT if there is none; ESHUTDOWN if the daemon stops.
   virtual Result<Volume*> AcquireExport(const std::string& name) = 0;
   virtual void ReleaseExport(Volume* volume) = 0;
+  // Where NBD requests to `volume` are counted besides the volume's own
+  // IoStats (per export metrics); null for none. Must outlive the connection.
+  virtual IoStats* ExportStats(Volume* volume) {
+    (void)volume;
+    return nullptr;
+  }
   // A channel for one connection's thread (VolumeSet::OpenChannel).
   virtual std::unique_ptr<VolumeChannel> OpenChannel(uint32_t depth) = 0;
 };

@@ -382,6 +382,7 @@ void NbdTransmission::Submit(Slot* slot) {
   slot->io.buf = PayloadBytes(r) ? slot->buffer.get() : nullptr;
   slot->io.done = &NbdTransmission::OnDone;
   slot->io.context = slot;
+  slot->io.stats = session_.io_stats;
   inflight_++;
   channel_.Submit(volume_, &slot->io);  // may call OnDone before it returns
 }

@@ -268,6 +268,7 @@ void BlkQueue::Begin(uint16_t head) {
   VolumeIo& io = r->io;
   io.context = r;
   io.done = &BlkQueue::OnVolumeIoDone;
+  io.stats = settings_.io_stats;
   switch (header.type) {
     case kBlkIn:
     case kBlkOut: {

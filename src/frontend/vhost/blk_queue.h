@@ -42,6 +42,7 @@ struct BlkSettings {
   std::function<std::unique_ptr<VolumeChannel>()> make_channel;
   uint64_t inflight_bytes = kDefaultQueueInflightBytes;  // this queue's budget
   InflightBudget* shared_budget = nullptr;  // also charged if given (the daemon's)
+  IoStats* io_stats = nullptr;              // the export's, if given: counts every request
 };
 
 // The virtio-blk limits we advertise and enforce.

@@ -164,10 +164,11 @@ constexpr uint64_t kOfferedProtocolFeatures = kProtocolMq | kProtocolReplyAck | 
 // One front-end connection: its negotiated state and its queues.
 class Session {
  public:
-  Session(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<VolumeChannel>()> make_channel)
+  Session(Volume& volume, const VhostExportOptions& options, std::function<std::unique_ptr<VolumeChannel>()> make_channel,
+          IoStats* io_stats)
       : volume_(volume), options_(options) {
     BlkSettings settings{&volume, options.read_only, options.serial, std::move(make_channel),
-                         options.queue_inflight_bytes, options.shared_budget};
+                         options.queue_inflight_bytes, options.shared_budget, io_stats};
     rings_.resize(options.queues);
     for (uint32_t i = 0; i < options.queues; i++) rings_[i].queue = std::make_unique<BlkQueue>(settings, i);
   }
@@ -447,6 +448,7 @@ class VhostBlkExport::Impl {
     thread_.join();
     RemoveSocketFile(options_.socket_path);
   }
+  const IoStats& io_stats() const { return io_stats_; }
   bool connected() const {
     std::lock_guard lock(mu_);
     return connection_ >= 0;
@@ -466,7 +468,7 @@ class VhostBlkExport::Impl {
       }
       spdlog::info("vhost-blk {}: front-end connected", options_.socket_path);
       {
-        Session session(volume_, options_, make_channel_);
+        Session session(volume_, options_, make_channel_, &io_stats_);
         session.Run(connection.get());
       }  // queues drained and stopped before the next front-end
       {
@@ -484,6 +486,7 @@ class VhostBlkExport::Impl {
   std::atomic<bool> stopping_{false};
   mutable std::mutex mu_;
   int connection_ = -1;  // GUARDED_BY(mu_)
+  IoStats io_stats_;     // every front-end's requests, across reconnections
   std::thread thread_;
 };
 
@@ -509,5 +512,7 @@ void VhostBlkExport::Stop() {
 }
 
 bool VhostBlkExport::connected() const { return impl_ && impl_->connected(); }
+
+const IoStats& VhostBlkExport::io_stats() const { return impl_->io_stats(); }
 
 }  // namespace edgestor::vhost

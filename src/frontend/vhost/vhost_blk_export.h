@@ -48,6 +48,8 @@ class VhostBlkExport {
   const VhostExportOptions& options() const { return options_; }
   Volume& volume() const { return volume_; }
   bool connected() const;
+  // What front-ends sent through this export (the volume counts it too).
+  const IoStats& io_stats() const;
 
  private:
   class Impl;
