@@ -144,10 +144,12 @@ fails_without_hanging() {
 check "I/O on the loop device fails (EIO) instead of hanging once the daemon is dead" fails_without_hanging
 check "the file system unmounts" timeout 60 umount "$fs_dir"
 losetup -d "$loop" && loop=
-start_daemon || exit 1
 check "the daemon's death left a dead mount" test "$(mounts_at "$export_dir")" = 1
-check "the export mounts again, detaching the dead mount" es export file vol0 --mountpoint "$export_dir"
-check "one mount at the mount point, not two stacked" test "$(mounts_at "$export_dir")" = 1
+start_daemon || exit 1
+# The export was stored: the restarted daemon mounts it again by itself.
+check "the export is restored at start" bash -c "'$EDGESTOR' --pool '$pool' export list | grep -q ' file .*$export_dir/vol0 '"
+check "one mount at the mount point, not two stacked (the dead one detached)" test "$(mounts_at "$export_dir")" = 1
+check "adding it again is refused: it is already there" refuses_saying "already mounted" es export file vol0 --mountpoint "$export_dir"
 check "loop device again" attach_loop
 check "journal replay after the kill" bash -c "e2fsck -fy '$loop'; rc=\$?; ((rc <= 1))"
 check "e2fsck -fn clean after replay" e2fsck -fn "$loop"

@@ -209,7 +209,7 @@ detach() {
   client_pid=
 }
 check "a client attaches to live@s1" attach live@s1 -r
-check "export list shows the attached snapshot" bash -c "'$EDGESTOR' --pool '$pool' export list | grep -qE '^live@s1 +nbd .* 1$'"
+check "export list shows the attached snapshot" bash -c "'$EDGESTOR' --pool '$pool' export list | grep -qE '^live@s1 +nbd .* 1 +-$'"
 check "snap delete is refused while a client reads the snapshot" fails_cleanly "live@s1' is attached by 1 NBD connection" snap delete live@s1
 detach
 check "a client attaches to live (writable)" attach live

@@ -1,6 +1,16 @@
 #include <httplib.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "ops/job_registry.h"
+#include "ops/state_file.h"
 
 #include "base/io_stats.h"
 #include "ops/metrics_server.h"
@@ -84,6 +94,111 @@ TEST(MetricsServer, ServesMetricsOnlyAndStops) {
   EXPECT_FALSE(after.Get("/metrics"));
   EXPECT_FALSE(MetricsServer::Start("127.0.0.1", [] { return std::string(); }).ok());
   EXPECT_FALSE(MetricsServer::Start("127.0.0.1:99999", [] { return std::string(); }).ok());
+}
+
+// A job that reports progress until told to stop or until `steps` are done.
+JobFunction Steps(uint64_t steps, std::atomic<uint64_t>* reached = nullptr) {
+  return [steps, reached](JobContext& context) -> Result<nlohmann::json> {
+    for (uint64_t i = 1; i <= steps; i++) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (reached) reached->store(i);
+      if (!context.Progress(i, steps)) return Status(ECANCELED, "stopped");
+    }
+    return nlohmann::json{{"summary", "did " + std::to_string(steps) + " steps"}, {"steps", steps}};
+  };
+}
+
+TEST(JobRegistry, RunsJobsToTheEndWithProgressAndResult) {
+  JobRegistry jobs;
+  // Long enough (>= 300 ms) for a rate: the first 200 ms give none.
+  auto id = jobs.Start({.kind = "test", .target = "t", .unit = "steps"}, Steps(150));
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(id.value(), 1u);
+  auto info = jobs.Wait(id.value(), std::chrono::seconds(30));
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, JobState::kSucceeded);
+  EXPECT_EQ(info->done, 150u);
+  EXPECT_EQ(info->total, 150u);
+  EXPECT_EQ(info->result, "did 150 steps");
+  EXPECT_EQ(info->output["steps"], 150);
+  EXPECT_GT(info->rate, 0.0);
+  nlohmann::json as_json = info.value();
+  EXPECT_EQ(as_json["percent"], 100.0);
+  EXPECT_EQ(as_json["state"], "succeeded");
+  EXPECT_EQ(jobs.Get(99).status().code(), ENOENT);
+}
+
+TEST(JobRegistry, CancelsOnlyWhatMayBeCancelled) {
+  JobRegistry jobs;
+  auto cancellable = jobs.Start({.kind = "test", .target = "a", .unit = "steps", .cancellable = true}, Steps(100000));
+  auto fixed = jobs.Start({.kind = "test", .target = "b", .unit = "steps"}, Steps(20));
+  ASSERT_TRUE(cancellable.ok() && fixed.ok());
+  EXPECT_EQ(jobs.Cancel(fixed.value()).code(), EPERM);
+  ASSERT_TRUE(jobs.Cancel(cancellable.value()).ok());
+  auto info = jobs.Wait(cancellable.value(), std::chrono::seconds(30));
+  EXPECT_EQ(info->state, JobState::kCancelled);
+  EXPECT_LT(info->done, 100000u);
+  EXPECT_EQ(jobs.Wait(fixed.value(), std::chrono::seconds(30))->state, JobState::kSucceeded);
+  EXPECT_EQ(jobs.Cancel(fixed.value()).code(), EALREADY);
+}
+
+TEST(JobRegistry, ShutdownInterruptsAndListsResumableJobs) {
+  std::atomic<int> changes{0};
+  JobRegistry jobs([&changes] { changes++; });
+  std::atomic<uint64_t> reached{0};
+  auto resumable = jobs.Start({.kind = "flatten", .target = "c", .unit = "clusters", .resumable = true},
+                              Steps(1000000, &reached));
+  auto other = jobs.Start({.kind = "other", .target = "d", .unit = "steps"}, Steps(1000000));
+  ASSERT_TRUE(resumable.ok() && other.ok());
+  while (reached.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  nlohmann::json running = jobs.ResumableJobs();
+  ASSERT_EQ(running["jobs"].size(), 1u);
+  EXPECT_EQ(running["jobs"][0]["id"], resumable.value());
+  jobs.Shutdown();
+  EXPECT_EQ(jobs.Get(resumable.value())->state, JobState::kInterrupted);
+  EXPECT_EQ(jobs.Get(other.value())->state, JobState::kInterrupted);
+  EXPECT_EQ(changes.load(), 2);
+  nlohmann::json stored = jobs.ResumableJobs();
+  ASSERT_EQ(stored["jobs"].size(), 1u);  // the interrupted resumable one only
+  EXPECT_EQ(stored["jobs"][0]["kind"], "flatten");
+  EXPECT_EQ(stored["next_id"], 3);
+  EXPECT_EQ(jobs.Start({.kind = "late"}, Steps(1)).status().code(), ESHUTDOWN);
+}
+
+TEST(JobRegistry, ResumedJobsKeepTheirIdsAndNewOnesComeAfter) {
+  JobRegistry jobs;
+  jobs.SetNextId(7);
+  auto resumed = jobs.Start({.id = 4, .kind = "flatten", .resumed = 1}, Steps(1));
+  auto fresh = jobs.Start({.kind = "flatten"}, Steps(1));
+  ASSERT_TRUE(resumed.ok() && fresh.ok());
+  EXPECT_EQ(resumed.value(), 4u);
+  EXPECT_EQ(fresh.value(), 7u);
+  EXPECT_EQ(jobs.Start({.id = 4, .kind = "again"}, Steps(1)).status().code(), EEXIST);
+}
+
+TEST(StateFile, MissingIsEmptySavedIsReadBackGarbageIsRefused) {
+  auto dir = std::filesystem::temp_directory_path() / ("es_state_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string pool = (dir / "pool.img").string();
+  std::string path = DefaultStateFile(pool);
+  EXPECT_EQ(path, (dir / "pool.state.json").string());
+  auto empty = LoadStateFile(path);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+  nlohmann::json state = {{"exports", {{{"protocol", "file"}, {"mountpoint", "/m"}}}}};
+  ASSERT_TRUE(SaveStateFile(path, state).ok());
+  auto loaded = LoadStateFile(path);
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ((*loaded)["exports"], state["exports"]);
+  EXPECT_EQ((*loaded)["version"], kStateFileVersion);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  std::ofstream(path) << "{\"exports\": [";  // torn by hand: atomic saves never leave this
+  auto torn = LoadStateFile(path);
+  EXPECT_EQ(torn.status().code(), EINVAL);
+  EXPECT_NE(torn.status().message().find(path), std::string::npos);
+  std::ofstream(path) << "{\"version\": 99}";
+  EXPECT_EQ(LoadStateFile(path).status().code(), EINVAL);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

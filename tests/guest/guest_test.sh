@@ -232,7 +232,7 @@ if ((restart_backend)); then
     # shellcheck disable=SC2046  # daemon_options: zero or one word
     start_daemon $(daemon_options) -- "${serve_args[@]//@WORK@/$work}" || exit 1
     echo "$daemon_pid" >"$work/daemon.pid"
-    "$EDGESTOR" --pool "$pool" export vhost "$vol" --socket "$vhost_socket" --queues 2 >/dev/null
+    # The export was stored: the daemon serves the socket again by itself.
     echo "restart: daemon $daemon_pid serving $vhost_socket again"
   ) &
   restarter=$!
