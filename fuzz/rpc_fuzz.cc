@@ -38,9 +38,11 @@ using nlohmann::json;
 const char* const kMethods[] = {"pool.info",   "pool.unlock",   "vol.list",      "vol.info",    "vol.create",
                                 "vol.set",     "vol.resize",    "vol.delete",    "vol.clone",   "vol.flatten",
                                 "export.list", "export.add",    "export.remove", "snap.create", "snap.list",
-                                "snap.delete", "snap.rollback", "no.such.method"};
+                                "snap.delete", "snap.rollback", "stats.io",      "job.list",    "job.get",
+                                "job.wait",    "job.cancel",    "no.such.method"};
 const char* const kKeys[] = {"name",  "volume",   "snapshot", "size",   "compress", "encrypt", "force",
-                             "discard_current", "readonly", "socket", "queues",   "protocol", "key", "passphrase"};
+                             "discard_current", "readonly", "socket", "queues",   "protocol", "key", "passphrase",
+                             "id",    "timeout_ms", "volumes", "wait", "transient"};
 const char* const kNames[] = {"v", "v@s", "c", "s", "new", "v@", "@s", "", "a/b", "..", "v@s@t", "c@s"};
 
 // A daemon on a pool with a volume "v", its snapshot "v@s" and a clone "c".
@@ -126,7 +128,12 @@ json PlausibleValue(Bytes& in, const std::string& dir, const std::string& key) {
     return sizes[b % std::size(sizes)];
   }
   if (key == "queues") return b % 3 == 0 ? 0 : b % 3 == 1 ? 1 : 70000;
-  if (key == "encrypt" || key == "force" || key == "discard_current" || key == "readonly") return (b & 1) != 0;
+  if (key == "encrypt" || key == "force" || key == "discard_current" || key == "readonly" || key == "wait" ||
+      key == "transient")
+    return (b & 1) != 0;
+  if (key == "id") return b % 4;  // job ids: the first few exist once flattens ran
+  if (key == "timeout_ms") return b % 3 == 0 ? 0 : b % 3 == 1 ? 5 : 100000;  // the last is clamped to 30 s
+  if (key == "volumes") return json::array({kNames[b % std::size(kNames)]});
   if (key == "compress") {
     const char* const settings[] = {"lz4", "off", "zstd", "zstd:19", "zstd:99", "bogus", ""};
     return settings[b % std::size(settings)];

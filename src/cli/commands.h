@@ -140,6 +140,7 @@ struct ServeArgs {
   uint64_t hot_plain_clusters = 65536;     // PoolOpenOptions::hot_plain_clusters
   uint32_t recompress_idle_seconds = 30;
   std::string metrics_listen;  // host:port; empty: no metrics listener
+  std::string state_file;      // default: beside the pool (POOL.state.json)
   // The flags given on the command line (names without "--"): these win
   // over the settings stored by the last `serve`; the others come from there.
   std::vector<std::string> given;

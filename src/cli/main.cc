@@ -569,6 +569,9 @@ void AddServeCommand(CLI::App& app, Globals& g, std::function<int()>& action) {
       ->default_str("30");
   serve->add_option("--metrics-listen", args->metrics_listen,
                     "serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9750; default: off)");
+  serve->add_option("--state-file", args->state_file,
+                    "where exports, jobs and these settings are stored (default: beside the pool, POOL.state.json; "
+                    "give one for a pool on a block device)");
   serve->add_flag("--forget-settings", args->forget_settings,
                   "ignore the settings the last serve stored (flags not given take their defaults)");
   serve->footer("Settings: the flags given are stored beside the pool (POOL.state.json) with its exports; a later "

@@ -39,7 +39,7 @@ std::vector<std::pair<std::string, SettingField>> SettingFields(ServeArgs& args)
 nlohmann::json MergeStoredSettings(ServeArgs& args) {
   nlohmann::json stored = nlohmann::json::object();
   if (!args.forget_settings) {
-    auto state = LoadStateFile(DefaultStateFile(args.pool));
+    auto state = LoadStateFile(args.state_file.empty() ? DefaultStateFile(args.pool) : args.state_file);
     if (!state.ok()) Fail(state.status().ToString());
     if (state->contains("settings") && (*state)["settings"].is_object()) stored = (*state)["settings"];
   }
@@ -73,6 +73,7 @@ DaemonOptions OptionsFrom(const ServeArgs& args) {
   options.hot_plain_clusters = args.hot_plain_clusters;
   options.recompress_idle_ms = args.recompress_idle_seconds * 1000;
   options.metrics_listen = args.metrics_listen;
+  options.state_file = args.state_file;
   if (!args.control_group.empty()) {
     options.control_access.group = Unwrap(LookUpGroup(args.control_group), "--control-group");
     options.control_access.mode = 0660;
