@@ -5,7 +5,7 @@
 # built from before the metrics code (no per-request counters at all). The
 # goal: metrics-on >= 0.97x metrics-off in every case.
 #
-#   bench/metrics-overhead.sh                      2 cases, 3 rounds x 10 s per side (about 5 minutes)
+#   bench/metrics-overhead.sh                      2 cases, 3 rounds x 10 s per side (about 4 minutes)
 #   BENCH_SECONDS=2 BENCH_RUNS=1 bench/metrics-overhead.sh   a smoke run (about 1 minute)
 #   BENCH_BASELINE_EDGESTOR= bench/metrics-overhead.sh      without the baseline side
 #

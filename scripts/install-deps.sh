@@ -15,7 +15,7 @@ PACKAGES=(
   libfuse3-dev fuse3 stress-ng
   # operations (issue 19): the metrics listener's HTTP server, systemd
   # readiness and watchdog, and promtool to check the metrics text
-  libcpp-httplib-dev libsystemd-dev prometheus
+  libcivetweb-dev libsystemd-dev prometheus
   python3  # tests/cli_test.sh parses --json output with it
   # tests/guest: a QEMU guest booting Debian's kernel with an initramfs of
   # busybox-static and e2fsprogs (scripts/build-guest.sh)

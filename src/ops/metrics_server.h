@@ -1,11 +1,12 @@
 // MetricsServer: the optional HTTP listener that serves /metrics in the
 // Prometheus text format (serve --metrics-listen HOST:PORT).
 //
-// cpp-httplib (Debian's libcpp-httplib) does the HTTP. The server only
-// answers GET and HEAD of /metrics, on at most two threads, with short
-// timeouts and no request body accepted: a scraper, or anything else that
-// connects, cannot hold more than that. Rendering runs on the server's
-// thread and must not block on the data path.
+// civetweb (Debian's libcivetweb, built without TLS, so nothing more is
+// linked or mapped for a listener most daemons never start) does the HTTP.
+// The server only answers GET and HEAD of /metrics, on two threads, with
+// short timeouts, a small request size and no files served: a scraper, or
+// anything else that connects, cannot hold more than that. Rendering runs
+// on the server's thread and must not block on the data path.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,6 @@
-#include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -64,8 +66,38 @@ TEST(PrometheusText, WritesFamiliesEscapedLabelsAndCumulativeHistograms) {
   EXPECT_NE(out.find("edgestor_test_seconds_count{op=\"read\"} 3\n"), std::string::npos);
 }
 
+// One HTTP exchange with 127.0.0.1:port: the status code and body, or
+// status -1 if nothing answered.
+struct HttpReply {
+  int status = -1;
+  std::string headers, body;
+};
+HttpReply Http(uint16_t port, const std::string& request) {
+  HttpReply reply;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return reply;
+  }
+  (void)!::write(fd, request.data(), request.size());
+  std::string all;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  size_t split = all.find("\r\n\r\n");
+  if (all.rfind("HTTP/1.", 0) != 0 || split == std::string::npos) return reply;
+  reply.status = std::stoi(all.substr(9, 3));
+  reply.headers = all.substr(0, split);
+  reply.body = all.substr(split + 4);
+  return reply;
+}
+
 TEST(MetricsServer, ServesMetricsOnlyAndStops) {
-  int renders = 0;
+  std::atomic<int> renders{0};
   auto server = MetricsServer::Start("127.0.0.1:0", [&renders] {
     renders++;
     return std::string("# HELP x X.\n# TYPE x gauge\nx 1\n");
@@ -73,25 +105,26 @@ TEST(MetricsServer, ServesMetricsOnlyAndStops) {
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   uint16_t port = server.value()->port();
   ASSERT_NE(port, 0);
-  httplib::Client client("127.0.0.1", port);
-  auto got = client.Get("/metrics");
-  ASSERT_TRUE(got);
-  EXPECT_EQ(got->status, 200);
-  EXPECT_EQ(got->body, "# HELP x X.\n# TYPE x gauge\nx 1\n");
-  EXPECT_NE(got->get_header_value("Content-Type").find("text/plain; version=0.0.4"), std::string::npos);
-  auto missing = client.Get("/other");
-  ASSERT_TRUE(missing);
-  EXPECT_EQ(missing->status, 404);
-  auto posted = client.Post("/metrics", std::string(1 << 20, 'x'), "text/plain");
-  ASSERT_TRUE(posted);
-  EXPECT_GE(posted->status, 400);
-  EXPECT_EQ(renders, 1);
+  HttpReply got = Http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(got.status, 200);
+  EXPECT_EQ(got.body, "# HELP x X.\n# TYPE x gauge\nx 1\n");
+  EXPECT_NE(got.headers.find("text/plain; version=0.0.4"), std::string::npos) << got.headers;
+  HttpReply head = Http(port, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.body, "");
+  EXPECT_EQ(Http(port, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").status, 404);
+  EXPECT_EQ(Http(port, "GET /metrics/../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n").status, 404);
+  EXPECT_EQ(Http(port, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").status, 405);
+  // A request larger than the server takes is refused, not buffered.
+  HttpReply huge = Http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " + std::string(64 << 10, 'p') + "\r\n\r\n");
+  EXPECT_NE(huge.status, 200);
+  EXPECT_EQ(Http(port, "garbage\r\n\r\n").status == 200, false);
+  EXPECT_EQ(renders.load(), 2);
   // The port is in use: a second listener there is refused with a reason.
   auto second = MetricsServer::Start("127.0.0.1:" + std::to_string(port), [] { return std::string(); });
   EXPECT_FALSE(second.ok());
   server.value()->Stop();
-  httplib::Client after("127.0.0.1", port);
-  EXPECT_FALSE(after.Get("/metrics"));
+  EXPECT_EQ(Http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status, -1);
   EXPECT_FALSE(MetricsServer::Start("127.0.0.1", [] { return std::string(); }).ok());
   EXPECT_FALSE(MetricsServer::Start("127.0.0.1:99999", [] { return std::string(); }).ok());
 }
