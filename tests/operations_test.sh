@@ -154,6 +154,26 @@ check "c1 no longer depends on a snapshot" bash -c "'$EDGESTOR' --pool '$pool' v
 check "c1 reads as v1@base" cmp <(nbdcopy "$(uri c1)" -) <(nbdcopy "$(uri v1@base)" -)
 check "a second flatten job of a volume that is no clone is refused" refuses_saying "not a clone" es vol flatten c1
 check "cancel of a finished job says so" refuses_saying "already ended" es job cancel 1
+# A volume mapping more than 64 map pages is released in the background:
+# 4 KiB every 32 MiB of a 16 GiB volume stores 512 pages.
+check "a sparse 16 GiB volume" es vol create big --size 16G
+python3 -c 'print("\n".join(f"write -P 0x5a {i * 32 << 20} 4k" for i in range(512)))' >"$work/big.cmds"
+check "4 KiB in each of its 512 map pages" bash -c "qemu-io -f raw '$(uri big)' <'$work/big.cmds' >/dev/null"
+check "vol delete returns at once" es vol delete big
+release_job() {
+  rpc job.list | python3 -c "
+import json, sys
+jobs = [j for j in json.load(sys.stdin)['jobs'] if j['kind'] == 'release' and j['target'] == 'big']
+assert len(jobs) == 1, jobs
+print(jobs[0]['id'])"
+}
+release_id=$(release_job)
+check "a release job follows the background delete" test -n "$release_id"
+check "it ends at 100 %" says_out "job $release_id succeeded: released the space" es job wait "${release_id:-0}"
+space_released() {
+  rpc pool.info | python3 -c "import json,sys; d=json.load(sys.stdin); assert d['volumes_being_deleted'] == 0 and d['background_delete_pages'] == 0, d"
+}
+check "and nothing is left to release" space_released
 check "SIGTERM" stop_daemon
 
 # ---- systemd: readiness, watchdog, stopping, journald priorities ----

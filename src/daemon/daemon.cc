@@ -102,6 +102,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
     spdlog::info("metrics on http://{}/metrics (port {})", options.metrics_listen, daemon->metrics_->port());
   }
   daemon->RestoreState(state.value());
+  daemon->FollowBackgroundRelease("deletes of an earlier run");  // the engine resumed them at open
   ES_RETURN_IF_ERROR(daemon->SaveState().WithContext("cannot write the daemon's state file"));
   daemon->control_.Start();
   spdlog::info("serving pool {} ({} volumes); control socket {}, NBD socket {}", options.pool_path,

@@ -8,6 +8,7 @@
 // a final checkpoint and releases everything.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -138,6 +139,10 @@ class Daemon : public ExportProvider {
   void RetryUnrestoredExports();
   // Starts a flatten of `volume` as a job (`spec.id` set when resumed).
   Result<uint64_t> StartFlattenJob(const std::string& volume, JobSpec spec);
+  // If deleted volumes or snapshots still hold space, starts a "release"
+  // job that follows the engine's background release to its end (one at
+  // a time; `target` names what was deleted). REQUIRES: mu_ not held.
+  void FollowBackgroundRelease(const std::string& target);
   Result<nlohmann::json> AddFileExportRpc(const std::string& name, const nlohmann::json& params);
   // "attached by 2 NBD connection(s) and exported over vhost-user on S", or
   // "" if nothing uses `volume`. REQUIRES: mu_.
@@ -182,6 +187,7 @@ class Daemon : public ExportProvider {
   std::mutex state_file_mu_;  // serialises SaveState; taken before mu_, never inside it
   JobRegistry jobs_{[this] { (void)SaveState(); }};
   std::unique_ptr<MetricsServer> metrics_;
+  std::atomic<bool> release_job_running_{false};  // FollowBackgroundRelease's job
 };
 
 }  // namespace edgestor

@@ -1,7 +1,9 @@
 // The daemon's operations side: the stored state (exports, jobs, settings)
 // and its restoration, per-export NBD counters, health, and jobs.
 #include <cerrno>
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -125,6 +127,53 @@ Result<uint64_t> Daemon::StartFlattenJob(const std::string& volume, JobSpec spec
   }));
   (void)SaveState();  // a restart resumes it
   return id;
+}
+
+namespace {
+
+// How often the release job looks at the engine's progress.
+constexpr auto kReleasePollInterval = std::chrono::milliseconds(200);
+
+bool ReleasePending(const PoolInfo& info) { return info.volumes_being_deleted + info.snapshots_being_deleted > 0; }
+
+}  // namespace
+
+void Daemon::FollowBackgroundRelease(const std::string& target) {
+  if (!ReleasePending(pool_->Info()) || release_job_running_.exchange(true)) return;
+  JobSpec spec{.kind = "release", .target = target, .unit = "map pages"};
+  // Not cancellable: the engine's reclaimer does the work and always goes
+  // on (at the next open too); the job only follows it.
+  auto started = jobs_.Start(spec, [this](JobContext& context) -> Result<json> {
+    uint64_t released = 0, last = 0;
+    bool first = true;
+    for (;;) {
+      PoolInfo info = pool_->Info();
+      if (!info.background_delete_error.empty()) {
+        release_job_running_ = false;
+        return Status(EIO, info.background_delete_error);
+      }
+      uint64_t remaining = info.background_delete_pages;
+      if (!first && remaining < last) released += last - remaining;
+      first = false;
+      last = remaining;
+      if (!context.Progress(released, released + remaining)) {
+        release_job_running_ = false;
+        return Status(ECANCELED, "the daemon stops; the release goes on at the next start");
+      }
+      // Done, unless a delete arrived between the look and the flag.
+      if (!ReleasePending(info)) {
+        release_job_running_ = false;
+        if (!ReleasePending(pool_->Info()) || release_job_running_.exchange(true)) break;
+      }
+      for (auto waited = std::chrono::milliseconds(0); waited < kReleasePollInterval && !context.ShouldStop();
+           waited += std::chrono::milliseconds(20))
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return json{{"summary", "released the space of deleted volumes and snapshots (" + std::to_string(released) +
+                                " map pages walked)"},
+                {"released_pages", released}};
+  });
+  if (!started.ok()) release_job_running_ = false;
 }
 
 }  // namespace edgestor

@@ -51,7 +51,7 @@ inline void from_json(const nlohmann::json& j, SnapshotInfo& s) {
 }
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PoolInfo, uuid, format_version, device_bytes, cluster_size, data_bytes,
                                    allocated_bytes, free_bytes, journal_bytes, checkpoint_generation, volume_count,
-                                   snapshot_count, snapshots_being_deleted, volumes_being_deleted,
+                                   snapshot_count, snapshots_being_deleted, volumes_being_deleted, background_delete_pages,
                                    background_delete_error, cached_map_pages, map_cache_limit_pages, map_cache_hits,
                                    map_cache_misses, map_page_async_loads, group_commits, group_commit_waiters, group_commit_ns_total,
                                    group_commit_ns_max, checkpoints, checkpoint_ns_total, checkpoint_ns_max,

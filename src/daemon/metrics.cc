@@ -146,6 +146,8 @@ std::string Daemon::MetricsText() {
   Gauge(out, "edgestor_pool_snapshots", "Snapshots (those being deleted not counted).", pool.snapshot_count);
   Gauge(out, "edgestor_pool_background_deletes", "Volumes and snapshots whose space is still being released.",
         pool.volumes_being_deleted + pool.snapshots_being_deleted);
+  Gauge(out, "edgestor_pool_background_delete_pages", "Map pages the background release still has to walk.",
+        static_cast<double>(pool.background_delete_pages));
   Gauge(out, "edgestor_journal_bytes", "Size of the metadata journal.", static_cast<double>(pool.journal_bytes));
   Gauge(out, "edgestor_journal_used_bytes", "Journal space holding records since the last checkpoint.",
         static_cast<double>(pool.journal_used_bytes));

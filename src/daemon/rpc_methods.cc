@@ -90,15 +90,18 @@ void Daemon::RegisterMethods() {
   });
   control_.Register("vol.delete", [this](const json& params) -> Result<json> {
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
-    std::lock_guard lock(mu_);
-    ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
-    if (users_.count(volume))
-      return Status(EBUSY, "volume '" + name + "' is exported and attached by " + std::to_string(users_[volume]) +
-                               " NBD connection(s); disconnect them first");
-    if (std::string exports = ExportsLocked(volume); !exports.empty())
-      return Status(EBUSY, "volume '" + name + "' is " + exports +
-                               "; remove the export first (edgestor export remove --socket PATH | --mountpoint DIR)");
-    ES_RETURN_IF_ERROR(pool_->DeleteVolume(name));
+    {
+      std::lock_guard lock(mu_);
+      ES_ASSIGN_OR_RETURN(Volume * volume, pool_->FindVolume(name));
+      if (users_.count(volume))
+        return Status(EBUSY, "volume '" + name + "' is exported and attached by " + std::to_string(users_[volume]) +
+                                 " NBD connection(s); disconnect them first");
+      if (std::string exports = ExportsLocked(volume); !exports.empty())
+        return Status(EBUSY, "volume '" + name + "' is " + exports +
+                                 "; remove the export first (edgestor export remove --socket PATH | --mountpoint DIR)");
+      ES_RETURN_IF_ERROR(pool_->DeleteVolume(name));
+    }
+    FollowBackgroundRelease(name);  // a large volume's space is released in the background
     return json{{"deleted", name}};
   });
   control_.Register("export.list", [this](const json&) -> Result<json> {

@@ -52,12 +52,15 @@ void Daemon::RegisterSnapshotMethods() {
     ES_ASSIGN_OR_RETURN(std::string volume, StringParam(params, "volume"));
     ES_ASSIGN_OR_RETURN(std::string name, StringParam(params, "name"));
     const std::string full = volume + "@" + name;
-    std::lock_guard lock(mu_);  // no client may open it while we delete it
-    ES_ASSIGN_OR_RETURN(Volume * view, pool_->FindVolume(full));
-    std::string attachments = AttachmentsLocked(view);
-    if (!attachments.empty())
-      return Status(EBUSY, "snapshot '" + full + "' is " + attachments + "; disconnect them first");
-    ES_RETURN_IF_ERROR(pool_->DeleteSnapshot(volume, name));
+    {
+      std::lock_guard lock(mu_);  // no client may open it while we delete it
+      ES_ASSIGN_OR_RETURN(Volume * view, pool_->FindVolume(full));
+      std::string attachments = AttachmentsLocked(view);
+      if (!attachments.empty())
+        return Status(EBUSY, "snapshot '" + full + "' is " + attachments + "; disconnect them first");
+      ES_RETURN_IF_ERROR(pool_->DeleteSnapshot(volume, name));
+    }
+    FollowBackgroundRelease(full);
     return json{{"deleted", full}};
   });
   control_.Register("snap.rollback", [this](const json& params) -> Result<json> {

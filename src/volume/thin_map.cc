@@ -143,6 +143,12 @@ void ThinMap::ReplaceDirectory(const std::vector<format::DirectorySlot>& directo
   if (clock_hand_ >= slots_.size()) clock_hand_ = 0;  // the directory may have shrunk
 }
 
+uint64_t ThinMap::StoredPages() const {
+  uint64_t stored = 0;
+  for (const Slot& slot : slots_) stored += slot.block != 0;
+  return stored;
+}
+
 std::vector<format::DirectorySlot> ThinMap::Directory() const {
   std::vector<format::DirectorySlot> out;
   out.reserve(slots_.size());

@@ -120,6 +120,8 @@ class ThinMap {
   // page; drops every cached page.
   void ReplaceDirectory(const std::vector<format::DirectorySlot>& directory, uint64_t clusters);
   std::vector<format::DirectorySlot> Directory() const;
+  // Directory slots with a stored page (what releasing the map walks).
+  uint64_t StoredPages() const;
 
  private:
   void Evict(Slot& slot);

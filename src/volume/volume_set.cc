@@ -251,8 +251,18 @@ PoolInfo VolumeSetImpl::Info() {
   info.journal_bytes = g.journal_blocks * kBlockSize;
   info.checkpoint_generation = pool_->checkpoint_gen();
   for (auto& [name, volume] : volumes_) {
-    if (IsDeletingVolumeName(name)) info.volumes_being_deleted++;
-    else info.volume_count++;
+    if (!IsDeletingVolumeName(name)) {
+      info.volume_count++;
+      continue;
+    }
+    info.volumes_being_deleted++;
+    std::lock_guard volume_lock(volume->mutex());
+    info.background_delete_pages += volume->map().StoredPages();
+  }
+  for (auto& [full, snapshot] : snapshots_) {
+    if (!snapshot.deleting()) continue;
+    std::lock_guard view_lock(snapshot.view->mutex());
+    info.background_delete_pages += snapshot.view->map().StoredPages();
   }
   info.format_version = format::kVersion;
   uint32_t source = pool_->key_protection().source;

@@ -114,6 +114,8 @@ struct PoolInfo {
   uint32_t snapshot_count = 0;
   uint32_t snapshots_being_deleted = 0;  // space still being released in the background
   uint32_t volumes_being_deleted = 0;    // likewise (hidden, not in volume_count)
+  // Stored map pages those releases still have to walk: their progress.
+  uint64_t background_delete_pages = 0;
   // Why that release stopped, if it did (it resumes at the next open).
   std::string background_delete_error;
   uint64_t cached_map_pages = 0;  // map pages in memory now (bounded by the budget)
