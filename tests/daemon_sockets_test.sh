@@ -23,7 +23,6 @@ trap cleanup EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 need() { command -v "$1" >/dev/null || { echo "skip: $1 is not installed"; return 1; }; }
 
-uri() { echo "nbd+unix:///$1?socket=$sock"; }
 mode_of() { stat -c %a "$1"; }
 owner_of() { stat -c %U:%G "$1"; }
 # identity PATH: what must not change about a file a command was refused on.

@@ -19,7 +19,6 @@ trap cleanup EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 need() { command -v "$1" >/dev/null || { echo "skip: $1 is not installed"; return 1; }; }
 
-uri() { echo "nbd+unix:///$1?socket=$sock"; }
 
 "$EDGESTOR" pool create "$pool" --size 4G >/dev/null || exit 1
 "$EDGESTOR" --pool "$pool" vol create vol0 --size 256M >/dev/null || exit 1

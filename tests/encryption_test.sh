@@ -19,9 +19,7 @@ trap cleanup EXIT
 
 # shellcheck source=tests/lib/daemon.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
-es() { "$EDGESTOR" --pool "$pool" "$@"; }
 
-uri() { echo "nbd+unix:///$1?socket=$sock"; }
 json_field() {  # json_field VOLUME FIELD: from `vol info --json`
   es vol info "$1" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"
 }

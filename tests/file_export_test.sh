@@ -48,7 +48,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-es() { "$EDGESTOR" --pool "$pool" "$@"; }
 # How many mounts there are at $1 (stat-free: a dead FUSE mount answers
 # ENOTCONN to stat, and `mountpoint` would call it no mount at all).
 mounts_at() { awk -v m="$1" '$5 == m' /proc/self/mountinfo | wc -l; }

@@ -23,8 +23,6 @@ trap cleanup EXIT
 
 # shellcheck source=tests/lib/daemon.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
-es() { "$EDGESTOR" --pool "$pool" "$@"; }
-uri() { echo "nbd+unix:///$1?socket=$sock"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # metric NAME{LABELS}: its value in the scrape file $1.
 metric() { awk -v key="$2" '$1 == key { print $2; found=1 } END { exit !found }' "$1"; }

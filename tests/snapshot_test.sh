@@ -23,8 +23,6 @@ trap cleanup EXIT
 
 # shellcheck source=tests/lib/daemon.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
-es() { "$EDGESTOR" --pool "$pool" "$@"; }
-uri() { echo "nbd+unix:///$1?socket=$sock"; }
 MiB=$((1 << 20))
 
 # fails_cleanly PATTERN ARGS...: `edgestor ARGS` exits 1 with one line on

@@ -1,12 +1,17 @@
 # Shared by the end-to-end tests that run `edgestor serve`: checks that
 # count and report, the control socket, and starting/stopping the daemon.
 # Source it after setting EDGESTOR (the binary), work (a temp dir) and pool
-# (the pool file); it uses $work/pool.control.sock and $work/daemon.log.
+# (the pool file), and for uri, sock (the NBD socket); it uses
+# $work/pool.control.sock and $work/daemon.log.
 # shellcheck shell=bash disable=SC2154  # EDGESTOR, work, pool: set by the caller
 
 passed=0
 failed=0
 daemon_pid=
+
+# The CLI on the pool; a volume's NBD URI on $sock (the daemon's NBD socket).
+es() { "$EDGESTOR" --pool "$pool" "$@"; }
+uri() { echo "nbd+unix:///$1?socket=$sock"; }
 
 # check "what" command...: runs the command, counts and reports the result
 # (with the command's last output lines when it fails).
