@@ -1,7 +1,10 @@
 // edgestor: the command-line tool. This file wires the command line (CLI11)
 // to the commands in commands.h and turns failures into exit statuses:
 // 0 success, 1 the command failed (one line on stderr), 2 usage error.
+#include <cctype>
+#include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -484,19 +487,30 @@ void AddOperationsCommands(CLI::App& app, Globals& g, std::function<int()>& acti
   io->add_option("ARGS", iostat->volumes, "[VOLUME...] [INTERVAL [COUNT]]");
   io->add_flag("-l,--latency", iostat->latency, "add average latencies and requests in flight");
   io->callback([=, &action] {
-    // Trailing numbers are INTERVAL and COUNT, as for zpool iostat.
+    // Trailing numbers are INTERVAL and COUNT, as for zpool iostat; other
+    // words are volume names.
+    auto number = [](const std::string& word) -> std::optional<double> {
+      char* end = nullptr;
+      double value = std::strtod(word.c_str(), &end);
+      if (word.empty() || *end != '\0' || !std::isfinite(value) || !std::isdigit(static_cast<unsigned char>(word[0])))
+        return std::nullopt;
+      return value;
+    };
     std::vector<std::string>& words = iostat->volumes;
     std::vector<double> numbers;
-    while (!words.empty() && !words.back().empty() &&
-           words.back().find_first_not_of("0123456789.") == std::string::npos && numbers.size() < 2) {
-      numbers.insert(numbers.begin(), std::stod(words.back()));
+    while (!words.empty() && numbers.size() < 2 && number(words.back())) {
+      numbers.insert(numbers.begin(), *number(words.back()));
       words.pop_back();
     }
     if (!numbers.empty()) {
       if (numbers[0] <= 0) throw CLI::ValidationError("iostat", "INTERVAL must be more than 0 seconds");
       iostat->interval_seconds = numbers[0];
     }
-    if (numbers.size() == 2) iostat->count = static_cast<uint64_t>(numbers[1]);
+    if (numbers.size() == 2) {
+      if (numbers[1] < 1 || numbers[1] != std::floor(numbers[1]))
+        throw CLI::ValidationError("iostat", "COUNT must be a whole number of reports, 1 or more");
+      iostat->count = static_cast<uint64_t>(numbers[1]);
+    }
     daemon_of();
     action = [=] {
       RunIostat(*v, *iostat);

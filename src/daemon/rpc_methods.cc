@@ -190,7 +190,10 @@ void Daemon::RegisterMethods() {
     // A stored export that failed to restore is not running: removing it
     // forgets it.
     if (!s.ok() && !(s.code() == ENOENT && stored)) return s;
-    if (stored) ES_RETURN_IF_ERROR(StoreExport(key, nullptr).WithContext("removed, but the stored exports still name it"));
+    if (stored)
+      ES_RETURN_IF_ERROR(StoreExport(key, nullptr).WithContext(
+          "the export is stopped, but the state file still names it, so the next start would restore it; make " +
+          options_.state_file + " writable and remove the export again"));
     return json{{"removed", path}};
   });
   RegisterSnapshotMethods();
