@@ -329,7 +329,7 @@ sleep 1
 for s in "${side_list[@]}"; do echo "  $s: pid ${server_pid[$s]}, idle RSS $(rss_kib "${server_pid[$s]}") KiB"; done
 echo "bench: prefilling ($size each, 1 MiB sequential writes, QD8)"
 truncate -s "$size" "$work/raw.img"
-for s in "${side_list[@]}" raw; do prefill "$s"; done
+for s in "${side_list[@]}" $(((raw_runs > 0)) && echo raw); do prefill "$s"; done  # no raw file without raw runs (BENCH_RAW_RUNS=0: a tmpfs BENCH_DIR, where O_DIRECT is refused)
 sync -f "$work"
 
 for mode in $cases; do
